@@ -1,0 +1,3 @@
+from reproq_cli.cli import main
+
+main()

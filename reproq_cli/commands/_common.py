@@ -1,0 +1,52 @@
+"""Options and helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from reproq_cli import console
+from reproq_cli.config import Config, resolve
+from reproq_cli.db.connect import require_dsn
+from reproq_cli.defaults import Mode
+
+
+def dsn_option[F: Callable[..., Any]](func: F) -> F:
+    return click.option(
+        "--dsn",
+        default=None,
+        metavar="DSN",
+        help="PostgreSQL DSN, URL or key=value [env: DATABASE_URL].",
+    )(func)
+
+
+def config_option[F: Callable[..., Any]](func: F) -> F:
+    return click.option(
+        "--config",
+        "config_path",
+        default=None,
+        metavar="PATH",
+        help="Config file (.yaml/.yml/.toml) [env: REPROQ_CONFIG; default: ./reproq.yaml].",
+    )(func)
+
+
+def json_option[F: Callable[..., Any]](func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+
+
+def load_config(mode: Mode, *, config_path: str | None, flags: dict[str, Any]) -> Config:
+    config = resolve(mode, flags=flags, config_path=config_path)
+    for message in config.warnings:
+        console.warning(message)
+    return config
+
+
+def database_url(config: Config) -> str:
+    """The configured DSN, or the embedded server's (announced on stderr)."""
+    dsn, notice = require_dsn(config.get("dsn"), os.environ)
+    if notice:
+        console.notice(notice)
+    return dsn

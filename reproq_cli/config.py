@@ -1,0 +1,481 @@
+"""Configuration for worker and beat: defaults < config file < environment < flags.
+
+Behaviour follows go-worker.md §2: file discovery (``--config``, ``REPROQ_CONFIG``, then
+``reproq.yaml``/``.yml``/``.toml`` and their dot-files in the working directory), empty file
+and env values meaning "not set", list and duration syntax, truthy parsing. Every resolved
+value remembers where it came from so ``reproq config --explain`` can show it.
+
+Errors name the input (file and key, env var, or flag), the value, and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from reproq_cli.defaults import (
+    CONFIG_ENV,
+    CONFIG_FILENAMES,
+    KNOWN_FILE_KEYS,
+    SETTINGS_BY_MODE,
+    Mode,
+    Setting,
+)
+from reproq_cli.errors import ConfigError
+
+Source = Literal["default", "file", "env", "flag"]
+
+# --- scalar syntaxes ---------------------------------------------------------------------------
+
+_DURATION_UNITS_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,  # U+00B5 micro sign
+    "μs": 1_000,  # U+03BC greek mu
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+DURATION_HINT = "use Go duration syntax, e.g. 300ms, 5s, 1m30s, 1h"
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go ``time.ParseDuration`` string into seconds.
+
+    Raises ValueError with a short reason; callers add which input it was.
+    """
+    original = text
+    if text == "":
+        raise ValueError("empty duration")
+    sign = 1
+    if text[0] in "+-":
+        sign = -1 if text[0] == "-" else 1
+        text = text[1:]
+    if text == "0":
+        return 0.0
+    if text == "":
+        raise ValueError(f"invalid duration {original!r}")
+    total_ns = 0.0
+    pos = 0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if match is None:
+            if re.fullmatch(r"[\d.]+", text[pos:]):
+                raise ValueError(f"missing unit in duration {original!r}")
+            raise ValueError(f"invalid duration {original!r}")
+        number, unit = match.groups()
+        total_ns += float(number) * _DURATION_UNITS_NS[unit]
+        pos = match.end()
+    return sign * total_ns / 1e9
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way Go's ``Duration.String`` does (``1h0m0s``, ``5s``, ``100ms``)."""
+    ns = round(seconds * 1e9)
+    if ns == 0:
+        return "0s"
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+    if ns < 1_000_000_000:
+        for unit, size in (("ms", 1_000_000), ("µs", 1_000), ("ns", 1)):
+            if ns >= size:
+                return f"{sign}{_trim(ns / size)}{unit}"
+    hours, rest = divmod(ns, 3_600_000_000_000)
+    minutes, rest = divmod(rest, 60_000_000_000)
+    secs = _trim(rest / 1e9)
+    if hours:
+        return f"{sign}{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{sign}{minutes}m{secs}s"
+    return f"{sign}{secs}s"
+
+
+def _trim(value: float) -> str:
+    text = f"{value:.9f}".rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def parse_list(text: str) -> list[str]:
+    """Comma list: split on ``,``, trim whitespace, drop empties."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_queues(text: str) -> list[str]:
+    return parse_list(text) or ["default"]
+
+
+def is_truthy(value: str | None) -> bool:
+    """``1``, ``true``, ``yes``, ``on`` (any case, trimmed) are true; anything else false."""
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+# --- masking -----------------------------------------------------------------------------------
+
+MASK = "****"
+_KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with its password replaced by ``****`` (URL and key=value forms)."""
+    if not dsn:
+        return dsn
+    if "://" in dsn:
+        try:
+            parts = urlsplit(dsn)
+        except ValueError:
+            return re.sub(r"(://[^:/@]*:)[^@]*@", rf"\1{MASK}@", dsn)
+        masked = _KV_PASSWORD.sub(rf"\g<1>{MASK}", parts.query)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, _, hostinfo = netloc.rpartition("@")
+            user, colon, password = userinfo.partition(":")
+            if colon and password:
+                netloc = f"{user}:{MASK}@{hostinfo}"
+        return urlunsplit((parts.scheme, netloc, parts.path, masked, parts.fragment))
+    return _KV_PASSWORD.sub(rf"\g<1>{MASK}", dsn)
+
+
+# --- resolved configuration -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One resolved setting: its value and where it came from."""
+
+    value: Any
+    source: Source
+    origin: str  # "built-in", "reproq.yaml: worker.dsn", "env DATABASE_URL", "flag --dsn"
+
+
+@dataclass
+class Config:
+    mode: Mode
+    path: Path | None
+    values: dict[str, Resolved]
+    warnings: list[str] = field(default_factory=list)
+
+    def get(self, key: str) -> Any:
+        return self.values[key].value
+
+    def section(self, name: str) -> dict[str, Any]:
+        prefix = name + "."
+        return {k[len(prefix) :]: r.value for k, r in self.values.items() if k.startswith(prefix)}
+
+    def display(self, *, mask: bool = True) -> dict[str, Any]:
+        """Nested dict for printing; durations in Go syntax, secrets masked."""
+        settings = {s.key: s for s in SETTINGS_BY_MODE[self.mode]}
+        out: dict[str, Any] = {}
+        for key, resolved in self.values.items():
+            out_section = out
+            parts = key.split(".")
+            for part in parts[:-1]:
+                out_section = out_section.setdefault(part, {})
+            out_section[parts[-1]] = display_value(settings[key], resolved.value, mask=mask)
+        return out
+
+
+def display_value(setting: Setting, value: Any, *, mask: bool = True) -> Any:
+    if setting.kind == "duration":
+        return format_duration(value)
+    if mask and setting.key == "dsn":
+        return mask_dsn(value)
+    if mask and setting.secret and value:
+        return MASK
+    return value
+
+
+# --- file loading --------------------------------------------------------------------------------
+
+
+def resolve_config_path(
+    explicit: str | None, env: Mapping[str, str], cwd: Path
+) -> tuple[Path | None, str]:
+    """Which config file to read, and why: ``--config``, then REPROQ_CONFIG, then the cwd."""
+    if explicit is not None:
+        if explicit.strip() == "":
+            raise ConfigError(
+                "missing value for --config", hint="pass a path: --config reproq.yaml"
+            )
+        return Path(explicit), "flag --config"
+    from_env = env.get(CONFIG_ENV, "")
+    if from_env:
+        return Path(from_env), f"env {CONFIG_ENV}"
+    for name in CONFIG_FILENAMES:
+        candidate = cwd / name
+        if candidate.is_file():
+            return candidate, "working directory"
+    return None, "none found"
+
+
+def load_file(path: Path) -> dict[str, Any]:
+    """Read a YAML or TOML config file into a dict; every failure names the file."""
+    suffix = path.suffix.lower()
+    if suffix not in {".yaml", ".yml", ".toml"}:
+        raise ConfigError(
+            f"unsupported config extension: {suffix or '(none)'} ({path})",
+            hint="name the file .yaml, .yml or .toml",
+        )
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read config file {path}: {exc.strerror or exc}",
+            hint="check the path given by --config or REPROQ_CONFIG",
+        ) from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8")) if suffix == ".toml" else yaml.safe_load(raw)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())
+        kind = "TOML" if suffix == ".toml" else "YAML"
+        raise ConfigError(
+            f"cannot parse {kind} config file {path}: {reason}",
+            hint=f"fix the {kind} syntax in {path}",
+        ) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of settings, not a {type(data).__name__}",
+            hint="start the file with keys such as `dsn:` and `worker:`",
+        )
+    for section in ("worker", "beat", "metrics"):
+        if section in data and data[section] is not None and not isinstance(data[section], dict):
+            raise ConfigError(
+                f"invalid {section} in {path}: expected a mapping of settings, "
+                f"got {json.dumps(data[section], default=str)}",
+                hint=f"write `{section}:` followed by indented keys",
+            )
+    return data
+
+
+def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in {"worker", "beat", "metrics"} and isinstance(value, dict):
+            for sub, subvalue in value.items():
+                flat[f"{key}.{sub}"] = subvalue
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+# --- coercion ------------------------------------------------------------------------------------
+
+
+def _coerce_text(setting: Setting, text: str) -> Any:
+    """Parse a string value (env var, flag, or a file string) into the setting's type."""
+    if setting.kind == "str":
+        return text
+    if setting.kind == "int":
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+    if setting.kind == "float":
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"{text!r} is not a finite number")
+        return value
+    if setting.kind == "duration":
+        return parse_duration(text.strip())
+    if setting.kind == "list":
+        return parse_list(text)
+    return parse_queues(text)
+
+
+def _coerce_file(setting: Setting, value: Any) -> Any:
+    """Type-check a value read from YAML/TOML."""
+    kind = setting.kind
+    if isinstance(value, bool):
+        raise ValueError(f"{json.dumps(value)} is a boolean, expected {_expected(kind)}")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{json.dumps(value, default=str)} is not a string")
+    if kind == "int":
+        if isinstance(value, int):
+            return value
+        raise ValueError(f"{json.dumps(value, default=str)} is not an integer")
+    if kind == "float":
+        if isinstance(value, int | float) and math.isfinite(value):
+            return float(value)
+        raise ValueError(f"{json.dumps(value, default=str)} is not a number")
+    if kind == "duration":
+        if isinstance(value, str):
+            return parse_duration(value.strip())
+        if isinstance(value, int | float):
+            raise ValueError(
+                f'missing unit in duration {value!r} (write it as a string, e.g. "{value}s")'
+            )
+        raise ValueError(f"{json.dumps(value, default=str)} is not a duration")
+    # lists: a real list, or a comma string as a convenience
+    if isinstance(value, str):
+        return _coerce_text(setting, value)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        items = [item.strip() for item in value if item.strip()]
+        return items
+    raise ValueError(f"{json.dumps(value, default=str)} is not a list of strings")
+
+
+def _expected(kind: str) -> str:
+    return {
+        "str": "a string",
+        "int": "an integer",
+        "float": "a number",
+        "duration": "a duration such as 5s",
+    }.get(kind, "a list of strings")
+
+
+def _is_unset(value: Any) -> bool:
+    # go-worker.md §2.1: empty strings and empty lists never override.
+    return value is None or value == "" or value == []
+
+
+def _check_range(setting: Setting, value: Any) -> str | None:
+    if setting.kind in {"int", "float", "duration"}:
+        if setting.strictly_positive and value <= 0:
+            return "must be a positive duration" if setting.kind == "duration" else "must be > 0"
+        if setting.minimum is not None and value < setting.minimum:
+            if setting.kind == "duration":
+                return "must not be negative"
+            return f"must be >= {setting.minimum:g}"
+    if setting.choices is not None and value not in setting.choices:
+        return f"must be one of {', '.join(setting.choices)}"
+    return None
+
+
+def _describe(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def resolve(
+    mode: Mode,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    config_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Config:
+    """Resolve every setting of ``mode``: defaults < file < env < flags.
+
+    ``flags`` maps setting keys to the values given on the command line (only the ones the
+    user actually passed); strings are parsed like env values, typed values are kept.
+    """
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    flags = flags or {}
+    settings = SETTINGS_BY_MODE[mode]
+
+    path, _why = resolve_config_path(config_path, env, cwd)
+    file_data: dict[str, Any] = {}
+    warnings: list[str] = []
+    if path is not None:
+        file_data = _flatten(load_file(path))
+        for key in sorted(file_data):
+            if key not in KNOWN_FILE_KEYS:
+                warnings.append(f"{path}: unknown key {key!r} ignored")
+
+    values: dict[str, Resolved] = {}
+    for setting in settings:
+        resolved = Resolved(setting.default_value(), "default", "built-in")
+        for file_key in setting.file_keys:
+            if file_key not in file_data or _is_unset(file_data[file_key]):
+                continue
+            raw = file_data[file_key]
+            try:
+                value = _coerce_file(setting, raw)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"invalid {file_key} in {path}: {exc}",
+                    hint=_fix_hint(setting, f"in {path}"),
+                ) from None
+            if _is_unset(value):
+                continue
+            problem = _check_range(setting, value)
+            if problem:
+                raise ConfigError(
+                    f"invalid {file_key} in {path}: {_describe(raw)} {problem}",
+                    hint=_fix_hint(setting, f"in {path}"),
+                )
+            resolved = Resolved(value, "file", f"{path}: {file_key}")
+        if setting.env and env.get(setting.env, "") != "":
+            raw_env = env[setting.env]
+            try:
+                value = _coerce_text(setting, raw_env)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"invalid {setting.env}: {exc}",
+                    hint=_fix_hint(setting, f"in the environment variable {setting.env}"),
+                ) from None
+            problem = _check_range(setting, value)
+            if problem:
+                raise ConfigError(
+                    f"invalid {setting.env} {_describe(raw_env)} ({problem})",
+                    hint=_fix_hint(setting, f"in the environment variable {setting.env}"),
+                )
+            if not _is_unset(value):
+                resolved = Resolved(value, "env", f"env {setting.env}")
+        if setting.key in flags and flags[setting.key] is not None:
+            raw_flag = flags[setting.key]
+            flag_name = setting.flag or setting.key
+            try:
+                value = _coerce_text(setting, raw_flag) if isinstance(raw_flag, str) else raw_flag
+            except ValueError as exc:
+                raise ConfigError(
+                    f"invalid value for {flag_name}: {exc}",
+                    hint=_fix_hint(setting, f"after {flag_name}"),
+                    exit_code=2,
+                ) from None
+            problem = _check_range(setting, value)
+            if problem:
+                raise ConfigError(
+                    f"invalid value for {flag_name}: {_describe(raw_flag)} {problem}",
+                    hint=_fix_hint(setting, f"after {flag_name}"),
+                    exit_code=2,
+                )
+            # An explicit empty flag (--dsn "") still counts: the user asked for it.
+            resolved = Resolved(value, "flag", f"flag {flag_name}")
+        values[setting.key] = resolved
+
+    config = Config(mode=mode, path=path, values=values, warnings=warnings)
+    _check_cross_field(config)
+    return config
+
+
+def _fix_hint(setting: Setting, where: str) -> str:
+    if setting.kind == "duration":
+        return f"{DURATION_HINT} {where}"
+    if setting.choices:
+        return f"use one of {', '.join(setting.choices)} {where}"
+    if setting.kind in {"list", "queues"}:
+        return f"give a comma-separated list {where}"
+    return f"give {_expected(setting.kind)} {where}"
+
+
+def _check_cross_field(config: Config) -> None:
+    if config.mode != "worker":
+        return
+    low = config.values["worker.poll_min_backoff"]
+    high = config.values["worker.poll_max_backoff"]
+    if high.value < low.value:
+        raise ConfigError(
+            "worker.poll_max_backoff must be >= worker.poll_min_backoff "
+            f"(poll_min_backoff {format_duration(low.value)} from {low.origin}, "
+            f"poll_max_backoff {format_duration(high.value)} from {high.origin})",
+            hint="raise poll_max_backoff or lower poll_min_backoff in the config file",
+        )

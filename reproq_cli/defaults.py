@@ -1,0 +1,329 @@
+"""Every configuration setting of worker and beat: key, type, default, env var and flag.
+
+This table is the single description of the configuration surface (go-worker.md §1.1, §1.2,
+§2.3). The loader in ``reproq_cli.config`` resolves it; the worker and beat commands build their
+flags from it; ``reproq config --explain`` prints it with sources.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Kind = Literal["str", "int", "float", "duration", "list", "queues"]
+Mode = Literal["worker", "beat"]
+
+CONFIG_ENV = "REPROQ_CONFIG"
+CONFIG_FILENAMES: tuple[str, ...] = (
+    "reproq.yaml",
+    "reproq.yml",
+    "reproq.toml",
+    ".reproq.yaml",
+    ".reproq.yml",
+    ".reproq.toml",
+)
+DSN_ENV = "DATABASE_URL"
+EMBEDDED_ENV = "REPROQ_EMBEDDED"
+DEFAULT_EXECUTOR_MODULE = "reproq_django.executor"
+PAYLOAD_MODES: tuple[str, ...] = ("stdin", "file", "inline")
+DEFAULT_ALLOWED_TASK_MODULES: tuple[str, ...] = ("myapp.tasks.", "tasks.")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration value.
+
+    ``file_keys`` are read in order, later keys winning (``worker.dsn`` beats root ``dsn``).
+    ``default`` may be a callable for values computed at resolve time.
+    ``minimum`` is the smallest accepted value for numbers and durations (in seconds).
+    """
+
+    key: str
+    kind: Kind
+    default: Any
+    file_keys: tuple[str, ...]
+    env: str | None = None
+    flag: str | None = None
+    minimum: float | None = None
+    strictly_positive: bool = False
+    choices: tuple[str, ...] | None = None
+    secret: bool = False
+    help: str = ""
+
+    def default_value(self) -> Any:
+        value = self.default() if callable(self.default) else self.default
+        return list(value) if isinstance(value, list | tuple) else value
+
+
+def _s(key: str, kind: Kind, default: Any | Callable[[], Any], **kw: Any) -> Setting:
+    file_keys = kw.pop("file_keys", (key,))
+    return Setting(key=key, kind=kind, default=default, file_keys=file_keys, **kw)
+
+
+WORKER_SETTINGS: tuple[Setting, ...] = (
+    _s(
+        "dsn",
+        "str",
+        "",
+        file_keys=("dsn", "worker.dsn"),
+        env=DSN_ENV,
+        flag="--dsn",
+        secret=True,
+        help="PostgreSQL DSN (URL or key=value)",
+    ),
+    _s(
+        "worker.worker_id",
+        "str",
+        default_worker_id,
+        env="WORKER_ID",
+        flag="--worker-id",
+        help="worker identity: lease owner and registry key",
+    ),
+    _s(
+        "worker.process_role",
+        "str",
+        "worker",
+        env="REPROQ_PROCESS_ROLE",
+        flag="--process-role",
+        help="role label added to event metadata",
+    ),
+    _s(
+        "worker.queues",
+        "queues",
+        ["default"],
+        env="QUEUE_NAMES",
+        flag="--queues",
+        help="queues to poll, round-robin (comma list)",
+    ),
+    _s(
+        "worker.allowed_task_modules",
+        "list",
+        [],
+        env="ALLOWED_TASK_MODULES",
+        flag="--allowed-task-modules",
+        help="task_path prefix allow-list (comma list; * allows all)",
+    ),
+    _s(
+        "worker.concurrency",
+        "int",
+        10,
+        flag="--concurrency",
+        minimum=1,
+        help="maximum tasks running at once",
+    ),
+    _s(
+        "worker.lease_seconds",
+        "int",
+        300,
+        flag="--lease-seconds",
+        minimum=1,
+        help="lease length in seconds",
+    ),
+    _s(
+        "worker.heartbeat_seconds",
+        "int",
+        60,
+        flag="--heartbeat-seconds",
+        minimum=0,
+        help="lease renewal interval in seconds (0 disables heartbeats and cancellation)",
+    ),
+    _s(
+        "worker.reclaim_interval_seconds",
+        "int",
+        60,
+        flag="--reclaim-interval-seconds",
+        minimum=0,
+        help="expired-lease reclaim interval in seconds (0 disables)",
+    ),
+    _s(
+        "worker.poll_min_backoff",
+        "duration",
+        0.1,
+        minimum=0,
+        help="shortest sleep between empty polls",
+    ),
+    _s(
+        "worker.poll_max_backoff",
+        "duration",
+        5.0,
+        minimum=0,
+        help="longest sleep between empty polls",
+    ),
+    _s("worker.python_bin", "str", "python3", help="Python interpreter for the executor"),
+    _s(
+        "worker.executor_module",
+        "str",
+        DEFAULT_EXECUTOR_MODULE,
+        help="module run as `python -m <module>` for each task",
+    ),
+    _s(
+        "worker.payload_mode",
+        "str",
+        "stdin",
+        flag="--payload-mode",
+        choices=PAYLOAD_MODES,
+        help="how the spec reaches the executor: stdin, file or inline",
+    ),
+    _s("worker.max_payload_bytes", "int", 1048576, minimum=1, help="largest spec sent to a task"),
+    _s("worker.max_stdout_bytes", "int", 1048576, minimum=1, help="stdout kept per attempt"),
+    _s("worker.max_stderr_bytes", "int", 1048576, minimum=1, help="stderr kept per attempt"),
+    _s(
+        "worker.logs_dir",
+        "str",
+        "",
+        env="REPROQ_LOGS_DIR",
+        flag="--logs-dir",
+        help="directory for per-attempt stdout/stderr files (empty disables)",
+    ),
+    _s(
+        "worker.exec_timeout",
+        "duration",
+        3600.0,
+        strictly_positive=True,
+        help="upper bound on any task's run time",
+    ),
+    _s(
+        "worker.max_attempts_default",
+        "int",
+        3,
+        minimum=1,
+        help="attempts for rows without max_attempts",
+    ),
+    _s(
+        "worker.shutdown_timeout",
+        "duration",
+        30.0,
+        minimum=0,
+        help="how long a warm shutdown waits for running tasks",
+    ),
+    _s(
+        "worker.priority_aging_factor",
+        "float",
+        60.0,
+        env="PRIORITY_AGING_FACTOR",
+        flag="--priority-aging-factor",
+        help="seconds of waiting per +1 priority (<= 0 disables aging)",
+    ),
+    _s(
+        "metrics.addr",
+        "str",
+        "",
+        env="METRICS_ADDR",
+        flag="--metrics-addr",
+        help="HTTP listen address for /metrics, /healthz, /events (overrides port)",
+    ),
+    _s(
+        "metrics.port",
+        "int",
+        0,
+        flag="--metrics-port",
+        minimum=0,
+        help="serve HTTP on :<port> when > 0",
+    ),
+    _s(
+        "metrics.auth_token",
+        "str",
+        "",
+        env="METRICS_AUTH_TOKEN",
+        flag="--metrics-auth-token",
+        secret=True,
+        help="bearer token (also the HS256 secret of TUI tokens)",
+    ),
+    _s(
+        "metrics.allow_cidrs",
+        "list",
+        [],
+        env="METRICS_ALLOW_CIDRS",
+        flag="--metrics-allow-cidrs",
+        help="IP/CIDR allow-list (comma list; localhost allowed)",
+    ),
+    _s(
+        "metrics.auth_limit",
+        "int",
+        30,
+        env="METRICS_AUTH_LIMIT",
+        flag="--metrics-auth-limit",
+        minimum=1,
+        help="denied requests allowed per window per host",
+    ),
+    _s(
+        "metrics.auth_window",
+        "duration",
+        60.0,
+        env="METRICS_AUTH_WINDOW",
+        flag="--metrics-auth-window",
+        strictly_positive=True,
+        help="rate-limiter window",
+    ),
+    _s(
+        "metrics.auth_max_entries",
+        "int",
+        1000,
+        env="METRICS_AUTH_MAX_ENTRIES",
+        flag="--metrics-auth-max-entries",
+        minimum=1,
+        help="most hosts the limiter tracks",
+    ),
+    _s(
+        "metrics.tls_cert",
+        "str",
+        "",
+        env="METRICS_TLS_CERT",
+        flag="--metrics-tls-cert",
+        help="TLS certificate path",
+    ),
+    _s(
+        "metrics.tls_key",
+        "str",
+        "",
+        env="METRICS_TLS_KEY",
+        flag="--metrics-tls-key",
+        help="TLS private key path",
+    ),
+    _s(
+        "metrics.tls_client_ca",
+        "str",
+        "",
+        env="METRICS_TLS_CLIENT_CA",
+        flag="--metrics-tls-client-ca",
+        help="CA bundle; when set, clients need a certificate",
+    ),
+)
+
+BEAT_SETTINGS: tuple[Setting, ...] = (
+    _s(
+        "dsn",
+        "str",
+        "",
+        file_keys=("dsn", "beat.dsn"),
+        env=DSN_ENV,
+        flag="--dsn",
+        secret=True,
+        help="PostgreSQL DSN (URL or key=value)",
+    ),
+    _s(
+        "beat.interval",
+        "duration",
+        30.0,
+        flag="--interval",
+        strictly_positive=True,
+        help="time between scheduling passes",
+    ),
+)
+
+SETTINGS_BY_MODE: dict[Mode, tuple[Setting, ...]] = {
+    "worker": WORKER_SETTINGS,
+    "beat": BEAT_SETTINGS,
+}
+
+# Keys a config file may hold, for the unknown-key warning (beat and worker share one file).
+KNOWN_FILE_KEYS: frozenset[str] = frozenset(
+    key for settings in SETTINGS_BY_MODE.values() for s in settings for key in s.file_keys
+)

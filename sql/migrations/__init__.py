@@ -1,0 +1,1 @@
+"""Numbered, append-only, idempotent schema migrations (see reproq_cli.db.schema)."""
