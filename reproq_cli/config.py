@@ -125,6 +125,7 @@ def is_truthy(value: str | None) -> bool:
 
 MASK = "****"
 _KV_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"((?:^|&)password=)[^&]*", re.IGNORECASE)
 
 
 def mask_dsn(dsn: str) -> str:
@@ -136,7 +137,7 @@ def mask_dsn(dsn: str) -> str:
             parts = urlsplit(dsn)
         except ValueError:
             return re.sub(r"(://[^:/@]*:)[^@]*@", rf"\1{MASK}@", dsn)
-        masked = _KV_PASSWORD.sub(rf"\g<1>{MASK}", parts.query)
+        masked = _QUERY_PASSWORD.sub(rf"\g<1>{MASK}", parts.query)
         netloc = parts.netloc
         if "@" in netloc:
             userinfo, _, hostinfo = netloc.rpartition("@")

@@ -10,7 +10,7 @@ SELECT current_setting('server_version') AS version, current_database() AS datab
 
 -- name: schema_columns
 -- Live columns of the reproq tables in the current schema (for `reproq migrate --check`).
-SELECT table_name, column_name, data_type, is_nullable, column_default
+SELECT table_name, column_name, data_type, is_nullable, column_default, is_identity
 FROM information_schema.columns
 WHERE table_schema = current_schema()
   AND table_name = ANY(%(tables)s)
@@ -57,3 +57,10 @@ SELECT
 
 -- name: schema_global_rate_limit
 SELECT key FROM rate_limits WHERE key = 'global';
+
+-- name: migration_try_lock
+-- Session advisory lock that serializes `reproq migrate` runs (key: reproq_cli.db.schema).
+SELECT pg_try_advisory_lock(%(key)s) AS locked;
+
+-- name: migration_unlock
+SELECT pg_advisory_unlock(%(key)s) AS unlocked;

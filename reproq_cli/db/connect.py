@@ -17,6 +17,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from reproq_cli.config import mask_dsn
+from reproq_cli.db.queries import query
 from reproq_cli.errors import ConfigError, DatabaseError
 
 DEFAULT_CONNECT_TIMEOUT = 10
@@ -91,7 +92,7 @@ def create_pool(
     try:
         pool.open(wait=True, timeout=DEFAULT_CONNECT_TIMEOUT + 5)
         with pool.connection() as conn:
-            conn.execute("SELECT 1")
+            conn.execute(query("ping"))
     except (psycopg.Error, PoolTimeout) as exc:
         pool.close()
         try:

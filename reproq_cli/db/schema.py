@@ -9,6 +9,7 @@ the live catalog with what the baseline promises and lists every missing piece.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -79,7 +80,7 @@ def apply(conn: psycopg.Connection[Any]) -> list[str]:
     if not conn.autocommit:
         raise ValueError("migrations need an autocommit connection")
     applied: list[str] = []
-    conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+    _take_migration_lock(conn)
     try:
         # An interrupted CREATE INDEX CONCURRENTLY leaves an INVALID index that
         # IF NOT EXISTS would then keep forever; drop those so they are built again.
@@ -104,8 +105,25 @@ def apply(conn: psycopg.Connection[Any]) -> list[str]:
                     ) from None
             applied.append(migration.name)
     finally:
-        conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.execute(query("migration_unlock"), {"key": MIGRATION_LOCK_KEY})
     return applied
+
+
+def _take_migration_lock(conn: psycopg.Connection[Any], timeout: float = 600.0) -> None:
+    # Polling instead of a blocking pg_advisory_lock: a session blocked inside that SELECT
+    # holds a snapshot, and the lock holder's CREATE INDEX CONCURRENTLY waits for every such
+    # snapshot to end, which would deadlock the two.
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute(query("migration_try_lock"), {"key": MIGRATION_LOCK_KEY}).fetchone()
+        if row is not None and row["locked"]:
+            return
+        if time.monotonic() > deadline:
+            raise DatabaseError(
+                f"another `reproq migrate` has held the migration lock for {timeout:.0f}s",
+                hint="wait for it to finish, or find the session in pg_locks (advisory lock)",
+            )
+        time.sleep(0.2)
 
 
 # --- verification --------------------------------------------------------------------------------
@@ -250,7 +268,7 @@ def check(conn: psycopg.Connection[Any]) -> list[str]:
                 )
             if not_null and column["is_nullable"] == "YES":
                 problems.append(f"column {table}.{name} allows NULL, expected NOT NULL")
-            if has_default and column["column_default"] is None:
+            if has_default and column["column_default"] is None and column["is_identity"] != "YES":
                 problems.append(f"column {table}.{name} has no default")
     indexes = {row["index_name"]: row for row in conn.execute(query("schema_indexes"))}
     for name, (table, unique) in EXPECTED_INDEXES.items():

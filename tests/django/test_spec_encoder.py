@@ -1,0 +1,55 @@
+"""canonical_json must encode every type exactly as Django's own DjangoJSONEncoder does.
+
+reproq_cli cannot import Django, so spec.py re-implements the encoder; Django itself is the
+oracle here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import uuid
+
+import pytest
+from django.core.serializers.json import DjangoJSONEncoder
+
+from reproq_cli.spec import canonical_json, spec_hash
+
+CASES = [
+    dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.UTC),
+    dt.datetime(2025, 1, 1, 12, 0, 0, 123456, tzinfo=dt.UTC),
+    dt.datetime(2025, 1, 1, 12, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+    dt.datetime(2025, 1, 1, 12, 0, 0, 5000),
+    dt.date(2024, 2, 29),
+    dt.time(13, 45, 1, 250000),
+    dt.time(8, 0),
+    dt.timedelta(days=2, hours=3, minutes=4, seconds=5, microseconds=6),
+    dt.timedelta(seconds=-90),
+    dt.timedelta(0),
+    decimal.Decimal("12.340"),
+    decimal.Decimal("-1E+3"),
+    uuid.UUID("123e4567-e89b-12d3-a456-426614174000"),
+    {"nested": [decimal.Decimal("1.5"), {"z": 1, "a": dt.date(2020, 1, 1)}]},
+    "ünïcødé ☃",
+]
+
+
+@pytest.mark.parametrize("value", CASES, ids=repr)
+def test_matches_django_encoder(value):
+    expected = json.dumps(
+        {"v": value},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        cls=DjangoJSONEncoder,
+    )
+    assert canonical_json({"v": value}) == expected
+
+
+def test_aware_time_is_rejected_like_django():
+    aware = dt.time(1, 2, tzinfo=dt.UTC)
+    with pytest.raises(ValueError):
+        json.dumps(aware, cls=DjangoJSONEncoder)
+    with pytest.raises(ValueError):
+        spec_hash({"t": aware})

@@ -1,0 +1,390 @@
+"""`reproq migrate` against a real PostgreSQL: the catalog it yields, idempotence, upgrades.
+
+EXPECTED_* below is transcribed from go-worker.md §3.2 independently of sql/; the test reads
+the live catalog and compares.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from reproq_cli.db import schema
+from reproq_cli.db.connect import connection
+from tests.conftest import REPO_ROOT
+
+TS = "timestamp with time zone"
+
+# table -> [(column, type, NOT NULL, default expression as PostgreSQL prints it)]
+EXPECTED_COLUMNS = {
+    "task_runs": [
+        ("result_id", "bigint", True, "nextval('task_runs_result_id_seq'::regclass)"),
+        ("backend_alias", "text", True, "'default'::text"),
+        ("queue_name", "text", True, "'default'::text"),
+        ("priority", "integer", True, "0"),
+        ("run_after", TS, False, None),
+        ("spec_json", "jsonb", True, None),
+        ("spec_hash", "character(64)", True, None),
+        ("task_path", "text", False, None),
+        ("status", "text", True, "'READY'::text"),
+        ("enqueued_at", TS, True, "now()"),
+        ("started_at", TS, False, None),
+        ("last_attempted_at", TS, False, None),
+        ("finished_at", TS, False, None),
+        ("attempts", "integer", True, "0"),
+        ("max_attempts", "integer", True, "3"),
+        ("timeout_seconds", "integer", True, "900"),
+        ("lock_key", "text", False, None),
+        ("concurrency_key", "text", False, None),
+        ("concurrency_limit", "integer", True, "0"),
+        ("worker_ids", "jsonb", True, "'[]'::jsonb"),
+        ("return_json", "jsonb", False, None),
+        ("errors_json", "jsonb", True, "'[]'::jsonb"),
+        ("metadata_json", "jsonb", True, "'{}'::jsonb"),
+        ("last_error", "text", False, None),
+        ("failed_at", TS, False, None),
+        ("leased_until", TS, False, None),
+        ("leased_by", "text", False, None),
+        ("logs_uri", "text", False, None),
+        ("artifacts_uri", "text", False, None),
+        ("expires_at", TS, False, None),
+        ("parent_id", "bigint", False, None),
+        ("workflow_id", "uuid", False, None),
+        ("wait_count", "integer", True, "0"),
+        ("created_at", TS, True, "now()"),
+        ("updated_at", TS, True, "now()"),
+        ("cancel_requested", "boolean", True, "false"),
+    ],
+    "periodic_tasks": [
+        ("name", "text", True, None),
+        ("cron_expr", "text", True, None),
+        ("task_path", "text", True, None),
+        ("payload_json", "jsonb", True, "'{}'::jsonb"),
+        ("queue_name", "text", True, "'default'::text"),
+        ("priority", "integer", True, "0"),
+        ("max_attempts", "integer", True, "3"),
+        ("concurrency_key", "text", False, None),
+        ("concurrency_limit", "integer", True, "0"),
+        ("last_run_at", TS, False, None),
+        ("next_run_at", TS, True, None),
+        ("enabled", "boolean", True, "true"),
+        ("created_at", TS, True, "now()"),
+        ("updated_at", TS, True, "now()"),
+    ],
+    "reproq_queue_controls": [
+        ("queue_name", "text", True, None),
+        ("paused", "boolean", True, "false"),
+        ("paused_at", TS, False, None),
+        ("reason", "text", False, None),
+        ("created_at", TS, True, "now()"),
+        ("updated_at", TS, True, "now()"),
+    ],
+    "reproq_workers": [
+        ("worker_id", "text", True, None),
+        ("hostname", "text", False, None),
+        ("concurrency", "integer", False, None),
+        ("queues", "jsonb", True, "'[]'::jsonb"),
+        ("started_at", TS, True, "now()"),
+        ("last_seen_at", TS, True, "now()"),
+        ("version", "text", False, None),
+    ],
+    "rate_limits": [
+        ("key", "text", True, None),
+        ("tokens_per_second", "real", True, None),
+        ("burst_size", "integer", True, None),
+        ("current_tokens", "real", True, None),
+        ("last_refilled_at", TS, True, "now()"),
+    ],
+    "workflow_runs": [
+        ("workflow_id", "uuid", True, None),
+        ("expected_count", "integer", True, None),
+        ("success_count", "integer", True, "0"),
+        ("failure_count", "integer", True, "0"),
+        ("callback_result_id", "bigint", False, None),
+        ("status", "text", True, "'RUNNING'::text"),
+        ("created_at", TS, True, "now()"),
+        ("updated_at", TS, True, "now()"),
+    ],
+}
+
+# index -> (table, unique, columns/expressions, predicate) as pg_get_indexdef renders them
+EXPECTED_INDEXES = {
+    "task_runs_pkey": ("task_runs", True, "result_id", None),
+    "idx_task_runs_claim": (
+        "task_runs",
+        False,
+        "queue_name, status, priority DESC, enqueued_at",
+        "(status = 'READY'::text)",
+    ),
+    "idx_task_runs_spec_unique": (
+        "task_runs",
+        True,
+        "spec_hash",
+        "(status = ANY (ARRAY['READY'::text, 'RUNNING'::text]))",
+    ),
+    "idx_task_runs_lock_key": ("task_runs", False, "lock_key", "(status = 'RUNNING'::text)"),
+    "idx_task_runs_concurrency_active": (
+        "task_runs",
+        False,
+        "concurrency_key, leased_until",
+        "((status = 'RUNNING'::text) AND (concurrency_key IS NOT NULL))",
+    ),
+    "idx_task_runs_parent_id": ("task_runs", False, "parent_id", "(status = 'WAITING'::text)"),
+    "idx_task_runs_workflow_id": ("task_runs", False, "workflow_id", None),
+    "idx_task_runs_failed_at": ("task_runs", False, "failed_at", "(status = 'FAILED'::text)"),
+    "idx_task_runs_task_path": ("task_runs", False, "task_path", None),
+    "idx_task_runs_claim_due": (
+        "task_runs",
+        False,
+        "queue_name, COALESCE(run_after, '-infinity'::timestamp with time zone), priority DESC, enqueued_at",
+        "(status = 'READY'::text)",
+    ),
+    "periodic_tasks_pkey": ("periodic_tasks", True, "name", None),
+    "idx_periodic_tasks_next_run": ("periodic_tasks", False, "next_run_at", "enabled"),
+    "reproq_queue_controls_pkey": ("reproq_queue_controls", True, "queue_name", None),
+    "reproq_workers_pkey": ("reproq_workers", True, "worker_id", None),
+    "rate_limits_pkey": ("rate_limits", True, "key", None),
+    "workflow_runs_pkey": ("workflow_runs", True, "workflow_id", None),
+    "idx_workflow_runs_callback": ("workflow_runs", False, "callback_result_id", None),
+}
+
+
+def catalog(conn: psycopg.Connection) -> dict:
+    """Everything about the reproq objects that a migration could change."""
+    columns = {}
+    for table, name, type_, not_null, default in conn.execute(
+        """
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+               pg_get_expr(d.adbin, d.adrelid)
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE n.nspname = 'public' AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY c.relname, a.attnum
+        """
+    ):
+        columns.setdefault(table, []).append((name, type_, not_null, default))
+    indexes = {}
+    for name, table, unique, valid, definition in conn.execute(
+        """
+        SELECT ic.relname, tc.relname, i.indisunique, i.indisvalid, pg_get_indexdef(i.indexrelid)
+        FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_class tc ON tc.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = ic.relnamespace
+        WHERE n.nspname = 'public'
+        """
+    ):
+        assert valid, name
+        body = definition.split(" USING btree (", 1)[1]
+        cols, _, predicate = body.partition(") WHERE ")
+        if not predicate:
+            cols = cols.removesuffix(")")
+        indexes[name] = (table, unique, cols, predicate or None)
+    triggers = conn.execute(
+        """
+        SELECT tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t
+        WHERE NOT tgisinternal ORDER BY tgname
+        """
+    ).fetchall()
+    constraints = conn.execute(
+        """
+        SELECT conname, contype, convalidated, pg_get_constraintdef(c.oid)
+        FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+        WHERE n.nspname = 'public' AND c.contype <> 'n'  -- PG 18 lists NOT NULL here too
+        ORDER BY conname
+        """
+    ).fetchall()
+    functions = conn.execute(
+        """
+        SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p
+        JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'
+        """
+    ).fetchall()
+    rate_limits = conn.execute(
+        "SELECT key, tokens_per_second, burst_size, current_tokens FROM rate_limits ORDER BY key"
+    ).fetchall()
+    return {
+        "columns": columns,
+        "indexes": indexes,
+        "triggers": triggers,
+        "constraints": constraints,
+        "functions": functions,
+        "rate_limits": rate_limits,
+    }
+
+
+def migrate(dsn: str) -> list[str]:
+    with connection(dsn) as conn:
+        return schema.apply(conn)
+
+
+def problems(dsn: str) -> list[str]:
+    with connection(dsn) as conn:
+        return schema.check(conn)
+
+
+def run_script(conn: psycopg.Connection, path) -> None:
+    for statement in schema.split_statements(path.read_text()):
+        conn.execute(statement)
+
+
+def test_empty_database_gets_exactly_the_baseline(empty_db_dsn, conn_for):
+    assert migrate(empty_db_dsn) == ["0001_baseline.sql"]
+    snapshot = catalog(conn_for(empty_db_dsn))
+    assert snapshot["columns"] == EXPECTED_COLUMNS
+    assert snapshot["indexes"] == EXPECTED_INDEXES
+    assert [name for name, _ in snapshot["triggers"]] == ["trg_task_runs_task_path"]
+    assert snapshot["triggers"][0][1] == (
+        "CREATE TRIGGER trg_task_runs_task_path BEFORE INSERT OR UPDATE OF spec_json, task_path "
+        "ON public.task_runs FOR EACH ROW EXECUTE FUNCTION reproq_task_path_from_spec()"
+    )
+    checks = {
+        name: (kind, validated, text) for name, kind, validated, text in snapshot["constraints"]
+    }
+    assert checks["task_runs_task_path_not_empty"] == (
+        "c",
+        False,
+        "CHECK (((task_path IS NOT NULL) AND (task_path <> ''::text))) NOT VALID",
+    )
+    assert checks["task_runs_parent_id_fkey"] == (
+        "f",
+        True,
+        "FOREIGN KEY (parent_id) REFERENCES task_runs(result_id) ON DELETE SET NULL",
+    )
+    assert sorted(checks) == sorted(
+        ["task_runs_task_path_not_empty", "task_runs_parent_id_fkey"]
+        + [f"{t}_pkey" for t in EXPECTED_COLUMNS]
+    )
+    assert [name for name, _ in snapshot["functions"]] == ["reproq_task_path_from_spec"]
+    assert snapshot["rate_limits"] == [("global", 0.0, 1, 0.0)]
+    assert problems(empty_db_dsn) == []
+
+
+def test_second_run_changes_nothing_and_keeps_operator_data(db_dsn, conn_for):
+    conn = conn_for(db_dsn)
+    conn.execute(
+        "UPDATE rate_limits SET tokens_per_second = 5, burst_size = 10 WHERE key = 'global'"
+    )
+    conn.execute(
+        "INSERT INTO task_runs (spec_json, spec_hash) VALUES ('{\"task_path\": \"a.b\"}', 'h1')"
+    )
+    before = catalog(conn)
+    assert migrate(db_dsn) == ["0001_baseline.sql"]
+    assert catalog(conn) == before
+    assert before["rate_limits"] == [("global", 5.0, 10, 0.0)]
+    assert conn.execute("SELECT count(*) FROM task_runs").fetchone() == (1,)
+
+
+def test_go_baseline_database_upgrades_cleanly(empty_db_dsn, conn_for):
+    conn = conn_for(empty_db_dsn)
+    run_script(conn, REPO_ROOT / "tests" / "fixtures" / "go_baseline.sql")
+    before = catalog(conn)
+    migrate(empty_db_dsn)
+    after = catalog(conn)
+    assert problems(empty_db_dsn) == []
+    assert after["columns"] == EXPECTED_COLUMNS
+    assert after["indexes"] == EXPECTED_INDEXES
+    # The Go baseline already is our baseline; only the function's source text is rewritten.
+    before.pop("functions")
+    assert [name for name, _ in after.pop("functions")] == ["reproq_task_path_from_spec"]
+    assert after == before
+
+
+def test_django_legacy_tables_are_completed_without_losing_rows(empty_db_dsn, conn_for):
+    conn = conn_for(empty_db_dsn)
+    run_script(conn, REPO_ROOT / "tests" / "fixtures" / "django_legacy.sql")
+    missing = problems(empty_db_dsn)
+    assert "column task_runs.task_path is missing" in missing
+    assert "table workflow_runs is missing" in missing
+    assert "column task_runs.errors_json has no default" in missing
+    migrate(empty_db_dsn)
+    assert problems(empty_db_dsn) == []
+    row = conn.execute(
+        "SELECT task_path, status, worker_ids, metadata_json, concurrency_limit FROM task_runs"
+    ).fetchone()
+    assert row == ("myapp.tasks.legacy", "SUCCESSFUL", ["w1"], {}, 0)
+    # the server-side defaults now let the Go worker's column-sparse inserts work
+    conn.execute(
+        "INSERT INTO task_runs (spec_json, spec_hash) VALUES ('{\"task_path\": \"x.y\"}', 'h2')"
+    )
+
+
+def test_check_lists_what_is_missing(db_dsn, conn_for):
+    conn = conn_for(db_dsn)
+    conn.execute("DROP INDEX idx_task_runs_spec_unique")
+    conn.execute("ALTER TABLE task_runs DROP COLUMN failed_at")
+    conn.execute("DROP TRIGGER trg_task_runs_task_path ON task_runs")
+    conn.execute("DELETE FROM rate_limits WHERE key = 'global'")
+    conn.execute("DROP TABLE workflow_runs")
+    assert problems(db_dsn) == [
+        "column task_runs.failed_at is missing",
+        "table workflow_runs is missing",
+        "index idx_task_runs_spec_unique on task_runs is missing",
+        "index idx_task_runs_failed_at on task_runs is missing",  # dropped with its column
+        "index idx_workflow_runs_callback on workflow_runs is missing",
+        "trigger trg_task_runs_task_path on task_runs is missing",
+        "rate_limits row 'global' is missing",
+    ]
+    migrate(db_dsn)
+    assert problems(db_dsn) == []
+
+
+def test_invalid_index_is_rebuilt(db_dsn, conn_for):
+    conn = conn_for(db_dsn)
+    conn.execute(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'idx_task_runs_lock_key'::regclass"
+    )
+    assert problems(db_dsn) == [
+        "index idx_task_runs_lock_key on task_runs is INVALID (an interrupted build)"
+    ]
+    migrate(db_dsn)
+    assert problems(db_dsn) == []
+
+
+def test_trigger_fills_task_path_and_constraint_rejects_none(db_dsn, conn_for):
+    conn = conn_for(db_dsn)
+    conn.execute(
+        "INSERT INTO task_runs (spec_json, spec_hash) VALUES ('{\"task_path\": \"m.t\"}', 'a')"
+    )
+    assert conn.execute("SELECT task_path FROM task_runs").fetchone() == ("m.t",)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("INSERT INTO task_runs (spec_json, spec_hash) VALUES ('{\"args\": []}', 'b')")
+
+
+def test_active_spec_hash_is_unique(db_dsn, conn_for):
+    conn = conn_for(db_dsn)
+    insert = "INSERT INTO task_runs (spec_json, spec_hash, status) VALUES ('{\"task_path\": \"m.t\"}', 'same', %s)"
+    conn.execute(insert, ("SUCCESSFUL",))
+    conn.execute(insert, ("READY",))
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(insert, ("RUNNING",))
+    conn.execute(insert, ("FAILED",))
+
+
+def test_concurrent_migrations_serialize(empty_db_dsn):
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate(empty_db_dsn)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert problems(empty_db_dsn) == []
+
+
+def test_split_statements_keeps_dollar_bodies_whole():
+    statements = schema.split_statements(
+        "-- c\nSELECT 1;\nDO $$\nBEGIN\n  PERFORM 1;\nEND\n$$;\nSELECT 'a;' ;\n"
+    )
+    assert statements == ["SELECT 1;", "DO $$\nBEGIN\n  PERFORM 1;\nEND\n$$;", "SELECT 'a;' ;"]
