@@ -214,14 +214,17 @@ def resolve_config_path(
     if from_env:
         return Path(from_env), f"env {CONFIG_ENV}"
     for name in CONFIG_FILENAMES:
-        candidate = cwd / name
-        if candidate.is_file():
-            return candidate, "working directory"
+        if (cwd / name).is_file():
+            return Path(name), "working directory"  # shown relative, as the Go worker does
     return None, "none found"
 
 
-def load_file(path: Path) -> dict[str, Any]:
-    """Read a YAML or TOML config file into a dict; every failure names the file."""
+def load_file(path: Path, *, cwd: Path | None = None) -> dict[str, Any]:
+    """Read a YAML or TOML config file into a dict; every failure names the file.
+
+    A relative ``path`` is read from ``cwd`` (default: the process's working directory) but
+    keeps its relative form in messages.
+    """
     suffix = path.suffix.lower()
     if suffix not in {".yaml", ".yml", ".toml"}:
         raise ConfigError(
@@ -229,7 +232,7 @@ def load_file(path: Path) -> dict[str, Any]:
             hint="name the file .yaml, .yml or .toml",
         )
     try:
-        raw = path.read_bytes()
+        raw = (path if cwd is None or path.is_absolute() else cwd / path).read_bytes()
     except OSError as exc:
         raise ConfigError(
             f"cannot read config file {path}: {exc.strerror or exc}",
@@ -386,7 +389,7 @@ def resolve(
     file_data: dict[str, Any] = {}
     warnings: list[str] = []
     if path is not None:
-        file_data = _flatten(load_file(path))
+        file_data = _flatten(load_file(path, cwd=cwd))
         for key in sorted(file_data):
             if key not in KNOWN_FILE_KEYS:
                 warnings.append(f"{path}: unknown key {key!r} ignored")
