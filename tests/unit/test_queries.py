@@ -1,0 +1,52 @@
+"""Named queries and the shipped SQL resources."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from reproq_cli.db import queries, schema
+from tests.conftest import REPO_ROOT
+
+
+def test_every_block_parses_and_has_a_statement():
+    parsed = queries.all_queries()
+    names = re.findall(r"^-- name: (\w+)$", queries.read_sql_resource("queries.sql"), re.M)
+    assert sorted(parsed) == sorted(names)
+    assert len(names) == len(set(names))
+    assert all(body and not body.endswith(";") for body in parsed.values())
+
+
+def test_parse_queries_keeps_inner_comments_and_rejects_duplicates():
+    text = "-- name: a\n-- doc\nSELECT 1 -- inline\nFROM x;\n\n-- name: b\nSELECT 2;\n"
+    assert queries.parse_queries(text) == {"a": "SELECT 1 -- inline\nFROM x", "b": "SELECT 2"}
+    with pytest.raises(ValueError, match="twice"):
+        queries.parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+    with pytest.raises(ValueError, match="no statement"):
+        queries.parse_queries("-- name: empty\n-- only a comment\n")
+
+
+def test_unknown_query_name():
+    with pytest.raises(KeyError, match="no query named 'nope'"):
+        queries.query("nope")
+
+
+def test_migrations_are_numbered_and_loaded_as_resources():
+    names = [m.name for m in schema.migrations()]
+    assert names == sorted(names)
+    assert names[0] == "0001_baseline.sql"
+    on_disk = sorted(p.name for p in (REPO_ROOT / "sql" / "migrations").glob("[0-9]*.sql"))
+    assert names == on_disk
+
+
+def test_man_page_and_settings_table_are_current():
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "gen_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
