@@ -121,7 +121,7 @@ def _default_text(setting: Setting) -> str:
 
 def settings_table() -> str:
     def code(value: str | None) -> str:
-        return f"`{value}`" if value else "–"
+        return f"`{value}`" if value else "-"
 
     lines = [
         "| File key | Type | Default | Env | Flag | Meaning |",
