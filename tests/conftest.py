@@ -53,7 +53,6 @@ os.environ["REPROQ_EMBEDDED"] = "0"
 os.environ["REPROQ_EMBEDDED_DIR"] = tempfile.mkdtemp(prefix="rq-emb-guard-")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED = REPO_ROOT.parent / "shared"
 
 
 def dsn_for(admin_dsn: str, dbname: str) -> str:
