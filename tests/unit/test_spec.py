@@ -14,7 +14,9 @@ from reproq_cli.spec import canonical_json, periodic_spec_hash, periodic_spec_js
 from tests.conftest import REPO_ROOT
 
 # A copy of shared/spec/spec_hash_vectors.json, kept in the repo so a plain clone can run it.
-VECTORS = json.loads((REPO_ROOT / "tests" / "fixtures" / "spec_hash_vectors.json").read_text("utf-8"))
+VECTORS = json.loads(
+    (REPO_ROOT / "tests" / "fixtures" / "spec_hash_vectors.json").read_text("utf-8")
+)
 
 
 @pytest.mark.parametrize("vector", VECTORS["contract"], ids=lambda v: v["name"])
