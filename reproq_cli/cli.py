@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "migrate": ("reproq_cli.commands.migrate", "command", "Create or upgrade the schema."),
     "version": ("reproq_cli.commands.version", "command", "Print the version."),
+    "worker": ("reproq_cli.commands.worker", "command", "Claim and run tasks."),
 }
 
 _verbose = False

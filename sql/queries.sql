@@ -64,3 +64,315 @@ SELECT pg_try_advisory_lock(%(key)s) AS locked;
 
 -- name: migration_unlock
 SELECT pg_advisory_unlock(%(key)s) AS unlocked;
+
+-- ---------------------------------------------------------------------------------------------
+-- Worker: claim, lease, completion (go-worker.md §4, §6)
+-- ---------------------------------------------------------------------------------------------
+
+-- name: claim_task
+-- Lease the next task of one queue in one statement. Runs inside a transaction: when the row
+-- has a lock_key or concurrency_key the caller re-checks those rules under advisory locks
+-- before committing (claim_key_lock, claim_key_recheck), closing the race two concurrent
+-- claimers would otherwise have.
+-- Params: queue, aging (seconds per +1 priority; <= 0 disables aging), lease_seconds, worker_id.
+WITH candidate AS (
+    -- Claimable: READY in this queue, due, queue not paused, its lock_key not held by a
+    -- RUNNING row, its concurrency_key below the row's limit. Highest (aged) priority first,
+    -- then oldest; rows another claimer has locked are skipped, never waited for.
+    SELECT t.result_id, t.task_path
+    FROM task_runs t
+    WHERE t.status = 'READY'
+      AND t.queue_name = %(queue)s
+      AND COALESCE(t.run_after, '-infinity'::timestamptz) <= now()
+      AND NOT EXISTS (
+          SELECT 1 FROM reproq_queue_controls qc
+          WHERE qc.queue_name = t.queue_name AND qc.paused
+      )
+      AND (
+          t.lock_key IS NULL
+          OR NOT EXISTS (
+              SELECT 1 FROM task_runs r WHERE r.status = 'RUNNING' AND r.lock_key = t.lock_key
+          )
+      )
+      AND (
+          t.concurrency_key IS NULL OR t.concurrency_key = ''
+          OR COALESCE(t.concurrency_limit, 0) <= 0
+          OR (
+              SELECT count(*) FROM task_runs r
+              WHERE r.status = 'RUNNING' AND r.concurrency_key = t.concurrency_key
+          ) < t.concurrency_limit
+      )
+    ORDER BY
+        t.priority + CASE
+            WHEN %(aging)s::float8 > 0
+            THEN GREATEST(extract(epoch FROM now() - t.enqueued_at)::float8, 0) / %(aging)s::float8
+            ELSE 0
+        END DESC,
+        t.enqueued_at ASC
+    LIMIT 1
+    FOR UPDATE OF t SKIP LOCKED
+),
+limit_choice AS (
+    -- The most specific limit row that EXISTS (task: > queue: > global) decides, and it
+    -- limits only when active (rate > 0 and burst > 0): an inactive task: row shadows an
+    -- active queue: or global row, as in the Go worker.
+    SELECT rl.key
+    FROM rate_limits rl, candidate c
+    WHERE rl.key = COALESCE(
+              (SELECT k.key FROM rate_limits k WHERE k.key = 'task:' || c.task_path),
+              (SELECT k.key FROM rate_limits k WHERE k.key = 'queue:' || %(queue)s),
+              (SELECT k.key FROM rate_limits k WHERE k.key = 'global')
+          )
+      AND rl.tokens_per_second > 0
+      AND rl.burst_size > 0
+),
+updated_limit AS (
+    -- Token bucket: refill by elapsed time (capped at burst), take one token if one is there.
+    -- Concurrent claimers wait on this row and re-check, so tokens are never overdrawn.
+    UPDATE rate_limits rl
+    SET current_tokens = LEAST(
+            rl.burst_size::float8,
+            rl.current_tokens::float8
+                + extract(epoch FROM now() - rl.last_refilled_at)::float8 * rl.tokens_per_second
+        ) - 1,
+        last_refilled_at = now()
+    FROM limit_choice lc
+    WHERE rl.key = lc.key
+      AND LEAST(
+            rl.burst_size::float8,
+            rl.current_tokens::float8
+                + extract(epoch FROM now() - rl.last_refilled_at)::float8 * rl.tokens_per_second
+          ) >= 1
+    RETURNING rl.key
+),
+target AS (
+    -- The candidate runs if no limit applies or its token was taken.
+    SELECT c.result_id FROM candidate c
+    WHERE NOT EXISTS (SELECT 1 FROM limit_choice) OR EXISTS (SELECT 1 FROM updated_limit)
+)
+UPDATE task_runs t
+SET status = 'RUNNING',
+    started_at = COALESCE(t.started_at, now()),
+    last_attempted_at = now(),
+    attempts = t.attempts + 1,
+    leased_until = now() + make_interval(secs => %(lease_seconds)s),
+    leased_by = %(worker_id)s,
+    worker_ids = COALESCE(t.worker_ids, '[]'::jsonb) || jsonb_build_array(%(worker_id)s::text),
+    updated_at = now()
+FROM target
+WHERE t.result_id = target.result_id
+RETURNING t.result_id, t.queue_name, t.priority, t.spec_json::text AS spec_text, t.spec_hash,
+          t.enqueued_at, t.attempts, t.max_attempts, t.timeout_seconds, t.lock_key,
+          t.concurrency_key, t.concurrency_limit, t.leased_until, t.task_path, t.workflow_id;
+
+-- name: claim_key_lock
+-- Serializes claimers of one lock_key or concurrency_key until their transaction ends.
+SELECT pg_advisory_xact_lock(hashtextextended(%(name)s, 0));
+
+-- name: claim_key_recheck
+-- Run after claim_key_lock, with a fresh snapshot that sees every claim committed before the
+-- lock was granted: is the lock_key held by another RUNNING row, and how many RUNNING rows
+-- (this one included) share the concurrency_key?
+SELECT
+    EXISTS (
+        SELECT 1 FROM task_runs
+        WHERE status = 'RUNNING' AND lock_key = %(lock_key)s AND result_id <> %(result_id)s
+    ) AS lock_taken,
+    (
+        SELECT count(*) FROM task_runs
+        WHERE status = 'RUNNING' AND concurrency_key = %(concurrency_key)s
+    ) AS running_with_key;
+
+-- name: heartbeat
+-- Extend this worker's lease; fenced. Returns whether cancellation was requested.
+UPDATE task_runs
+SET leased_until = now() + make_interval(secs => %(lease_seconds)s), updated_at = now()
+WHERE result_id = %(result_id)s AND leased_by = %(worker_id)s AND status = 'RUNNING'
+RETURNING cancel_requested;
+
+-- name: complete_success
+-- Fenced: only the lease holder completes a RUNNING row.
+UPDATE task_runs
+SET status = 'SUCCESSFUL',
+    finished_at = now(),
+    return_json = %(return_json)s::jsonb,
+    last_error = NULL,
+    failed_at = NULL,
+    leased_until = NULL,
+    leased_by = NULL,
+    logs_uri = COALESCE(%(logs_uri)s, logs_uri),
+    updated_at = now()
+WHERE result_id = %(result_id)s AND leased_by = %(worker_id)s AND status = 'RUNNING'
+RETURNING workflow_id;
+
+-- name: release_chain_children
+-- A chain child waits for its parent; the parent's success releases it.
+UPDATE task_runs
+SET wait_count = wait_count - 1,
+    status = CASE WHEN wait_count - 1 <= 0 THEN 'READY' ELSE 'WAITING' END,
+    updated_at = now()
+WHERE parent_id = %(result_id)s AND status = 'WAITING';
+
+-- name: workflow_member_succeeded
+-- Chord bookkeeping for a successful task: the callback's success ends the workflow; a
+-- member's success counts and, with the last member, releases the callback. Unlike the Go
+-- worker, members of a workflow without a callback are counted too (IS DISTINCT FROM).
+WITH callback_done AS (
+    UPDATE workflow_runs
+    SET status = 'SUCCESSFUL', updated_at = now()
+    WHERE workflow_id = %(workflow_id)s AND callback_result_id = %(result_id)s
+    RETURNING workflow_id
+),
+member AS (
+    UPDATE workflow_runs
+    SET success_count = success_count + 1,
+        status = CASE
+            WHEN success_count + 1 >= expected_count AND failure_count = 0 THEN 'WAITING_CALLBACK'
+            ELSE status
+        END,
+        updated_at = now()
+    WHERE workflow_id = %(workflow_id)s
+      AND status <> 'FAILED'
+      AND callback_result_id IS DISTINCT FROM %(result_id)s
+    RETURNING callback_result_id, status, success_count, expected_count, failure_count
+)
+UPDATE task_runs t
+SET status = 'READY', wait_count = 0, updated_at = now()
+FROM member m
+WHERE t.result_id = m.callback_result_id
+  AND m.status = 'WAITING_CALLBACK'
+  AND m.failure_count = 0
+  AND m.success_count >= m.expected_count
+  AND t.status = 'WAITING';
+
+-- name: complete_failure
+-- Record a failed attempt; fenced. retry: back to READY after delay seconds; else FAILED.
+-- refund gives the attempt back (a worker shutdown is not the task's fault).
+UPDATE task_runs
+SET status = CASE WHEN %(retry)s THEN 'READY' ELSE 'FAILED' END,
+    finished_at = CASE WHEN %(retry)s THEN NULL ELSE now() END,
+    run_after = CASE WHEN %(retry)s THEN now() + make_interval(secs => %(delay)s) ELSE NULL END,
+    last_error = CASE WHEN %(retry)s THEN NULL ELSE %(summary)s END,
+    failed_at = CASE WHEN %(retry)s THEN NULL ELSE now() END,
+    errors_json = errors_json || jsonb_build_array(%(error)s::jsonb),
+    attempts = attempts - %(refund)s,
+    leased_until = NULL,
+    leased_by = NULL,
+    logs_uri = COALESCE(%(logs_uri)s, logs_uri),
+    updated_at = now()
+WHERE result_id = %(result_id)s AND leased_by = %(worker_id)s AND status = 'RUNNING'
+RETURNING workflow_id;
+
+-- name: workflow_member_failed
+-- A terminally failed task fails its workflow: a member fails the workflow (failure_count
+-- counts the first failure) and the WAITING/READY callback with kind workflow_failed; the
+-- callback's own failure marks the workflow FAILED. Returns the callbacks failed here.
+WITH member AS (
+    UPDATE workflow_runs
+    SET failure_count = failure_count + 1, status = 'FAILED', updated_at = now()
+    WHERE workflow_id = %(workflow_id)s
+      AND status <> 'FAILED'
+      AND callback_result_id IS DISTINCT FROM %(result_id)s
+    RETURNING callback_result_id
+),
+callback_failed AS (
+    UPDATE workflow_runs
+    SET status = 'FAILED', updated_at = now()
+    WHERE workflow_id = %(workflow_id)s AND callback_result_id = %(result_id)s
+    RETURNING workflow_id
+)
+UPDATE task_runs t
+SET status = 'FAILED',
+    finished_at = now(),
+    errors_json = t.errors_json || jsonb_build_array(jsonb_build_object(
+        'kind', 'workflow_failed',
+        'message', 'Workflow failed due to task failure',
+        'failed_result_id', %(result_id)s::bigint,
+        'at', now()
+    )),
+    last_error = 'workflow_failed: Workflow failed due to task failure',
+    failed_at = now(),
+    run_after = NULL,
+    wait_count = 0,
+    updated_at = now()
+FROM member m
+WHERE t.result_id = m.callback_result_id AND t.status IN ('WAITING', 'READY')
+RETURNING t.result_id;
+
+-- name: fail_chain_descendants
+-- WAITING chain descendants of terminally failed tasks can never run: fail them with kind
+-- parent_failed instead of leaving them waiting forever.
+WITH RECURSIVE descendants AS (
+    SELECT t.result_id FROM task_runs t
+    WHERE t.parent_id = ANY(%(roots)s::bigint[]) AND t.status = 'WAITING'
+    UNION
+    SELECT t.result_id FROM task_runs t
+    JOIN descendants d ON t.parent_id = d.result_id
+    WHERE t.status = 'WAITING'
+)
+UPDATE task_runs t
+SET status = 'FAILED',
+    finished_at = now(),
+    failed_at = now(),
+    run_after = NULL,
+    wait_count = 0,
+    last_error = 'parent_failed: Parent task failed',
+    errors_json = t.errors_json || jsonb_build_array(jsonb_build_object(
+        'kind', 'parent_failed',
+        'message', 'Parent task failed',
+        'failed_result_id', t.parent_id,
+        'at', now()
+    )),
+    updated_at = now()
+FROM descendants d
+WHERE t.result_id = d.result_id
+RETURNING t.result_id;
+
+-- name: reclaim_expired
+-- RUNNING rows whose lease ran out (worker crashed or lost the database): back to READY while
+-- attempts remain, else FAILED. Returns the rows and whether they failed terminally.
+WITH expired AS (
+    SELECT result_id FROM task_runs
+    WHERE status = 'RUNNING' AND leased_until < now()
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE task_runs t
+SET status = CASE WHEN t.attempts < COALESCE(t.max_attempts, %(max_attempts_default)s)
+                  THEN 'READY' ELSE 'FAILED' END,
+    finished_at = CASE WHEN t.attempts < COALESCE(t.max_attempts, %(max_attempts_default)s)
+                       THEN NULL ELSE now() END,
+    last_error = CASE WHEN t.attempts < COALESCE(t.max_attempts, %(max_attempts_default)s)
+                      THEN NULL ELSE 'lease_expiry: Worker heartbeat lost or process crashed' END,
+    failed_at = CASE WHEN t.attempts < COALESCE(t.max_attempts, %(max_attempts_default)s)
+                     THEN NULL ELSE now() END,
+    errors_json = t.errors_json || jsonb_build_array(jsonb_build_object(
+        'kind', 'lease_expiry',
+        'message', 'Worker heartbeat lost or process crashed',
+        'worker_id', t.leased_by,
+        'attempt', t.attempts,
+        'at', now()
+    )),
+    leased_until = NULL,
+    leased_by = NULL,
+    updated_at = now()
+FROM expired e
+WHERE t.result_id = e.result_id
+RETURNING t.result_id, t.status, t.workflow_id;
+
+-- name: register_worker
+INSERT INTO reproq_workers (worker_id, hostname, concurrency, queues, version, started_at,
+                            last_seen_at)
+VALUES (%(worker_id)s, %(hostname)s, %(concurrency)s, %(queues)s::jsonb, %(version)s, now(),
+        now())
+ON CONFLICT (worker_id) DO UPDATE
+SET hostname = EXCLUDED.hostname,
+    concurrency = EXCLUDED.concurrency,
+    queues = EXCLUDED.queues,
+    version = EXCLUDED.version,
+    last_seen_at = now();
+
+-- name: worker_seen
+UPDATE reproq_workers SET last_seen_at = now() WHERE worker_id = %(worker_id)s;
+
+-- name: unregister_worker
+DELETE FROM reproq_workers WHERE worker_id = %(worker_id)s;

@@ -186,3 +186,20 @@ def run_cli(tmp_path: Path) -> object:
         return CliResult(completed.returncode, completed.stdout, completed.stderr)
 
     return run
+
+
+@pytest.fixture
+def conn(db_dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """An autocommit connection to this test's migrated database."""
+    with psycopg.connect(db_dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def workers(db_dsn: str, tmp_path: Path) -> Iterator[object]:
+    """Start real `reproq worker` processes against this test's database."""
+    from tests.support.harness import WorkerFactory
+
+    factory = WorkerFactory(db_dsn, tmp_path)
+    yield factory
+    factory.cleanup()

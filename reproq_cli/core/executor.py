@@ -1,0 +1,341 @@
+"""Running one task attempt in a child process (go-worker.md §5.3-5.7).
+
+The child is ``<python_bin> -m <executor_module> --result-id N --attempt A`` plus the payload
+flag, in a new session (so its own process group), with the worker's environment. Its stdout
+and stderr are captured up to a cap each; the last stdout JSON value is the result envelope.
+
+Unlike the Go worker, stopping a child (timeout, cancellation, shutdown) signals the whole
+process group: SIGTERM, then SIGKILL after a short grace, so grandchildren die too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+TRUNCATION_MARKER = "\n[TRUNCATED due to size limit]"
+KILL_GRACE_SECONDS = 2.0
+PIPE_DRAIN_SECONDS = 2.0
+TICK_SECONDS = 0.1
+
+
+class InfraError(Exception):
+    """The attempt could not be run at all (spawn failure, payload problems)."""
+
+
+class BoundedBuffer:
+    """Keeps the first ``limit`` bytes written and remembers whether more arrived."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.truncated = False
+
+    def write(self, chunk: bytes) -> None:
+        room = self.limit - len(self.data)
+        if room > 0:
+            self.data += chunk[:room]
+        if len(chunk) > max(room, 0):
+            self.truncated = True
+
+    def text(self, *, with_marker: bool = True) -> str:
+        text = self.data.decode("utf-8", errors="replace")
+        return text + TRUNCATION_MARKER if (self.truncated and with_marker) else text
+
+
+@dataclass
+class Envelope:
+    ok: bool
+    return_raw: str | None = None  # the "return" value as JSON text; None when absent
+    exception_class: str = ""
+    message: str = ""
+    traceback: str = ""
+
+
+@dataclass
+class ExecResult:
+    stdout: str
+    stderr: str
+    returncode: int | None
+    duration: float
+    timed_out: bool = False
+    stopped_for: str | None = None  # why the worker stopped it: cancelled, shutdown, lease_lost
+    envelope: Envelope = field(default_factory=lambda: Envelope(ok=False))
+
+    @property
+    def signal_number(self) -> int | None:
+        return -self.returncode if self.returncode is not None and self.returncode < 0 else None
+
+
+@dataclass(frozen=True)
+class ExecSpec:
+    python_bin: str
+    executor_module: str
+    payload_mode: str
+    max_payload_bytes: int
+    max_stdout_bytes: int
+    max_stderr_bytes: int
+
+
+def build_argv(spec: ExecSpec, result_id: int, attempt: int) -> list[str]:
+    return [
+        spec.python_bin,
+        "-m",
+        spec.executor_module,
+        "--result-id",
+        str(result_id),
+        "--attempt",
+        str(attempt),
+    ]
+
+
+# --- envelope parsing (Go encoding/json semantics, messages included) --------------------------
+
+_ENVELOPE_FIELDS = ("ok", "return", "exception_class", "message", "traceback")
+
+
+def parse_envelope(stdout: str) -> Envelope:
+    """Decode the executor's stdout as Go's worker does; a decode error is a failed envelope."""
+    text = stdout.strip()
+    try:
+        return _decode_envelope(text)
+    except ValueError as exc:
+        return Envelope(ok=False, message=f"Invalid JSON on stdout: {exc}")
+
+
+def _decode_envelope(text: str) -> Envelope:
+    if not text:
+        raise ValueError("unexpected end of JSON input")
+    decoder = json.JSONDecoder()
+    try:
+        value, end = decoder.raw_decode(text)
+    except json.JSONDecodeError as exc:
+        if exc.pos >= len(text):
+            raise ValueError("unexpected end of JSON input") from None
+        if exc.pos == 0:
+            raise ValueError(
+                f"invalid character {text[0]!r} looking for beginning of value"
+            ) from None
+        raise ValueError(f"{exc.msg} at offset {exc.pos}") from None
+    if end != len(text):
+        raise ValueError(f"invalid character {text[end]!r} after top-level value")
+    if value is None:
+        return Envelope(ok=False)
+    if not isinstance(value, dict):
+        kind = {list: "array", str: "string", bool: "bool"}.get(type(value), "number")
+        raise ValueError(
+            f"json: cannot unmarshal {kind} into Go value of type executor.ResultEnvelope"
+        )
+    fields: dict[str, Any] = {}
+    for key, item in value.items():
+        if key.lower() in _ENVELOPE_FIELDS:
+            fields[key.lower()] = item  # like Go: case-insensitive, the last match wins
+    ok = fields.get("ok")
+    if ok is not None and not isinstance(ok, bool):
+        raise ValueError(
+            "json: cannot unmarshal into Go struct field ResultEnvelope.ok of type bool"
+        )
+    texts: dict[str, str] = {}
+    for name in ("exception_class", "message", "traceback"):
+        item = fields.get(name)
+        if item is not None and not isinstance(item, str):
+            raise ValueError(
+                f"json: cannot unmarshal into Go struct field ResultEnvelope.{name} of type string"
+            )
+        texts[name] = item or ""
+    return_raw = json.dumps(fields["return"]) if "return" in fields else None
+    return Envelope(ok=bool(ok), return_raw=return_raw, **texts)
+
+
+# --- running --------------------------------------------------------------------------------------
+
+
+def _drain(stream: IO[bytes], buffer: BoundedBuffer) -> None:
+    # os.read on the raw descriptor: a grandchild that keeps the pipe open must not block
+    # the worker, which abandons this (daemon) thread after PIPE_DRAIN_SECONDS.
+    fd = stream.fileno()
+    try:
+        while chunk := os.read(fd, 65536):
+            buffer.write(chunk)
+    except OSError:
+        return
+    stream.close()
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def run_attempt(
+    spec: ExecSpec,
+    *,
+    result_id: int,
+    attempt: int,
+    payload: str,
+    timeout: float,
+    tick: Callable[[], str | None] | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> ExecResult:
+    """Run one attempt to completion.
+
+    ``tick`` is called about every 100 ms while the child runs; a non-None return (the
+    reason) stops the child's process group. Raises InfraError when nothing could be run.
+    """
+    data = payload.encode("utf-8")
+    if len(data) > spec.max_payload_bytes:
+        raise InfraError(f"payload size {len(data)} exceeds limit {spec.max_payload_bytes}")
+    argv = build_argv(spec, result_id, attempt)
+    payload_file: str | None = None
+    stdin_data: bytes | None = None
+    if spec.payload_mode == "stdin":
+        argv.append("--payload-stdin")
+        stdin_data = data
+    elif spec.payload_mode == "file":
+        payload_file = _write_payload_file(result_id, data)
+        argv += ["--payload-file", payload_file]
+    elif spec.payload_mode == "inline":
+        argv += ["--payload-json", payload]
+    else:
+        raise InfraError(f"invalid payload mode: {spec.payload_mode}")
+
+    started = time.monotonic()
+    try:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # own process group, so the whole tree can be signalled
+                env=env,
+                cwd=cwd,
+            )
+        except OSError as exc:
+            raise InfraError(f"cannot start {spec.python_bin!r}: {exc.strerror or exc}") from None
+        return _supervise(proc, spec, stdin_data, started, timeout, tick)
+    finally:
+        if payload_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(payload_file)
+
+
+def _write_payload_file(result_id: int, data: bytes) -> str:
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"reproq-payload-{result_id}-", suffix=".json")
+    except OSError as exc:
+        raise InfraError(f"failed to create temp file: {exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:  # mkstemp already made it 0600
+            handle.write(data)
+    except OSError as exc:
+        os.unlink(path)
+        raise InfraError(f"failed to write payload to file: {exc}") from None
+    return path
+
+
+def _feed_stdin(stream: IO[bytes], data: bytes) -> None:
+    try:
+        stream.write(data)
+    except (BrokenPipeError, OSError):
+        pass  # the child did not read its payload; its envelope will say why
+    finally:
+        with contextlib.suppress(OSError):
+            stream.close()
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes],
+    spec: ExecSpec,
+    stdin_data: bytes | None,
+    started: float,
+    timeout: float,
+    tick: Callable[[], str | None] | None,
+) -> ExecResult:
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    out = BoundedBuffer(spec.max_stdout_bytes)
+    err = BoundedBuffer(spec.max_stderr_bytes)
+    threads = [
+        threading.Thread(target=_drain, args=(proc.stdout, out), daemon=True),
+        threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True),
+    ]
+    if stdin_data is not None:
+        assert proc.stdin is not None
+        threads.append(
+            threading.Thread(target=_feed_stdin, args=(proc.stdin, stdin_data), daemon=True)
+        )
+    for thread in threads:
+        thread.start()
+
+    deadline = started + timeout
+    timed_out = False
+    stopped_for: str | None = None
+    while True:
+        try:
+            proc.wait(timeout=TICK_SECONDS)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() >= deadline:
+            timed_out = True
+        elif tick is not None:
+            stopped_for = tick()
+        if timed_out or stopped_for:
+            _stop_group(proc)
+            break
+    for thread in threads:
+        thread.join(timeout=PIPE_DRAIN_SECONDS)
+    duration = time.monotonic() - started
+    returncode = proc.returncode
+    if returncode not in (0, None) and not timed_out:
+        # Go appends the wait error to stderr: "exit status 1" / "signal: killed".
+        err.write(_wait_error(returncode).encode())
+    stdout_text = out.text(with_marker=False).strip()
+    result = ExecResult(
+        stdout=stdout_text,
+        stderr=err.text(),
+        returncode=returncode,
+        duration=duration,
+        timed_out=timed_out,
+        stopped_for=stopped_for,
+    )
+    if not timed_out and stopped_for is None:
+        result.envelope = parse_envelope(stdout_text)
+    return result
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    _kill_group(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=KILL_GRACE_SECONDS)
+    _kill_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _wait_error(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name.removeprefix("SIG").lower()
+        except ValueError:
+            name = str(-returncode)
+        names = {"kill": "killed", "term": "terminated", "segv": "segmentation fault"}
+        return f"signal: {names.get(name, name)}"
+    return f"exit status {returncode}"
+
+
+def signal_description(number: int) -> str:
+    try:
+        return f"terminated by signal {number} ({signal.Signals(number).name})"
+    except ValueError:
+        return f"terminated by signal {number}"

@@ -1,0 +1,118 @@
+"""Structured process logs: JSON lines on stdout (go-worker.md §8.6), or text for people.
+
+Attributes whose key looks secret (payloads, tokens, passwords, stdout/stderr...) are replaced
+by ``[REDACTED]`` at any depth (§5.8); the message text itself is never redacted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import threading
+from typing import Any, Literal, TextIO
+
+LogFormat = Literal["json", "text"]
+REDACTED = "[REDACTED]"
+
+_REDACT_KEYS = frozenset(
+    {
+        "args",
+        "authorization",
+        "body",
+        "errors_json",
+        "headers",
+        "kwargs",
+        "payload",
+        "payload_json",
+        "return_json",
+        "spec_json",
+        "stderr",
+        "stdout",
+        "traceback",
+    }
+)
+_REDACT_FRAGMENTS = ("secret", "token", "password", "apikey", "api_key", "authorization")
+
+
+def should_redact(key: str) -> bool:
+    lowered = key.lower()
+    return lowered in _REDACT_KEYS or any(fragment in lowered for fragment in _REDACT_FRAGMENTS)
+
+
+def redact(value: Any) -> Any:
+    """A copy of ``value`` with secret-looking keys replaced, recursively."""
+    if isinstance(value, dict):
+        return {k: REDACTED if should_redact(str(k)) else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact(v) for v in value]
+    return value
+
+
+def _timestamp() -> str:
+    # RFC 3339 with milliseconds and the local offset, like Go's slog JSON handler.
+    return dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.timedelta):
+        return int(value.total_seconds() * 1e9)  # slog writes durations as nanoseconds
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
+
+
+class Logger:
+    """A small leveled logger with bound attributes; safe to share between threads."""
+
+    # Re-entrant: a signal handler may log while the main thread is inside a write.
+    _lock = threading.RLock()
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        fmt: LogFormat = "json",
+        attrs: dict[str, Any] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.fmt = fmt
+        self.attrs = dict(attrs or {})
+
+    def bind(self, **attrs: Any) -> Logger:
+        return Logger(self.stream, self.fmt, {**self.attrs, **attrs})
+
+    def info(self, message: str, /, **attrs: Any) -> None:
+        self._emit("INFO", message, attrs)
+
+    def warn(self, message: str, /, **attrs: Any) -> None:
+        self._emit("WARN", message, attrs)
+
+    def error(self, message: str, /, **attrs: Any) -> None:
+        self._emit("ERROR", message, attrs)
+
+    def _emit(self, level: str, message: str, attrs: dict[str, Any]) -> None:
+        merged = redact({k: _plain(v) for k, v in {**self.attrs, **attrs}.items()})
+        if self.fmt == "json":
+            # Written pair by pair: like Go's slog, an attribute may repeat a key ("msg").
+            pairs = [("time", _timestamp()), ("level", level), ("msg", message), *merged.items()]
+            line = (
+                "{"
+                + ", ".join(
+                    f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False, default=str)}"
+                    for k, v in pairs
+                )
+                + "}"
+            )
+        else:
+            text = " ".join(f"{k}={_text_value(v)}" for k, v in merged.items())
+            line = f"{_timestamp()} {level:<5} {message}" + (f"  {text}" if text else "")
+        stream = self.stream or sys.stdout
+        with self._lock:
+            stream.write(line + "\n")
+            stream.flush()
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False) if (" " in value or not value) else value
+    return json.dumps(value, ensure_ascii=False, default=str)

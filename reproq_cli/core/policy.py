@@ -1,0 +1,145 @@
+"""The worker's rules as pure functions: allow-list, retry backoff, error objects, task paths."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from reproq_cli.defaults import DEFAULT_ALLOWED_TASK_MODULES
+from reproq_cli.models import ClaimedTask, Failure
+
+INFRA_RETRY_DELAY = 10.0
+MAX_BACKOFF = 3600.0
+
+
+def is_allowed(task_path: str, allowed: list[str]) -> bool:
+    """Plain prefix match against the allow-list; ``*`` allows everything.
+
+    An empty list means the Go worker's default, ``myapp.tasks.`` and ``tasks.``.
+    """
+    prefixes = allowed or list(DEFAULT_ALLOWED_TASK_MODULES)
+    return any(prefix == "*" or task_path.startswith(prefix) for prefix in prefixes)
+
+
+def backoff_seconds(attempts: int) -> float:
+    """min(30 * 2^(attempts-1), 3600): 30, 60, 120, ... capped at an hour."""
+    exponent = max(attempts, 1) - 1
+    if exponent >= 7:  # 30 * 2^7 = 3840 > 3600; also avoids huge powers
+        return MAX_BACKOFF
+    return min(30.0 * (2**exponent), MAX_BACKOFF)
+
+
+def timestamp() -> str:
+    """Error-object time: RFC 3339, UTC, trailing zeros of the fraction trimmed (Go style)."""
+    now = dt.datetime.now(dt.UTC)
+    text = now.strftime("%Y-%m-%dT%H:%M:%S")
+    if now.microsecond:
+        text += f".{now.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def resolve_task_path(task: ClaimedTask) -> tuple[str | None, str | None]:
+    """(task_path, None), or (None, reason) when the spec cannot say what to run."""
+    if task.task_path:
+        return task.task_path, None
+    text = task.spec_text or ""
+    if not text.strip():
+        return None, "spec_json is empty"
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"spec_json is not valid JSON: {exc}"
+    if not isinstance(spec, dict):
+        return None, "spec_json is not a JSON object"
+    path = spec.get("task_path")
+    if not isinstance(path, str) or not path:
+        return None, "spec_json missing task_path"
+    return path, None
+
+
+def _error(kind: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"kind": kind, "message": message, "at": timestamp(), **extra}
+
+
+def invalid_spec(reason: str) -> Failure:
+    return Failure(_error("invalid_spec", reason), retry=False)
+
+
+def security_violation(task_path: str) -> Failure:
+    return Failure(
+        _error(
+            "security_violation",
+            f"security violation: unauthorized task module path: {task_path}",
+            task_path=task_path,
+        ),
+        retry=False,
+    )
+
+
+def cancelled(task_path: str, worker_id: str) -> Failure:
+    return Failure(
+        _error("cancelled", "Task cancelled by request", task_path=task_path, worker_id=worker_id),
+        retry=False,
+    )
+
+
+def _retry_or_fail(task: ClaimedTask, error: dict[str, Any], delay: float) -> Failure:
+    retry = task.attempts < task.max_attempts
+    return Failure(error, retry=retry, delay_seconds=delay if retry else 0.0)
+
+
+def infra_error(task: ClaimedTask, message: str, worker_id: str, *, retryable: bool) -> Failure:
+    """The attempt never ran properly. Unlike the Go worker this counts against max_attempts."""
+    error = _error("infra_error", message, attempt=task.attempts, worker_id=worker_id)
+    if not retryable:
+        return Failure(error, retry=False)
+    return _retry_or_fail(task, error, INFRA_RETRY_DELAY)
+
+
+def app_error(
+    task: ClaimedTask,
+    *,
+    message: str,
+    exception_class: str,
+    traceback: str,
+    worker_id: str,
+) -> Failure:
+    error = _error(
+        "app_error",
+        message,
+        exception_class=exception_class,
+        traceback=traceback,
+        attempt=task.attempts,
+        worker_id=worker_id,
+    )
+    return _retry_or_fail(task, error, backoff_seconds(task.attempts))
+
+
+def timeout(task: ClaimedTask, limit: float, worker_id: str) -> Failure:
+    error = _error(
+        "timeout",
+        f"task exceeded its time limit of {limit:g}s",
+        timeout_seconds=limit,
+        attempt=task.attempts,
+        worker_id=worker_id,
+    )
+    return _retry_or_fail(task, error, backoff_seconds(task.attempts))
+
+
+def worker_shutdown(task: ClaimedTask, worker_id: str) -> Failure:
+    """The worker stopped the task to exit: retry at once and give the attempt back."""
+    error = _error(
+        "worker_shutdown",
+        "worker shut down while the task was running",
+        attempt=task.attempts,
+        worker_id=worker_id,
+    )
+    return Failure(error, retry=True, delay_seconds=0.0, refund_attempt=True)
+
+
+def effective_timeout(task: ClaimedTask, exec_timeout: float) -> float:
+    """The row's timeout_seconds, capped by the worker's exec_timeout (0 or less: the cap)."""
+    if task.timeout_seconds and task.timeout_seconds > 0:
+        return min(float(task.timeout_seconds), exec_timeout)
+    return exec_timeout

@@ -1,0 +1,507 @@
+"""The worker: claim → execute → complete, with leases, reclaim, registry and shutdown.
+
+One thread per running task (bounded by ``concurrency``) supervises its child process; the
+main thread claims. Behaviour follows go-worker.md §4-§6, §8.1, §13, with the fixes listed
+in docs/compat.md: the row's timeout is honoured, stops signal the whole process group, no
+failure retries forever, the first signal drains instead of killing.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reproq_cli import __version__
+from reproq_cli.config import Config, is_truthy, parse_duration
+from reproq_cli.core import policy
+from reproq_cli.core.executor import (
+    ExecResult,
+    ExecSpec,
+    InfraError,
+    run_attempt,
+    signal_description,
+)
+from reproq_cli.core.logs import Logger
+from reproq_cli.db.tasks import FencingError, TaskStore
+from reproq_cli.errors import DatabaseError
+from reproq_cli.models import ClaimedTask, Failure
+
+REGISTRY_INTERVAL = 30.0
+COMPLETION_RETRIES = (0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    worker_id: str
+    process_role: str
+    queues: list[str]
+    allowed_task_modules: list[str]
+    concurrency: int
+    lease_seconds: int
+    heartbeat_seconds: int
+    reclaim_interval_seconds: int
+    poll_min_backoff: float
+    poll_max_backoff: float
+    exec_spec: ExecSpec
+    logs_dir: str
+    exec_timeout: float
+    max_attempts_default: int
+    shutdown_timeout: float
+    priority_aging_factor: float
+    burst: bool = False
+    max_tasks: int = 0
+    memory_log_interval: float = 0.0
+    low_memory: bool = False
+
+    @classmethod
+    def from_config(
+        cls, config: Config, *, burst: bool, max_tasks: int, env: dict[str, str]
+    ) -> WorkerSettings:
+        w = config.section("worker")
+        return cls(
+            worker_id=w["worker_id"],
+            process_role=w["process_role"],
+            queues=list(w["queues"]),
+            allowed_task_modules=list(w["allowed_task_modules"]),
+            concurrency=w["concurrency"],
+            lease_seconds=w["lease_seconds"],
+            heartbeat_seconds=w["heartbeat_seconds"],
+            reclaim_interval_seconds=w["reclaim_interval_seconds"],
+            poll_min_backoff=w["poll_min_backoff"],
+            poll_max_backoff=w["poll_max_backoff"],
+            exec_spec=ExecSpec(
+                python_bin=w["python_bin"],
+                executor_module=w["executor_module"],
+                payload_mode=w["payload_mode"],
+                max_payload_bytes=w["max_payload_bytes"],
+                max_stdout_bytes=w["max_stdout_bytes"],
+                max_stderr_bytes=w["max_stderr_bytes"],
+            ),
+            logs_dir=w["logs_dir"],
+            exec_timeout=w["exec_timeout"],
+            max_attempts_default=w["max_attempts_default"],
+            shutdown_timeout=w["shutdown_timeout"],
+            priority_aging_factor=w["priority_aging_factor"],
+            burst=burst,
+            max_tasks=max_tasks,
+            memory_log_interval=memory_log_interval(env.get("REPROQ_MEMORY_LOG_INTERVAL", "")),
+            low_memory=is_truthy(env.get("LOW_MEMORY_MODE")),
+        )
+
+
+def memory_log_interval(raw: str) -> float:
+    """REPROQ_MEMORY_LOG_INTERVAL: a Go duration or bare seconds; invalid or <= 0 disables."""
+    raw = raw.strip()
+    if not raw:
+        return 0.0
+    try:
+        value = float(raw) if raw.isdigit() else parse_duration(raw)
+    except ValueError:
+        return -1.0  # reported by the worker, then treated as disabled
+    return value if value > 0 else -1.0
+
+
+def rss_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, store: TaskStore, log: Logger) -> None:
+        self.settings = settings
+        self.store = store
+        self.log = log
+        self._slots = threading.BoundedSemaphore(settings.concurrency)
+        self._running: dict[int, threading.Thread] = {}
+        self._running_lock = threading.Lock()
+        self._stop_claiming = threading.Event()
+        self._hard_stop = threading.Event()
+        self._wake = threading.Event()
+        self._background_stop = threading.Event()
+        self._signals = 0
+        self._round_robin = 0
+        self.claimed = 0
+
+    # --- control -----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """First call: stop claiming and let running tasks finish. Second: stop them now."""
+        self._signals += 1
+        if self._signals == 1:
+            self.log.info(
+                "Shutdown requested, waiting for tasks...",
+                running=self.running_count(),
+                shutdown_timeout=f"{self.settings.shutdown_timeout:g}s",
+                hint="press Ctrl+C again to stop now",
+            )
+            self._stop_claiming.set()
+        else:
+            self.log.warn("Second signal: stopping running tasks now", running=self.running_count())
+            self._hard_stop.set()
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(_signum: int, _frame: Any) -> None:
+            self.request_stop()
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    def running_count(self) -> int:
+        with self._running_lock:
+            return len(self._running)
+
+    # --- main loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        s = self.settings
+        if s.memory_log_interval < 0:
+            self.log.warn(
+                "Invalid REPROQ_MEMORY_LOG_INTERVAL; skipping memory logger",
+                value=os.environ.get("REPROQ_MEMORY_LOG_INTERVAL", ""),
+            )
+        if s.low_memory:
+            self.log.warn(
+                "Low memory mode enabled; metrics/health/events disabled", env="LOW_MEMORY_MODE"
+            )
+        try:
+            self.store.register(
+                hostname=socket.gethostname(),
+                concurrency=s.concurrency,
+                queues=s.queues,
+                version=__version__,
+            )
+        except DatabaseError as exc:
+            self.log.warn("Failed to register worker", error=str(exc))
+        if s.reclaim_interval_seconds > 0:
+            self._reclaim()
+        background = [threading.Thread(target=self._registry_loop, daemon=True)]
+        if s.reclaim_interval_seconds > 0:
+            background.append(threading.Thread(target=self._reclaim_loop, daemon=True))
+        if s.memory_log_interval > 0:
+            background.append(threading.Thread(target=self._memory_loop, daemon=True))
+        for thread in background:
+            thread.start()
+        self.log.info(
+            "Starting reproq worker",
+            concurrency=s.concurrency,
+            queues=s.queues,
+            version=__version__,
+            burst=s.burst,
+        )
+        self._claim_loop()
+        self._drain()
+        self._background_stop.set()
+        try:
+            self.store.unregister()
+        except DatabaseError as exc:
+            self.log.warn("Failed to unregister worker", error=str(exc))
+        self.log.info("Worker stopped", claimed=self.claimed)
+
+    def _claim_loop(self) -> None:
+        s = self.settings
+        while not self._stop_claiming.is_set():
+            if s.max_tasks and self.claimed >= s.max_tasks:
+                return
+            if not self._slots.acquire(timeout=0.2):
+                continue
+            try:
+                task = self._poll()
+            except DatabaseError as exc:
+                self._slots.release()
+                self.log.error("Polling error", error=str(exc))
+                self._sleep_backoff()
+                continue
+            if task is not None:
+                self._start(task)
+                continue
+            self._slots.release()
+            if s.burst and self.running_count() == 0:
+                return
+            self._sleep_backoff()
+
+    def _poll(self) -> ClaimedTask | None:
+        """One claim attempt per queue, round-robin from where the last success left off."""
+        queues = self.settings.queues
+        start = self._round_robin % len(queues)
+        for offset in range(len(queues)):
+            index = (start + offset) % len(queues)
+            task = self.store.claim(queues[index], aging_factor=self.settings.priority_aging_factor)
+            if task is not None:
+                self._round_robin = index + 1
+                return task
+        self._round_robin = start + 1
+        return None
+
+    def _sleep_backoff(self) -> None:
+        low, high = self.settings.poll_min_backoff, self.settings.poll_max_backoff
+        delay = low if high - low <= 0 else random.uniform(low, high)
+        self._wake.wait(timeout=delay)
+        self._wake.clear()
+
+    def _start(self, task: ClaimedTask) -> None:
+        self.claimed += 1
+        thread = threading.Thread(target=self._task_thread, args=(task,), daemon=True)
+        with self._running_lock:
+            self._running[task.result_id] = thread
+        thread.start()
+
+    def _drain(self) -> None:
+        """Wait for running tasks; after shutdown_timeout (signal case) stop them."""
+        if self._stop_claiming.is_set():
+            deadline = time.monotonic() + self.settings.shutdown_timeout
+            while self.running_count() and not self._hard_stop.is_set():
+                if time.monotonic() >= deadline:
+                    self.log.warn(
+                        "Shutdown timeout reached; stopping running tasks",
+                        running=self.running_count(),
+                    )
+                    self._hard_stop.set()
+                    break
+                self._wake.wait(timeout=0.2)
+                self._wake.clear()
+        while True:
+            with self._running_lock:
+                threads = list(self._running.values())
+            if not threads:
+                return
+            for thread in threads:
+                thread.join(timeout=0.2)
+
+    # --- one task -------------------------------------------------------------------------------
+
+    def _task_thread(self, task: ClaimedTask) -> None:
+        try:
+            self._process(task)
+        except Exception as exc:  # keep the worker alive; the lease expiry recovers the row
+            self.log.error("Execution pipeline error", result_id=task.result_id, error=repr(exc))
+        finally:
+            with self._running_lock:
+                self._running.pop(task.result_id, None)
+            self._slots.release()
+            self._wake.set()
+
+    def _process(self, task: ClaimedTask) -> None:
+        s = self.settings
+        log = self.log.bind(result_id=task.result_id, spec_hash=task.spec_hash)
+        task_path, problem = policy.resolve_task_path(task)
+        if task_path is None:
+            log.error("Invalid task spec", error=problem)
+            self._complete_failure(log, task, policy.invalid_spec(problem or "invalid spec"), None)
+            return
+        if not policy.is_allowed(task_path, s.allowed_task_modules):
+            log.warn("Task rejected by validator", task_path=task_path)
+            self._complete_failure(log, task, policy.security_violation(task_path), None)
+            return
+        log = log.bind(task_path=task_path, attempt=task.attempts)
+        log.info("Executing task")
+        limit = policy.effective_timeout(task, s.exec_timeout)
+        try:
+            result = run_attempt(
+                s.exec_spec,
+                result_id=task.result_id,
+                attempt=task.attempts,
+                payload=task.spec_text,
+                timeout=limit,
+                tick=self._ticker(task, log),
+            )
+        except InfraError as exc:
+            retryable = not str(exc).startswith("payload size")
+            log.error("Execution infrastructure error", error=str(exc))
+            failure = policy.infra_error(task, str(exc), s.worker_id, retryable=retryable)
+            self._complete_failure(log, task, failure, None)
+            return
+        logs_uri = self._persist_logs(log, task, result)
+        self._finish(log, task, task_path, limit, result, logs_uri)
+
+    def _ticker(self, task: ClaimedTask, log: Logger) -> Callable[[], str | None]:
+        """Heartbeats the lease; says when to stop the child (cancel, lease lost, shutdown)."""
+        interval = self.settings.heartbeat_seconds
+        next_beat = time.monotonic() + interval
+        lease_ends = time.monotonic() + self.settings.lease_seconds
+
+        def tick() -> str | None:
+            nonlocal next_beat, lease_ends
+            if self._hard_stop.is_set():
+                return "worker_shutdown"
+            now = time.monotonic()
+            if interval <= 0 or now < next_beat:
+                return None
+            next_beat = now + interval
+            try:
+                cancel = self.store.heartbeat(task.result_id)
+            except FencingError as exc:
+                log.error("Heartbeat failed", error=str(exc))
+                return "lease_lost"
+            except DatabaseError as exc:
+                # A database blip should not kill the task; once the lease has run out,
+                # another worker may take the row, so stop then.
+                log.error("Heartbeat failed", error=str(exc))
+                return "lease_lost" if now >= lease_ends else None
+            lease_ends = now + self.settings.lease_seconds
+            if cancel:
+                log.warn("Remote cancellation requested")
+                return "cancelled"
+            return None
+
+        return tick
+
+    def _finish(
+        self,
+        log: Logger,
+        task: ClaimedTask,
+        task_path: str,
+        limit: float,
+        result: ExecResult,
+        logs_uri: str | None,
+    ) -> None:
+        s = self.settings
+        if result.stopped_for == "lease_lost":
+            log.error("Task stopped: lease lost; the row is left for reclaim")
+            return
+        if result.stopped_for == "cancelled":
+            log.warn("Task cancelled by request")
+            self._complete_failure(log, task, policy.cancelled(task_path, s.worker_id), logs_uri)
+            return
+        if result.stopped_for == "worker_shutdown":
+            log.warn("Task stopped by worker shutdown; it will run again")
+            self._complete_failure(log, task, policy.worker_shutdown(task, s.worker_id), logs_uri)
+            return
+        if result.timed_out:
+            log.warn("Task timed out", timeout_seconds=limit)
+            self._complete_failure(log, task, policy.timeout(task, limit, s.worker_id), logs_uri)
+            return
+        envelope = result.envelope
+        if envelope.ok:
+            try:
+                self._with_retries(
+                    log,
+                    "mark success",
+                    lambda: self.store.complete_success(task, envelope.return_raw, logs_uri),
+                )
+            except FencingError as exc:
+                log.error("Failed to mark success", error=str(exc))
+                return
+            log.info("Task successful", duration=round(result.duration, 6))
+            return
+        message = envelope.message
+        signum = result.signal_number
+        if signum is not None and message.startswith("Invalid JSON on stdout"):
+            message = signal_description(signum)
+        failure = policy.app_error(
+            task,
+            message=message,
+            exception_class=envelope.exception_class,
+            traceback=envelope.traceback,
+            worker_id=s.worker_id,
+        )
+        log.warn("Task failed", msg=message, retry=failure.retry)
+        self._complete_failure(log, task, failure, logs_uri)
+
+    def _complete_failure(
+        self, log: Logger, task: ClaimedTask, failure: Failure, logs_uri: str | None
+    ) -> None:
+        try:
+            self._with_retries(
+                log, "mark failure", lambda: self.store.complete_failure(task, failure, logs_uri)
+            )
+        except FencingError as exc:
+            log.error("Failed to mark failure", error=str(exc))
+
+    def _with_retries(self, log: Logger, what: str, action: Callable[[], None]) -> None:
+        """Completion writes survive a short database outage; the lease covers longer ones."""
+        for delay in (*COMPLETION_RETRIES, None):
+            try:
+                action()
+                return
+            except DatabaseError as exc:
+                if delay is None:
+                    log.error(f"Failed to {what}", error=str(exc))
+                    return
+                log.warn(f"Retrying: failed to {what}", error=str(exc), retry_in=delay)
+                time.sleep(delay)
+
+    def _persist_logs(self, log: Logger, task: ClaimedTask, result: ExecResult) -> str | None:
+        """Write stdout/stderr to <logs_dir>/task-<id>-attempt-<n>.log (go-worker.md §5.7)."""
+        logs_dir = self.settings.logs_dir
+        if not logs_dir or not (result.stdout or result.stderr):
+            return None
+        path = os.path.join(logs_dir, f"task-{task.result_id}-attempt-{task.attempts}.log")
+        try:
+            os.makedirs(logs_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            log.warn("Failed to create logs dir", error=str(exc), logs_dir=logs_dir)
+            return None
+        content = (
+            "STDOUT:\n"
+            + result.stdout
+            + ("" if result.stdout.endswith("\n") else "\n")
+            + "STDERR:\n"
+            + result.stderr
+            + ("" if result.stderr.endswith("\n") else "\n")
+        )
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(content)
+        except OSError as exc:
+            log.warn("Failed to persist task logs", error=str(exc), path=path)
+            return None
+        return path
+
+    # --- background loops -------------------------------------------------------------------------
+
+    def _reclaim(self) -> None:
+        try:
+            reclaimed = self.store.reclaim_expired(self.settings.max_attempts_default)
+        except DatabaseError as exc:
+            self.log.warn("Failed to reclaim expired tasks", error=str(exc))
+            return
+        if reclaimed:
+            self.log.info(
+                "Reclaimed expired tasks",
+                count=len(reclaimed),
+                failed=sum(1 for r in reclaimed if r.failed),
+            )
+
+    def _reclaim_loop(self) -> None:
+        while not self._background_stop.wait(self.settings.reclaim_interval_seconds):
+            self._reclaim()
+
+    def _registry_loop(self) -> None:
+        while not self._background_stop.wait(REGISTRY_INTERVAL):
+            try:
+                self.store.seen()
+            except DatabaseError as exc:
+                self.log.warn("Failed to update worker heartbeat", error=str(exc))
+
+    def _memory_loop(self) -> None:
+        import gc
+
+        interval = self.settings.memory_log_interval
+        while True:
+            counts = gc.get_count()
+            self.log.info(
+                "reproq memory usage",
+                rss_bytes=rss_bytes(),
+                gc_gen0=counts[0],
+                gc_gen1=counts[1],
+                gc_gen2=counts[2],
+                threads=threading.active_count(),
+                running_tasks=self.running_count(),
+            )
+            if self._background_stop.wait(interval):
+                return

@@ -1,0 +1,222 @@
+"""The worker's database operations: claim, heartbeat, completion, reclaim, registry.
+
+Every write that completes an attempt is fenced (only the lease holder of a RUNNING row can
+change it) and runs with its own short statement timeout, so completions still land while
+the worker shuts down.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from reproq_cli.db.queries import query
+from reproq_cli.errors import DatabaseError
+from reproq_cli.models import ClaimedTask, Failure, ReclaimedTask
+
+Pool = ConnectionPool[psycopg.Connection[dict[str, Any]]]
+
+# Namespaces for claim_key_lock, so a lock_key and a concurrency_key with the same text never
+# share an advisory lock, and every claimer takes them in the same order (no deadlock).
+_LOCK_KEY_NS = "reproq:lock_key:"
+_CONCURRENCY_NS = "reproq:concurrency_key:"
+
+
+class FencingError(Exception):
+    """The row is no longer RUNNING under this worker's lease (reclaimed or finished)."""
+
+
+def _translate_errors[**P, R](method: Callable[P, R]) -> Callable[P, R]:
+    """psycopg and pool errors leave the db layer as DatabaseError (one readable line)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except (psycopg.Error, PoolTimeout) as exc:
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            raise DatabaseError(f"database error in {method.__name__}: {text}") from exc
+
+    return wrapper
+
+
+class TaskStore:
+    def __init__(self, pool: Pool, worker_id: str, *, lease_seconds: int) -> None:
+        self.pool = pool
+        self.worker_id = worker_id
+        self.lease_seconds = lease_seconds
+
+    # --- claim ------------------------------------------------------------------------------
+
+    @_translate_errors
+    def claim(self, queue: str, *, aging_factor: float) -> ClaimedTask | None:
+        """Lease the next claimable task of ``queue``, or None.
+
+        lock_key exclusion and concurrency caps are re-checked under per-key advisory locks
+        before commit; a claim that lost the race is rolled back (row, attempts and rate-limit
+        token untouched) and reported as None.
+        """
+        with self.pool.connection() as conn, conn.transaction() as tx:
+            row = conn.execute(
+                query("claim_task"),
+                {
+                    "queue": queue,
+                    "aging": aging_factor,
+                    "lease_seconds": self.lease_seconds,
+                    "worker_id": self.worker_id,
+                },
+            ).fetchone()
+            if row is None:
+                return None
+            task = ClaimedTask(**row)
+            limited = bool(task.concurrency_key) and task.concurrency_limit > 0
+            if task.lock_key is None and not limited:
+                return task
+            if task.lock_key is not None:
+                conn.execute(query("claim_key_lock"), {"name": _LOCK_KEY_NS + task.lock_key})
+            if limited:
+                conn.execute(
+                    query("claim_key_lock"), {"name": _CONCURRENCY_NS + str(task.concurrency_key)}
+                )
+            check = conn.execute(
+                query("claim_key_recheck"),
+                {
+                    "lock_key": task.lock_key,
+                    "concurrency_key": task.concurrency_key,
+                    "result_id": task.result_id,
+                },
+            ).fetchone()
+            assert check is not None
+            lost_lock = task.lock_key is not None and check["lock_taken"]
+            over_cap = limited and check["running_with_key"] > task.concurrency_limit
+            if not (lost_lock or over_cap):
+                return task
+            raise psycopg.Rollback(tx)  # leaves the block quietly, undoing the claim
+        return None
+
+    # --- leases -----------------------------------------------------------------------------
+
+    @_translate_errors
+    def heartbeat(self, result_id: int) -> bool:
+        """Extend the lease; returns cancel_requested. Raises FencingError if the lease is lost."""
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                query("heartbeat"),
+                {
+                    "result_id": result_id,
+                    "worker_id": self.worker_id,
+                    "lease_seconds": self.lease_seconds,
+                },
+            ).fetchone()
+        if row is None:
+            raise FencingError("lease lost or task not running")
+        return bool(row["cancel_requested"])
+
+    @_translate_errors
+    def reclaim_expired(self, max_attempts_default: int) -> list[ReclaimedTask]:
+        with self.pool.connection() as conn, conn.transaction():
+            rows = conn.execute(
+                query("reclaim_expired"), {"max_attempts_default": max_attempts_default}
+            ).fetchall()
+            reclaimed = [
+                ReclaimedTask(r["result_id"], r["status"] == "FAILED", r["workflow_id"])
+                for r in rows
+            ]
+            self._after_terminal_failures(conn, [r for r in reclaimed if r.failed])
+        return reclaimed
+
+    # --- completion ---------------------------------------------------------------------------
+
+    @_translate_errors
+    def complete_success(
+        self, task: ClaimedTask, return_json: str | None, logs_uri: str | None
+    ) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                query("complete_success"),
+                {
+                    "result_id": task.result_id,
+                    "worker_id": self.worker_id,
+                    "return_json": return_json,
+                    "logs_uri": logs_uri,
+                },
+            ).fetchone()
+            if row is None:
+                raise FencingError("fencing failure or task not running")
+            conn.execute(query("release_chain_children"), {"result_id": task.result_id})
+            if row["workflow_id"] is not None:
+                conn.execute(
+                    query("workflow_member_succeeded"),
+                    {"workflow_id": row["workflow_id"], "result_id": task.result_id},
+                )
+
+    @_translate_errors
+    def complete_failure(self, task: ClaimedTask, failure: Failure, logs_uri: str | None) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                query("complete_failure"),
+                {
+                    "result_id": task.result_id,
+                    "worker_id": self.worker_id,
+                    "retry": failure.retry,
+                    "delay": failure.delay_seconds,
+                    "summary": failure.summary,
+                    "error": Jsonb(failure.error),
+                    "refund": 1 if failure.refund_attempt else 0,
+                    "logs_uri": logs_uri,
+                },
+            ).fetchone()
+            if row is None:
+                raise FencingError("fencing failure or task not running")
+            if not failure.retry:
+                self._after_terminal_failures(
+                    conn, [ReclaimedTask(task.result_id, True, row["workflow_id"])]
+                )
+
+    def _after_terminal_failures(
+        self, conn: psycopg.Connection[dict[str, Any]], failed: Iterable[ReclaimedTask]
+    ) -> None:
+        """Fail what can no longer run: the chord callback and WAITING chain descendants."""
+        roots: list[int] = []
+        for task in failed:
+            roots.append(task.result_id)
+            if task.workflow_id is not None:
+                rows = conn.execute(
+                    query("workflow_member_failed"),
+                    {"workflow_id": task.workflow_id, "result_id": task.result_id},
+                ).fetchall()
+                roots.extend(r["result_id"] for r in rows)
+        if roots:
+            conn.execute(query("fail_chain_descendants"), {"roots": roots})
+
+    # --- registry ---------------------------------------------------------------------------
+
+    @_translate_errors
+    def register(self, *, hostname: str, concurrency: int, queues: list[str], version: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                query("register_worker"),
+                {
+                    "worker_id": self.worker_id,
+                    "hostname": hostname,
+                    "concurrency": concurrency,
+                    "queues": json.dumps(queues),
+                    "version": version,
+                },
+            )
+
+    @_translate_errors
+    def seen(self) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(query("worker_seen"), {"worker_id": self.worker_id})
+
+    @_translate_errors
+    def unregister(self) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(query("unregister_worker"), {"worker_id": self.worker_id})

@@ -1,0 +1,359 @@
+"""`reproq worker` end to end: real PostgreSQL, real worker and executor processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support.harness import enqueue, row, wait_for
+
+
+def test_success_and_registry(conn, workers):
+    rid = enqueue(conn, "add", 2, 3)
+    run = workers.run("--worker-id", "w-success")
+    assert run.returncode == 0, run.stderr
+    task = row(conn, rid)
+    assert task["status"] == "SUCCESSFUL", (task, run.stdout)
+    assert task["return_json"] == 5
+    assert task["attempts"] == 1
+    assert task["leased_by"] is None
+    assert task["leased_until"] is None
+    assert task["worker_ids"] == ["w-success"]
+    assert task["started_at"] is not None
+    assert task["finished_at"] is not None
+    assert "Task successful" in run.messages()
+    assert run.logs[0]["worker_id"] == "w-success"
+    # registered while running, removed on a clean exit
+    assert conn.execute("SELECT count(*) FROM reproq_workers").fetchone() == (0,)
+
+
+def test_registry_row_while_running(conn, workers):
+    rid = enqueue(conn, "sleep", 3)
+    proc = workers.start("--worker-id", "w-reg", "--concurrency", "3", "--queues", "default,high")
+    registered = wait_for(
+        lambda: conn.execute(
+            "SELECT worker_id, concurrency, queues, version, hostname FROM reproq_workers"
+        ).fetchone(),
+        what="registry row",
+    )
+    assert registered[:3] == ("w-reg", 3, ["default", "high"])
+    assert registered[3]
+    wait_for(lambda: row(conn, rid)["status"] == "RUNNING", what="task running")
+    proc.send_signal(signal.SIGTERM)
+    run = workers.finish(proc)
+    assert run.returncode == 0
+    assert row(conn, rid)["status"] == "SUCCESSFUL"
+    assert conn.execute("SELECT count(*) FROM reproq_workers").fetchone() == (0,)
+
+
+def test_app_error_retries_then_fails(conn, workers):
+    rid = enqueue(conn, "fail", "kaput", columns={"max_attempts": 2})
+    run = workers.run()
+    assert run.returncode == 0, run.stderr
+    task = row(conn, rid)
+    assert task["status"] == "READY"
+    assert task["attempts"] == 1
+    assert task["last_error"] is None
+    (error,) = task["errors_json"]
+    assert error["kind"] == "app_error"
+    assert error["message"] == "kaput"
+    assert error["exception_class"] == "builtins.ValueError"
+    assert "Traceback" in error["traceback"]
+    assert error["attempt"] == 1
+    # first retry waits 30 s
+    delay = conn.execute(
+        "SELECT extract(epoch FROM run_after - updated_at) FROM task_runs WHERE result_id = %s",
+        (rid,),
+    ).fetchone()[0]
+    assert 29 <= float(delay) <= 31
+    conn.execute("UPDATE task_runs SET run_after = now() WHERE result_id = %s", (rid,))
+    workers.run()
+    task = row(conn, rid)
+    assert task["status"] == "FAILED"
+    assert task["attempts"] == 2
+    assert task["last_error"] == "kaput"
+    assert task["failed_at"] is not None
+    assert [e["attempt"] for e in task["errors_json"]] == [1, 2]
+
+
+def test_retry_then_success(conn, workers):
+    rid = enqueue(conn, "fail_until", 2)
+    workers.run()
+    conn.execute("UPDATE task_runs SET run_after = now() WHERE result_id = %s", (rid,))
+    workers.run()
+    task = row(conn, rid)
+    assert task["status"] == "SUCCESSFUL"
+    assert task["return_json"] == "succeeded on attempt 2"
+    assert len(task["errors_json"]) == 1
+
+
+def test_invalid_spec_is_failed_with_reason(conn, workers):
+    # Only rows from before the check constraint can lack a task_path; make one.
+    conn.execute("ALTER TABLE task_runs DROP CONSTRAINT task_runs_task_path_not_empty")
+    conn.execute("ALTER TABLE task_runs DISABLE TRIGGER trg_task_runs_task_path")
+    rid = conn.execute(
+        "INSERT INTO task_runs (spec_json, spec_hash) VALUES ('{\"args\": []}', 'x') "
+        "RETURNING result_id"
+    ).fetchone()[0]
+    run = workers.run()
+    task = row(conn, rid)
+    assert task["status"] == "FAILED"
+    assert task["errors_json"][0]["kind"] == "invalid_spec"
+    assert task["last_error"] == "spec_json missing task_path"
+    assert "Invalid task spec" in run.messages()
+
+
+def test_garbage_spec_json_is_recorded_not_lost(conn, workers):
+    rid = conn.execute(
+        "INSERT INTO task_runs (spec_json, spec_hash, task_path, max_attempts)"
+        " VALUES ('[1, 2, 3]', 'g', 'tests.support.tasks.add', 1) RETURNING result_id"
+    ).fetchone()[0]
+    workers.run()
+    task = row(conn, rid)
+    assert task["status"] == "FAILED"
+    assert task["errors_json"][0]["kind"] == "app_error"
+    assert "list indices" in task["last_error"]
+
+
+def test_disallowed_module_never_runs(conn, workers, tmp_path):
+    marker = tmp_path / "ran"
+    rid = enqueue(conn, "tests.support.tasks.touch", str(marker))
+    run = workers.run(allowed_task_modules=["myapp.tasks."])
+    task = row(conn, rid)
+    assert task["status"] == "FAILED"
+    (error,) = task["errors_json"]
+    assert error["kind"] == "security_violation"
+    assert error["task_path"] == "tests.support.tasks.touch"
+    assert task["last_error"] == (
+        "security violation: unauthorized task module path: tests.support.tasks.touch"
+    )
+    assert not marker.exists()
+    assert "Task rejected by validator" in run.messages()
+
+
+def test_prefix_is_not_a_module_boundary_bypass(conn, workers):
+    rid = enqueue(conn, "tests.support.tasks.add", 1, 1)
+    workers.run(allowed_task_modules=["tests.support.tasks_"])
+    assert row(conn, rid)["errors_json"][0]["kind"] == "security_violation"
+
+
+def test_oversized_payload_fails_without_running(conn, workers, tmp_path):
+    marker = tmp_path / "ran"
+    rid = enqueue(conn, "touch", str(marker), "x" * 500)
+    workers.run(max_payload_bytes=200)
+    task = row(conn, rid)
+    assert task["status"] == "FAILED"
+    (error,) = task["errors_json"]
+    assert error["kind"] == "infra_error"
+    assert error["message"].startswith("payload size ")
+    assert error["message"].endswith(" exceeds limit 200")
+    assert not marker.exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); read its state
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_timeout_kills_the_process_group(conn, workers, tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    rid = enqueue(
+        conn,
+        "sleep_with_grandchild",
+        str(pidfile),
+        60,
+        columns={"timeout_seconds": 2, "max_attempts": 1},
+    )
+    started = time.monotonic()
+    run = workers.run()
+    elapsed = time.monotonic() - started
+    task = row(conn, rid)
+    assert task["status"] == "FAILED"
+    (error,) = task["errors_json"]
+    assert error["kind"] == "timeout"
+    assert error["timeout_seconds"] == 2
+    assert elapsed < 30, run.stdout
+    grandchild = int(pidfile.read_text())
+    wait_for(lambda: not _alive(grandchild), timeout=10, what="grandchild to die")
+
+
+def test_timeout_follows_retry_policy(conn, workers):
+    rid = enqueue(conn, "sleep", 30, columns={"timeout_seconds": 1, "max_attempts": 3})
+    workers.run()
+    task = row(conn, rid)
+    assert task["status"] == "READY"
+    assert task["errors_json"][0]["kind"] == "timeout"
+
+
+def test_exec_timeout_caps_the_row_timeout(conn, workers):
+    rid = enqueue(conn, "sleep", 30, columns={"timeout_seconds": 900, "max_attempts": 1})
+    workers.run(exec_timeout="1s")
+    assert row(conn, rid)["errors_json"][0]["timeout_seconds"] == 1
+
+
+def test_cancellation_stops_the_task(conn, workers):
+    rid = enqueue(conn, "sleep", 60)
+    proc = workers.start("--heartbeat-seconds", "1")
+    wait_for(lambda: row(conn, rid)["status"] == "RUNNING", what="task running")
+    conn.execute("UPDATE task_runs SET cancel_requested = true WHERE result_id = %s", (rid,))
+    wait_for(lambda: row(conn, rid)["status"] == "FAILED", timeout=20, what="cancelled")
+    task = row(conn, rid)
+    (error,) = task["errors_json"]
+    assert error["kind"] == "cancelled"
+    assert task["last_error"] == "Task cancelled by request"
+    proc.send_signal(signal.SIGTERM)
+    assert workers.finish(proc).returncode == 0
+
+
+@pytest.mark.parametrize("mode", ["stdin", "file", "inline"])
+def test_payload_modes(conn, workers, tmp_path, mode):
+    rid = enqueue(conn, "echo", 1, "two", kwargs={"three": 3})
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    run = workers.run("--payload-mode", mode, env={"TMPDIR": str(tmp)})
+    task = row(conn, rid)
+    assert task["status"] == "SUCCESSFUL", run.stdout
+    assert task["return_json"] == {
+        "args": [1, "two"],
+        "kwargs": {"three": 3},
+        "attempt": 1,
+        "payload_mode": mode,
+    }
+    assert list(tmp.iterdir()) == []  # the payload file is removed
+    if mode == "inline":
+        assert "Payload mode inline exposes payload in process args; prefer stdin or file" in (
+            run.messages()
+        )
+
+
+def test_inline_rejected_in_production(conn, workers):
+    run = workers.run("--payload-mode", "inline", env={"REPROQ_PRODUCTION": "1"})
+    assert run.returncode == 1
+    assert "Payload mode inline disabled in production builds" in run.stderr
+
+
+def test_executor_receives_postgres_jsonb_text(conn, workers):
+    rid = enqueue(conn, "echo", kwargs={"b": 1, "a": "ü"})
+    workers.run()
+    # The spec reaches the child exactly as PostgreSQL renders the jsonb (", " and ": ").
+    assert row(conn, rid)["return_json"]["kwargs"] == {"b": 1, "a": "ü"}
+
+
+def test_log_files_and_truncation(conn, workers, tmp_path):
+    logs = tmp_path / "logs"
+    rid = enqueue(conn, "noisy", 10, 5000)
+    workers.run("--logs-dir", str(logs), max_stderr_bytes=100)
+    task = row(conn, rid)
+    assert task["status"] == "SUCCESSFUL"
+    path = logs / f"task-{rid}-attempt-1.log"
+    assert task["logs_uri"] == str(path)
+    content = path.read_text()
+    assert content.startswith('STDOUT:\n{"ok": true, "return": "done"}\nSTDERR:\n')
+    stderr_part = content.split("STDERR:\n", 1)[1]
+    # the task writes 5000 bytes to stderr before its captured print: only 100 are kept
+    assert stderr_part == "e" * 100 + "\n[TRUNCATED due to size limit]\n"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert oct(logs.stat().st_mode & 0o777) == "0o700"
+
+
+def test_child_killed_by_signal(conn, workers):
+    rid = enqueue(conn, "kill_self", 9, columns={"max_attempts": 1})
+    workers.run()
+    task = row(conn, rid)
+    assert task["status"] == "FAILED"
+    assert task["last_error"] == "terminated by signal 9 (SIGKILL)"
+
+
+def test_invalid_envelope(conn, workers):
+    rid = enqueue(conn, "corrupt_stdout", columns={"max_attempts": 1})
+    workers.run()
+    assert row(conn, rid)["last_error"] == (
+        "Invalid JSON on stdout: invalid character 't' looking for beginning of value"
+    )
+
+
+def test_missing_python_is_an_infra_error_that_stops_retrying(conn, workers):
+    rid = enqueue(conn, "add", 1, 2, columns={"max_attempts": 2})
+    workers.run(python_bin="/nonexistent/python")
+    task = row(conn, rid)
+    assert task["status"] == "READY"
+    assert task["errors_json"][0]["kind"] == "infra_error"
+    assert "/nonexistent/python" in task["errors_json"][0]["message"]
+    conn.execute("UPDATE task_runs SET run_after = now() WHERE result_id = %s", (rid,))
+    workers.run(python_bin="/nonexistent/python")
+    assert row(conn, rid)["status"] == "FAILED"
+
+
+def test_max_tasks(conn, workers):
+    ids = [enqueue(conn, "add", i, i) for i in range(5)]
+    proc = workers.start("--max-tasks", "2", "--concurrency", "1")
+    run = workers.finish(proc)
+    assert run.returncode == 0
+    statuses = [row(conn, i)["status"] for i in ids]
+    assert statuses.count("SUCCESSFUL") == 2
+    assert statuses.count("READY") == 3
+
+
+def test_help_lists_every_go_flag_with_defaults():
+    result = subprocess.run(
+        [sys.executable, "-m", "reproq_cli", "worker", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    text = " ".join(result.stdout.split())
+    expected = {
+        "--config": "REPROQ_CONFIG",
+        "--dsn": "env: DATABASE_URL",
+        "--worker-id": "default: <hostname>-<pid>; env: WORKER_ID",
+        "--process-role": "default: worker; env: REPROQ_PROCESS_ROLE",
+        "--queues": "default: default; env: QUEUE_NAMES",
+        "--allowed-task-modules": "env: ALLOWED_TASK_MODULES",
+        "--concurrency": "default: 10",
+        "--lease-seconds": "default: 300",
+        "--heartbeat-seconds": "default: 60",
+        "--reclaim-interval-seconds": "default: 60",
+        "--payload-mode": "default: stdin",
+        "--priority-aging-factor": "default: 60.0; env: PRIORITY_AGING_FACTOR",
+        "--logs-dir": "env: REPROQ_LOGS_DIR",
+        "--metrics-port": "default: 0",
+        "--metrics-addr": "env: METRICS_ADDR",
+        "--metrics-auth-token": "env: METRICS_AUTH_TOKEN",
+        "--metrics-allow-cidrs": "env: METRICS_ALLOW_CIDRS",
+        "--metrics-auth-limit": "default: 30; env: METRICS_AUTH_LIMIT",
+        "--metrics-auth-window": "default: 1m0s; env: METRICS_AUTH_WINDOW",
+        "--metrics-auth-max-entries": "default: 1000; env: METRICS_AUTH_MAX_ENTRIES",
+        "--metrics-tls-cert": "env: METRICS_TLS_CERT",
+        "--metrics-tls-key": "env: METRICS_TLS_KEY",
+        "--metrics-tls-client-ca": "env: METRICS_TLS_CLIENT_CA",
+        "--burst": "",
+        "--max-tasks": "",
+        "--log-format": "",
+    }
+    for flag, fragment in expected.items():
+        assert f"{flag} " in text, flag
+        segment = text.split(f"{flag} ", 1)[1][:220]
+        assert fragment in segment, (flag, segment)
+
+
+def test_bad_flag_value_is_a_usage_error(workers):
+    run = workers.run("--concurrency", "0")
+    assert run.returncode == 2
+    assert "--concurrency" in run.stderr
+    run = workers.run("--payload-mode", "carrier-pigeon")
+    assert run.returncode == 2
+    assert "stdin, file, inline" in run.stderr

@@ -1,0 +1,201 @@
+"""Helpers for worker tests: enqueue rows like reproq-django does, run real workers, wait."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+
+from reproq_cli.spec import canonical_json, spec_hash
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+TASKS = "tests.support.tasks"
+
+
+def make_spec(
+    task_path: str, args: list | None = None, kwargs: dict | None = None, **extra
+) -> dict:
+    spec = {
+        "v": 1,
+        "task_path": task_path,
+        "args": args or [],
+        "kwargs": kwargs or {},
+        "takes_context": False,
+        "queue_name": extra.pop("queue_name", "default"),
+        "priority": extra.pop("priority", 0),
+        "lock_key": extra.pop("lock_key", None),
+        "concurrency_key": extra.pop("concurrency_key", None),
+        "concurrency_limit": extra.pop("concurrency_limit", 0),
+        "run_after": None,
+        "exec": {
+            "timeout_seconds": extra.pop("timeout_seconds", 900),
+            "max_attempts": extra.pop("max_attempts", 3),
+        },
+        "provenance": {"code_ref": None, "pip_lock_hash": None},
+    }
+    spec.update(extra)
+    return spec
+
+
+def enqueue(
+    conn: psycopg.Connection,
+    task: str,
+    *args: Any,
+    kwargs: dict | None = None,
+    columns: dict | None = None,
+    unique: str | None = None,
+    **spec_extra: Any,
+) -> int:
+    """Insert a READY row the way ReproqBackend.enqueue does; returns result_id.
+
+    ``task`` is a function name in tests.support.tasks or a full dotted path. ``unique``
+    goes into the spec so otherwise identical tasks get distinct hashes.
+    """
+    path = task if "." in task else f"{TASKS}.{task}"
+    columns = dict(columns or {})
+    spec = make_spec(
+        path,
+        list(args),
+        kwargs,
+        queue_name=columns.get("queue_name", "default"),
+        priority=columns.get("priority", 0),
+        lock_key=columns.get("lock_key"),
+        concurrency_key=columns.get("concurrency_key"),
+        concurrency_limit=columns.get("concurrency_limit", 0),
+        timeout_seconds=columns.get("timeout_seconds", 900),
+        max_attempts=columns.get("max_attempts", 3),
+        **({"unique": unique} if unique is not None else {}),
+        **spec_extra,
+    )
+    text = canonical_json(spec)
+    values = {
+        "spec_json": text,
+        "spec_hash": spec_hash(spec),
+        "task_path": path,
+        "status": "READY",
+        **columns,
+    }
+    names = ", ".join(values)
+    placeholders = ", ".join(f"%({k})s" for k in values)
+    row = conn.execute(
+        f"INSERT INTO task_runs ({names}) VALUES ({placeholders}) RETURNING result_id", values
+    ).fetchone()
+    return int(row[0])
+
+
+def row(conn: psycopg.Connection, result_id: int) -> dict[str, Any]:
+    cur = conn.execute("SELECT * FROM task_runs WHERE result_id = %s", (result_id,))
+    names = [d.name for d in cur.description]
+    values = cur.fetchone()
+    assert values is not None, f"no task_runs row {result_id}"
+    return dict(zip(names, values, strict=True))
+
+
+def wait_for(
+    condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+@dataclass
+class WorkerRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    logs: list[dict[str, Any]] = field(default_factory=list)
+
+    def messages(self) -> list[str]:
+        return [entry.get("msg", "") for entry in self.logs]
+
+
+def parse_logs(stdout: str) -> list[dict[str, Any]]:
+    logs = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            logs.append(json.loads(line))
+    return logs
+
+
+class WorkerFactory:
+    """Runs `reproq worker` processes against one test database."""
+
+    def __init__(self, dsn: str, workdir: Path) -> None:
+        self.dsn = dsn
+        self.workdir = workdir
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def config(self, **worker: Any) -> Path:
+        settings = {
+            "python_bin": sys.executable,
+            "executor_module": "tests.support.executor",
+            "allowed_task_modules": ["tests.support."],
+            "poll_min_backoff": "10ms",
+            "poll_max_backoff": "50ms",
+            **worker,
+        }
+        path = self.workdir / "reproq.yaml"
+        path.write_text(yaml.safe_dump({"dsn": self.dsn, "worker": settings}))
+        return path
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env["REPROQ_TEST_RECORD_DSN"] = self.dsn
+        env.update(extra or {})
+        return env
+
+    def start(
+        self, *flags: str, env: dict[str, str] | None = None, **worker: Any
+    ) -> subprocess.Popen[str]:
+        self.config(**worker)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reproq_cli", "worker", *flags],
+            cwd=self.workdir,
+            env=self.env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.processes.append(proc)
+        return proc
+
+    def run(
+        self, *flags: str, timeout: float = 60.0, env: dict[str, str] | None = None, **worker: Any
+    ) -> WorkerRun:
+        """Run a worker with --burst until it exits."""
+        proc = self.start("--burst", *flags, env=env, **worker)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+            raise AssertionError(f"worker did not exit within {timeout}s:\n{stdout}\n{stderr}")
+        return WorkerRun(proc.returncode, stdout, stderr, parse_logs(stdout))
+
+    def finish(self, proc: subprocess.Popen[str], timeout: float = 60.0) -> WorkerRun:
+        stdout, stderr = proc.communicate(timeout=timeout)
+        return WorkerRun(proc.returncode, stdout, stderr, parse_logs(stdout))
+
+    def cleanup(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()

@@ -1,0 +1,93 @@
+"""Tasks for the worker tests, run by tests.support.executor in real child processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+
+def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {
+        "args": list(args),
+        "kwargs": kwargs,
+        "attempt": int(os.environ["REPROQ_ATTEMPT"]),
+        "payload_mode": os.environ["REPROQ_PAYLOAD_MODE"],
+    }
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def fail(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def fail_until(attempt: int) -> str:
+    """Fails on attempts before ``attempt``, then succeeds."""
+    current = int(os.environ["REPROQ_ATTEMPT"])
+    if current < attempt:
+        raise RuntimeError(f"attempt {current} fails")
+    return f"succeeded on attempt {current}"
+
+
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def sleep_with_grandchild(pidfile: str, seconds: float) -> None:
+    """Starts a grandchild in the same process group, records its pid, then sleeps."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import time; time.sleep({seconds})"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with open(pidfile, "w") as handle:
+        handle.write(str(child.pid))
+    time.sleep(seconds)
+
+
+def noisy(stdout_bytes: int, stderr_bytes: int) -> str:
+    print("x" * stdout_bytes)  # captured by the executor and forwarded to stderr
+    sys.stderr.write("e" * stderr_bytes)
+    return "done"
+
+
+def corrupt_stdout() -> None:
+    os.write(1, b"this is not json\n")
+
+
+def kill_self(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(5)
+
+
+def exit_silently(code: int) -> None:
+    os._exit(code)
+
+
+def record(label: str, seconds: float = 0.05) -> str:
+    """Writes its start and end into test_executions (DSN in REPROQ_TEST_RECORD_DSN)."""
+    import psycopg
+
+    dsn = os.environ["REPROQ_TEST_RECORD_DSN"]
+    result_id = int(os.environ["REPROQ_RESULT_ID"])
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        started = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        time.sleep(seconds)
+        conn.execute(
+            "INSERT INTO test_executions (result_id, label, started_at, finished_at)"
+            " VALUES (%s, %s, %s, clock_timestamp())",
+            (result_id, label, started),
+        )
+    return label
+
+
+def touch(path: str) -> str:
+    with open(path, "a") as handle:
+        handle.write(os.environ["REPROQ_RESULT_ID"] + "\n")
+    return path
