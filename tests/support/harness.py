@@ -187,7 +187,9 @@ class WorkerFactory:
         except subprocess.TimeoutExpired:
             proc.kill()
             stdout, stderr = proc.communicate()
-            raise AssertionError(f"worker did not exit within {timeout}s:\n{stdout}\n{stderr}")
+            raise AssertionError(
+                f"worker did not exit within {timeout}s:\n{stdout}\n{stderr}"
+            ) from None
         return WorkerRun(proc.returncode, stdout, stderr, parse_logs(stdout))
 
     def finish(self, proc: subprocess.Popen[str], timeout: float = 60.0) -> WorkerRun:
