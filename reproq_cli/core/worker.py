@@ -8,6 +8,7 @@ failure retries forever, the first signal drains instead of killing.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import random
 import signal
@@ -159,6 +160,8 @@ class Worker:
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+        # Operators can see where a stuck worker is: SIGUSR1 prints every thread's stack.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     def running_count(self) -> int:
         with self._running_lock:

@@ -141,6 +141,9 @@ class WorkerFactory:
         self.dsn = dsn
         self.workdir = workdir
         self.processes: list[subprocess.Popen[str]] = []
+        # Output goes to files, never to pipes nobody reads: a full pipe would block the
+        # worker's logging and stall it.
+        self.outputs: dict[int, tuple[Path, Path]] = {}
 
     def config(self, **worker: Any) -> Path:
         settings = {
@@ -166,38 +169,51 @@ class WorkerFactory:
         self, *flags: str, env: dict[str, str] | None = None, **worker: Any
     ) -> subprocess.Popen[str]:
         self.config(**worker)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "reproq_cli", "worker", *flags],
-            cwd=self.workdir,
-            env=self.env(env),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        number = len(self.processes)
+        out_path = self.workdir / f"worker-{number}.out"
+        err_path = self.workdir / f"worker-{number}.err"
+        with out_path.open("w") as out, err_path.open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "reproq_cli", "worker", *flags],
+                cwd=self.workdir,
+                env=self.env(env),
+                stdout=out,
+                stderr=err,
+                text=True,
+            )
         self.processes.append(proc)
+        self.outputs[proc.pid] = (out_path, err_path)
         return proc
+
+    def output(self, proc: subprocess.Popen[str]) -> str:
+        """What the worker has logged on stdout so far."""
+        return self.outputs[proc.pid][0].read_text()
 
     def run(
         self, *flags: str, timeout: float = 60.0, env: dict[str, str] | None = None, **worker: Any
     ) -> WorkerRun:
         """Run a worker with --burst until it exits."""
         proc = self.start("--burst", *flags, env=env, **worker)
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            stdout, stderr = proc.communicate()
-            raise AssertionError(
-                f"worker did not exit within {timeout}s:\n{stdout}\n{stderr}"
-            ) from None
-        return WorkerRun(proc.returncode, stdout, stderr, parse_logs(stdout))
+        return self.finish(proc, timeout=timeout)
 
     def finish(self, proc: subprocess.Popen[str], timeout: float = 60.0) -> WorkerRun:
-        stdout, stderr = proc.communicate(timeout=timeout)
+        """Wait for the worker to exit and collect its output."""
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            out_path, err_path = self.outputs[proc.pid]
+            raise AssertionError(
+                f"worker did not exit within {timeout}s:\n{out_path.read_text()[-5000:]}\n"
+                f"{err_path.read_text()[-5000:]}"
+            ) from None
+        out_path, err_path = self.outputs[proc.pid]
+        stdout, stderr = out_path.read_text(), err_path.read_text()
         return WorkerRun(proc.returncode, stdout, stderr, parse_logs(stdout))
 
     def cleanup(self) -> None:
         for proc in self.processes:
             if proc.poll() is None:
                 proc.kill()
-                proc.communicate()
+                proc.wait()

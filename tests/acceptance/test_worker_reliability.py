@@ -1,0 +1,220 @@
+"""Several real workers at once, crashes, signals and workflows."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+
+import pytest
+
+from tests.support.harness import enqueue, row, wait_for
+
+
+def _all_done(conn, count: int) -> bool:
+    done = conn.execute("SELECT count(*) FROM task_runs WHERE status = 'SUCCESSFUL'").fetchone()[0]
+    return done == count
+
+
+def _stop(workers, procs) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        assert workers.finish(proc).returncode == 0
+
+
+def _executions(path) -> list[tuple[int, float, float]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        rid, start, end = line.split()
+        rows.append((int(rid), float(start), float(end)))
+    return rows
+
+
+def _max_overlap(executions) -> int:
+    """The most executions that were running at the same instant."""
+    return max(sum(1 for _, s, e in executions if s <= start < e) for _, start, _ in executions)
+
+
+@pytest.mark.slow
+def test_four_workers_never_overlap_one_lock_key(conn, workers, tmp_path):
+    log = tmp_path / "executions.log"
+    count = 400
+    for i in range(count):
+        enqueue(conn, "record", str(log), 0.005, unique=str(i), columns={"lock_key": "account:7"})
+    procs = [
+        workers.start("--concurrency", "4", "--worker-id", f"lk-{i}", "--heartbeat-seconds", "0")
+        for i in range(4)
+    ]
+    wait_for(lambda: _all_done(conn, count), timeout=300, interval=0.5, what="400 tasks")
+    _stop(workers, procs)
+    executions = _executions(log)
+    assert sorted(rid for rid, _, _ in executions) == sorted(
+        r[0] for r in conn.execute("SELECT result_id FROM task_runs").fetchall()
+    )
+    assert _max_overlap(executions) == 1
+    assert conn.execute("SELECT max(attempts) FROM task_runs").fetchone() == (1,)
+    used = conn.execute(
+        "SELECT count(DISTINCT w) FROM task_runs, jsonb_array_elements_text(worker_ids) w"
+    ).fetchone()[0]
+    assert used >= 2  # the work really was shared between workers
+
+
+@pytest.mark.slow
+def test_four_workers_respect_a_concurrency_limit_of_two(conn, workers, tmp_path):
+    log = tmp_path / "executions.log"
+    count = 400
+    for i in range(count):
+        enqueue(
+            conn,
+            "record",
+            str(log),
+            0.05,
+            unique=str(i),
+            columns={"concurrency_key": "tenant:3", "concurrency_limit": 2},
+        )
+    procs = [
+        workers.start("--concurrency", "4", "--worker-id", f"ck-{i}", "--heartbeat-seconds", "0")
+        for i in range(4)
+    ]
+    wait_for(lambda: _all_done(conn, count), timeout=300, interval=0.5, what="400 tasks")
+    _stop(workers, procs)
+    executions = _executions(log)
+    assert len(executions) == count
+    assert _max_overlap(executions) == 2
+
+
+def test_killed_worker_is_reclaimed_by_another(conn, workers):
+    rid = enqueue(conn, "sleep", 3, columns={"max_attempts": 3})
+    doomed = workers.start(
+        "--worker-id", "doomed", "--lease-seconds", "2", "--heartbeat-seconds", "1"
+    )
+    wait_for(lambda: row(conn, rid)["status"] == "RUNNING", what="task running")
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    rescuer = workers.start(
+        "--worker-id", "rescuer", "--reclaim-interval-seconds", "1", "--lease-seconds", "30"
+    )
+    wait_for(lambda: row(conn, rid)["status"] == "SUCCESSFUL", timeout=60, what="rescue")
+    _stop(workers, [rescuer])
+    task = row(conn, rid)
+    assert task["attempts"] == 2
+    assert task["worker_ids"] == ["doomed", "rescuer"]
+    (error,) = task["errors_json"]
+    assert error["kind"] == "lease_expiry"
+    assert error["worker_id"] == "doomed"
+
+
+def test_sigterm_lets_running_tasks_finish(conn, workers):
+    ids = [enqueue(conn, "sleep", 2, unique=str(i)) for i in range(3)]
+    proc = workers.start("--concurrency", "3", "--worker-id", "drainer")
+    wait_for(lambda: all(row(conn, i)["status"] == "RUNNING" for i in ids), what="three running")
+    later = enqueue(conn, "add", 1, 1)
+    proc.send_signal(signal.SIGTERM)
+    run = workers.finish(proc)
+    assert run.returncode == 0
+    assert [row(conn, i)["status"] for i in ids] == ["SUCCESSFUL"] * 3
+    assert row(conn, later)["status"] == "READY"  # nothing new is claimed while draining
+    assert "Shutdown requested, waiting for tasks..." in run.messages()
+    assert conn.execute(
+        "SELECT count(*) FROM reproq_workers WHERE worker_id = 'drainer'"
+    ).fetchone() == (0,)
+
+
+def test_second_signal_stops_tasks_and_they_retry(conn, workers, tmp_path):
+    pidfile = tmp_path / "gc.pid"
+    rid = enqueue(conn, "sleep_with_grandchild", str(pidfile), 60, columns={"max_attempts": 1})
+    proc = workers.start()
+    wait_for(lambda: row(conn, rid)["status"] == "RUNNING" and pidfile.exists(), what="running")
+    proc.send_signal(signal.SIGTERM)
+    wait_for(
+        lambda: "Shutdown requested" in workers.output(proc), what="first signal seen", timeout=10
+    )
+    proc.send_signal(signal.SIGINT)
+    run = workers.finish(proc, timeout=30)
+    assert run.returncode == 0
+    task = row(conn, rid)
+    assert task["status"] == "READY"
+    assert task["attempts"] == 0  # a shutdown does not use up the task's attempts
+    assert task["errors_json"][0]["kind"] == "worker_shutdown"
+
+
+def test_shutdown_timeout_stops_tasks(conn, workers):
+    rid = enqueue(conn, "sleep", 60)
+    proc = workers.start(shutdown_timeout="1s")
+    wait_for(lambda: row(conn, rid)["status"] == "RUNNING", what="running")
+    proc.send_signal(signal.SIGTERM)
+    run = workers.finish(proc, timeout=30)
+    assert run.returncode == 0
+    assert "Shutdown timeout reached; stopping running tasks" in run.messages()
+    assert row(conn, rid)["errors_json"][0]["kind"] == "worker_shutdown"
+
+
+def test_chain_of_three_runs_in_order(conn, workers):
+    a = enqueue(conn, "add", 1, 1)
+    b = enqueue(conn, "add", 2, 2, columns={"status": "WAITING", "parent_id": a, "wait_count": 1})
+    c = enqueue(conn, "add", 3, 3, columns={"status": "WAITING", "parent_id": b, "wait_count": 1})
+    run = workers.run()
+    assert run.returncode == 0
+    rows = [row(conn, i) for i in (a, b, c)]
+    assert [r["status"] for r in rows] == ["SUCCESSFUL"] * 3
+    assert rows[0]["finished_at"] <= rows[1]["started_at"]
+    assert rows[1]["finished_at"] <= rows[2]["started_at"]
+
+
+def test_chord_of_five_then_callback(conn, workers):
+    wf = str(uuid.uuid4())
+    callback = enqueue(conn, "add", 0, 0, columns={"status": "WAITING", "workflow_id": wf})
+    members = [enqueue(conn, "add", i, i, columns={"workflow_id": wf}) for i in range(1, 6)]
+    conn.execute(
+        "INSERT INTO workflow_runs (workflow_id, expected_count, callback_result_id)"
+        " VALUES (%s, 5, %s)",
+        (wf, callback),
+    )
+    workers.run("--concurrency", "5")
+    member_rows = [row(conn, i) for i in members]
+    assert [r["status"] for r in member_rows] == ["SUCCESSFUL"] * 5
+    cb = row(conn, callback)
+    assert cb["status"] == "SUCCESSFUL"
+    assert cb["started_at"] >= max(r["finished_at"] for r in member_rows)
+    assert conn.execute(
+        "SELECT success_count, failure_count, status FROM workflow_runs"
+    ).fetchone() == (5, 0, "SUCCESSFUL")
+
+
+def test_failing_chord_member_fails_the_callback_and_chain(conn, workers):
+    wf = str(uuid.uuid4())
+    callback = enqueue(conn, "add", 0, 0, columns={"status": "WAITING", "workflow_id": wf})
+    good = enqueue(conn, "add", 1, 1, columns={"workflow_id": wf})
+    bad = enqueue(conn, "fail", "member broke", columns={"workflow_id": wf, "max_attempts": 1})
+    after_cb = enqueue(
+        conn, "add", 5, 5, columns={"status": "WAITING", "parent_id": callback, "wait_count": 1}
+    )
+    conn.execute(
+        "INSERT INTO workflow_runs (workflow_id, expected_count, callback_result_id)"
+        " VALUES (%s, 2, %s)",
+        (wf, callback),
+    )
+    workers.run("--concurrency", "2")
+    assert row(conn, good)["status"] == "SUCCESSFUL"
+    assert row(conn, bad)["status"] == "FAILED"
+    cb = row(conn, callback)
+    assert cb["status"] == "FAILED"
+    assert cb["last_error"] == "workflow_failed: Workflow failed due to task failure"
+    assert cb["errors_json"][0]["failed_result_id"] == bad
+    chained = row(conn, after_cb)
+    assert chained["status"] == "FAILED"
+    assert chained["errors_json"][0]["kind"] == "parent_failed"
+    assert chained["errors_json"][0]["failed_result_id"] == callback
+    assert conn.execute("SELECT failure_count, status FROM workflow_runs").fetchone() == (
+        1,
+        "FAILED",
+    )
+
+
+def test_failed_parent_fails_waiting_descendants(conn, workers):
+    a = enqueue(conn, "fail", columns={"max_attempts": 1})
+    b = enqueue(conn, "add", 2, 2, columns={"status": "WAITING", "parent_id": a, "wait_count": 1})
+    c = enqueue(conn, "add", 3, 3, columns={"status": "WAITING", "parent_id": b, "wait_count": 1})
+    workers.run()
+    assert [row(conn, i)["status"] for i in (a, b, c)] == ["FAILED"] * 3
+    assert row(conn, c)["errors_json"][0]["failed_result_id"] == b
