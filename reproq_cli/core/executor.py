@@ -119,15 +119,22 @@ def _decode_envelope(text: str) -> Envelope:
     try:
         value, end = decoder.raw_decode(text)
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(text):
+        rest = text[exc.pos :]
+        truncated = (
+            exc.pos >= len(text)
+            or exc.msg.startswith("Unterminated string")
+            or any(literal.startswith(rest) for literal in ("true", "false", "null"))
+        )
+        if truncated:
             raise ValueError("unexpected end of JSON input") from None
         if exc.pos == 0:
             raise ValueError(
                 f"invalid character {text[0]!r} looking for beginning of value"
             ) from None
         raise ValueError(f"{exc.msg} at offset {exc.pos}") from None
-    if end != len(text):
-        raise ValueError(f"invalid character {text[end]!r} after top-level value")
+    trailing = text[end:].lstrip()
+    if trailing:
+        raise ValueError(f"invalid character {trailing[0]!r} after top-level value")
     if value is None:
         return Envelope(ok=False)
     if not isinstance(value, dict):

@@ -1,0 +1,166 @@
+"""Pure pieces of the worker: envelope parsing, backoff, allow-list, redaction, log format."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from reproq_cli.core import policy
+from reproq_cli.core.executor import BoundedBuffer, parse_envelope
+from reproq_cli.core.logs import Logger, redact, should_redact
+from reproq_cli.core.worker import memory_log_interval
+
+
+@pytest.mark.parametrize(
+    ("attempts", "seconds"),
+    [
+        (0, 30),
+        (1, 30),
+        (2, 60),
+        (3, 120),
+        (4, 240),
+        (5, 480),
+        (6, 960),
+        (7, 1920),
+        (8, 3600),
+        (60, 3600),
+        (10_000, 3600),
+    ],
+)
+def test_backoff_table(attempts, seconds):
+    assert policy.backoff_seconds(attempts) == seconds
+
+
+def test_allow_list_like_go():
+    allowed = ["myapp.tasks.", "shared."]
+    assert policy.is_allowed("myapp.tasks.send_email", allowed)
+    assert policy.is_allowed("shared.cleanup", allowed)
+    assert not policy.is_allowed("other.malicious_task", allowed)
+    assert not policy.is_allowed("myapp.tasks_bypass", allowed)
+    assert policy.is_allowed("anything.at.all", ["*"])
+    # empty list: the validator's defaults
+    assert policy.is_allowed("tasks.x", [])
+    assert policy.is_allowed("myapp.tasks.y", [])
+    assert not policy.is_allowed("evil.z", [])
+
+
+@pytest.mark.parametrize(
+    ("stdout", "expected"),
+    [
+        ('{"ok": true, "return": {"a": [1, 2]}}', (True, '{"a": [1, 2]}', "")),
+        ('\n  {"ok": true}  \n', (True, None, "")),
+        ('{"ok": true, "return": null}', (True, "null", "")),
+        ('{"OK": true, "Return": 5}', (True, "5", "")),
+        (
+            '{"ok": false, "message": "bad", "exception_class": "E", "extra": 1}',
+            (False, None, "bad"),
+        ),
+        ("null", (False, None, "")),
+        ("", (False, None, "Invalid JSON on stdout: unexpected end of JSON input")),
+        ('{"ok": tr', (False, None, "Invalid JSON on stdout: unexpected end of JSON input")),
+        (
+            "hello",
+            (
+                False,
+                None,
+                "Invalid JSON on stdout: invalid character 'h' looking for beginning of value",
+            ),
+        ),
+        (
+            '{"ok": true} x',
+            (False, None, "Invalid JSON on stdout: invalid character 'x' after top-level value"),
+        ),
+        (
+            "[1]",
+            (
+                False,
+                None,
+                "Invalid JSON on stdout: json: cannot unmarshal array into Go value of type "
+                "executor.ResultEnvelope",
+            ),
+        ),
+    ],
+)
+def test_envelope_parsing(stdout, expected):
+    envelope = parse_envelope(stdout)
+    assert (envelope.ok, envelope.return_raw, envelope.message) == expected
+
+
+def test_envelope_wrong_types_are_errors():
+    assert parse_envelope('{"ok": "yes"}').message.startswith("Invalid JSON on stdout: json:")
+    assert parse_envelope('{"ok": false, "message": 3}').message.startswith(
+        "Invalid JSON on stdout: json:"
+    )
+
+
+def test_bounded_buffer():
+    buffer = BoundedBuffer(5)
+    buffer.write(b"hello world")
+    assert buffer.text(with_marker=False) == "hello"
+    assert buffer.text() == "hello\n[TRUNCATED due to size limit]"
+    small = BoundedBuffer(100)
+    small.write(b"fits")
+    assert small.text() == "fits"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "payload_json",
+        "Spec_JSON",
+        "authorization",
+        "api_token",
+        "password",
+        "stdout",
+        "DB_PASSWORD",
+        "apikey",
+        "client_secret",
+    ],
+)
+def test_redacted_keys(key):
+    assert should_redact(key)
+
+
+@pytest.mark.parametrize("key", ["spec_hash", "task_path", "result_id", "queue"])
+def test_kept_keys(key):
+    assert not should_redact(key)
+
+
+def test_redaction_is_recursive():
+    assert redact({"group": {"password": "x", "ok": 1}, "list": [{"token": "t"}]}) == {
+        "group": {"password": "[REDACTED]", "ok": 1},
+        "list": [{"token": "[REDACTED]"}],
+    }
+
+
+def test_json_log_lines():
+    stream = io.StringIO()
+    log = Logger(stream, "json", {"worker_id": "w1"}).bind(spec_json='{"secret": 1}')
+    log.warn("Task failed", msg="boom", attempt=2)
+    line = stream.getvalue().strip()
+    # Go's slog writes the attribute "msg" after the message's own "msg" key.
+    assert line.count('"msg"') == 2
+    record = json.loads(line)  # the later duplicate wins for JSON parsers
+    assert record["level"] == "WARN"
+    assert record["worker_id"] == "w1"
+    assert record["spec_json"] == "[REDACTED]"
+    assert record["attempt"] == 2
+    assert line.startswith('{"time": "')
+    assert '"msg": "Task failed"' in line
+
+
+def test_text_log_lines():
+    stream = io.StringIO()
+    Logger(stream, "text", {"worker_id": "w1"}).info("Executing task", task_path="a.b", token="t")
+    line = stream.getvalue().strip()
+    assert " INFO  Executing task  worker_id=w1 task_path=a.b token=[REDACTED]" in line
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("45s", 45), ("120", 120), ("1m30s", 90), ("", 0), ("nope", -1), ("0", -1), ("-5s", -1)],
+)
+def test_memory_log_interval(raw, seconds):
+    assert memory_log_interval(raw) == seconds
