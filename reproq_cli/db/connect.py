@@ -8,6 +8,7 @@ variables fill in whatever it leaves out. A server that does not answer is repor
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -25,6 +26,10 @@ DEFAULT_CONNECT_TIMEOUT = 10
 LIBPQ_LOCATION_ENV = ("PGHOST", "PGHOSTADDR", "PGSERVICE", "PGDATABASE")
 
 DSN_REQUIRED = "DSN required (use --dsn, DATABASE_URL, or config file)"
+
+# The pool logs its reconnection attempts through the "psycopg" logger; reproq reports
+# database trouble itself, so keep Python's last-resort handler from printing them raw.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
 def describe_target(dsn: str) -> str:
@@ -73,6 +78,9 @@ def create_pool(
     dsn: str, *, min_size: int = 2, max_size: int = 20, timeout: float = 30.0
 ) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
     """A psycopg pool sized like the Go worker's (min 2, max 20), checked at start."""
+    # One direct attempt first: it fails fast with libpq's own reason, where the pool would
+    # retry in the background until its timeout.
+    connect(dsn).close()
     kwargs: dict[str, Any] = {
         **connection_kwargs(dsn),
         "autocommit": True,
@@ -95,11 +103,6 @@ def create_pool(
             conn.execute(query("ping"))
     except (psycopg.Error, PoolTimeout) as exc:
         pool.close()
-        try:
-            # The pool only says it timed out; one direct attempt gives libpq's reason.
-            psycopg.connect(dsn, **connection_kwargs(dsn)).close()
-        except psycopg.Error as direct:
-            raise cannot_connect(dsn, direct) from None
         raise cannot_connect(dsn, exc) from None
     return pool
 

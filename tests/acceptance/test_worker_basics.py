@@ -357,3 +357,34 @@ def test_bad_flag_value_is_a_usage_error(workers):
     run = workers.run("--payload-mode", "carrier-pigeon")
     assert run.returncode == 2
     assert "stdin, file, inline" in run.stderr
+
+
+def test_low_memory_mode_and_memory_logger(conn, workers):
+    enqueue(conn, "add", 1, 1)
+    run = workers.run(env={"LOW_MEMORY_MODE": "yes", "REPROQ_MEMORY_LOG_INTERVAL": "30s"})
+    assert run.returncode == 0
+    assert "Low memory mode enabled; metrics/health/events disabled" in run.messages()
+    (memory,) = [e for e in run.logs if e["msg"] == "reproq memory usage"]
+    assert memory["rss_bytes"] > 10_000_000
+
+
+def test_invalid_memory_log_interval_is_reported(conn, workers):
+    run = workers.run(env={"REPROQ_MEMORY_LOG_INTERVAL": "soon"})
+    assert "Invalid REPROQ_MEMORY_LOG_INTERVAL; skipping memory logger" in run.messages()
+    assert "reproq memory usage" not in run.messages()
+
+
+def test_text_log_format(conn, workers):
+    enqueue(conn, "add", 1, 1)
+    run = workers.run("--log-format", "text")
+    assert run.returncode == 0
+    assert run.logs == []
+    assert " INFO  Task successful  worker_id=" in run.stdout
+
+
+def test_unreachable_database_is_one_line(workers):
+    workers.dsn = "postgresql://u:pw@127.0.0.1:1/none"
+    run = workers.run()
+    assert run.returncode == 1
+    assert run.stderr.startswith("error: cannot connect to postgresql://u:****@127.0.0.1:1/none")
+    assert "Traceback" not in run.stderr
