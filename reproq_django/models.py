@@ -1,0 +1,168 @@
+"""The six reproq tables as Django models (reproq-django.md §2.1).
+
+On PostgreSQL the tables are created by the SQL in sql/migrations (the same files `reproq
+migrate` runs), so both tools give one schema; elsewhere (SQLite in a project's tests) Django
+creates them from these models.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class TaskRunStatus:
+    READY = "READY"
+    RUNNING = "RUNNING"
+    WAITING = "WAITING"
+    SUCCESSFUL = "SUCCESSFUL"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    ACTIVE = (READY, RUNNING)
+    TERMINAL = (SUCCESSFUL, FAILED, CANCELLED)
+
+
+class TaskRun(models.Model):
+    result_id = models.BigAutoField(primary_key=True)
+    backend_alias = models.TextField(default="default")
+    queue_name = models.TextField(default="default")
+    priority = models.IntegerField(default=0)
+    run_after = models.DateTimeField(null=True, blank=True)
+    spec_json = models.JSONField()
+    spec_hash = models.CharField(max_length=64)
+    task_path = models.TextField(null=True, blank=True)
+    status = models.TextField(default=TaskRunStatus.READY)
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    last_attempted_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.IntegerField(default=0)
+    max_attempts = models.IntegerField(default=3)
+    timeout_seconds = models.IntegerField(default=900)
+    lock_key = models.TextField(null=True, blank=True)
+    concurrency_key = models.TextField(null=True, blank=True)
+    concurrency_limit = models.IntegerField(default=0)
+    worker_ids = models.JSONField(default=list)
+    return_json = models.JSONField(null=True, blank=True)
+    errors_json = models.JSONField(default=list)
+    metadata_json = models.JSONField(default=dict)
+    last_error = models.TextField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+    leased_by = models.TextField(null=True, blank=True)
+    logs_uri = models.TextField(null=True, blank=True)
+    artifacts_uri = models.TextField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="children",
+        db_column="parent_id",
+        db_constraint=True,
+    )
+    workflow_id = models.UUIDField(null=True, blank=True)
+    wait_count = models.IntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    cancel_requested = models.BooleanField(default=False)
+
+    class Meta:
+        db_table = "task_runs"
+        verbose_name = "Task Run"
+        verbose_name_plural = "Task Runs"
+        permissions = [("can_replay_taskrun", "Can replay task runs")]
+
+    def __str__(self) -> str:
+        return f"{self.result_id} ({self.status})"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.updated_at = timezone.now()
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+
+class Worker(models.Model):
+    worker_id = models.TextField(primary_key=True)
+    hostname = models.TextField(null=True, blank=True)
+    concurrency = models.IntegerField(null=True, blank=True)
+    queues = models.JSONField(default=list)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    version = models.TextField(null=True, blank=True)
+
+    class Meta:
+        db_table = "reproq_workers"
+
+    def __str__(self) -> str:
+        return f"{self.worker_id} ({self.hostname})"
+
+
+class PeriodicTask(models.Model):
+    name = models.TextField(primary_key=True)
+    cron_expr = models.TextField()
+    task_path = models.TextField()
+    payload_json = models.JSONField(default=dict)
+    queue_name = models.TextField(default="default")
+    priority = models.IntegerField(default=0)
+    max_attempts = models.IntegerField(default=3)
+    concurrency_key = models.TextField(null=True, blank=True)
+    concurrency_limit = models.IntegerField(default=0)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    next_run_at = models.DateTimeField()
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "periodic_tasks"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.cron_expr})"
+
+
+class QueueControl(models.Model):
+    queue_name = models.TextField(primary_key=True)
+    paused = models.BooleanField(default=False)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "reproq_queue_controls"
+
+    def __str__(self) -> str:
+        return self.queue_name
+
+
+class WorkflowRun(models.Model):
+    workflow_id = models.UUIDField(primary_key=True)
+    expected_count = models.IntegerField()
+    success_count = models.IntegerField(default=0)
+    failure_count = models.IntegerField(default=0)
+    callback_result_id = models.BigIntegerField(null=True, blank=True)
+    status = models.TextField(default="RUNNING")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "workflow_runs"
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} ({self.status})"
+
+
+class RateLimit(models.Model):
+    key = models.TextField(primary_key=True)
+    tokens_per_second = models.FloatField()
+    burst_size = models.IntegerField()
+    current_tokens = models.FloatField()
+    last_refilled_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "rate_limits"
+
+    def __str__(self) -> str:
+        return self.key

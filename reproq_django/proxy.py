@@ -1,0 +1,165 @@
+"""Task results: Django's own ``TaskResult`` with reproq's extras (reproq-django.md §1.7).
+
+Unlike reproq-django's proxy, this *is* a ``django.tasks.TaskResult``: ``Task.get_result``,
+``return_value``, ``is_finished``, ``refresh`` and ``errors`` (as ``TaskError`` objects) work.
+The extras stay: ``raw_status`` (the row's status verbatim), ``result``, ``wait()``,
+``metadata``, ``result_id``, ``db_alias`` and ``data`` (the row).
+
+Statuses Django's enum lacks are mapped, never raised: WAITING -> READY (not started),
+CANCELLED -> FAILED (finished without a result).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.tasks import Task, TaskResultStatus
+from django.tasks.base import TaskError, TaskResult
+from django.tasks.exceptions import TaskResultDoesNotExist
+from django.utils.module_loading import import_string
+
+from reproq_django.models import TaskRun, TaskRunStatus
+
+_STATUS_MAP = {
+    TaskRunStatus.READY: TaskResultStatus.READY,
+    TaskRunStatus.WAITING: TaskResultStatus.READY,
+    TaskRunStatus.RUNNING: TaskResultStatus.RUNNING,
+    TaskRunStatus.SUCCESSFUL: TaskResultStatus.SUCCESSFUL,
+    TaskRunStatus.FAILED: TaskResultStatus.FAILED,
+    TaskRunStatus.CANCELLED: TaskResultStatus.FAILED,
+}
+_KIND_EXCEPTIONS = {
+    "timeout": "builtins.TimeoutError",
+    "cancelled": "builtins.InterruptedError",
+    "lease_expiry": "builtins.ConnectionError",
+    "worker_shutdown": "builtins.InterruptedError",
+    "security_violation": "builtins.PermissionError",
+    "invalid_spec": "builtins.ValueError",
+}
+
+
+def map_status(raw: str) -> TaskResultStatus:
+    return _STATUS_MAP.get(raw, TaskResultStatus.READY)
+
+
+def task_error(entry: dict[str, Any]) -> TaskError:
+    """An errors_json entry as Django's TaskError."""
+    path = entry.get("exception_class") or _KIND_EXCEPTIONS.get(
+        str(entry.get("kind")), "builtins.RuntimeError"
+    )
+    if "." not in path:
+        path = f"builtins.{path}"
+    traceback = entry.get("traceback") or str(entry.get("message") or entry.get("kind") or "")
+    return TaskError(exception_class_path=path, traceback=traceback)
+
+
+def unknown_task(*args: Any, **kwargs: Any) -> None:
+    """Stands in for a task path this process cannot import."""
+    raise RuntimeError("this task's code is not importable in this process")
+
+
+def resolve_task(task_path: str | None, backend_alias: str) -> Task:
+    try:
+        obj = import_string(task_path or "")
+    except ImportError:
+        obj = None
+    if isinstance(obj, Task):
+        return obj
+    func = getattr(obj, "func", obj) if callable(obj) else unknown_task
+    try:
+        return Task(func=func, backend=backend_alias)
+    except Exception:
+        return Task(func=unknown_task, backend=backend_alias)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskResultProxy(TaskResult):
+    result_id: str
+    db_alias: str
+    raw_status: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    errors_json: list[dict[str, Any]] = field(default_factory=list)
+    data: TaskRun | None = None
+
+    @classmethod
+    def from_row(cls, run: TaskRun, *, alias: str, result_id: str) -> TaskResultProxy:
+        spec = run.spec_json if isinstance(run.spec_json, dict) else {}
+        errors = run.errors_json if isinstance(run.errors_json, list) else []
+        proxy = cls(
+            task=resolve_task(run.task_path or spec.get("task_path"), run.backend_alias),
+            id=result_id,
+            status=map_status(run.status),
+            enqueued_at=run.enqueued_at,
+            started_at=run.started_at,
+            finished_at=run.finished_at,
+            last_attempted_at=run.last_attempted_at,
+            args=list(spec.get("args") or []),
+            kwargs=dict(spec.get("kwargs") or {}),
+            backend=run.backend_alias,
+            errors=[task_error(e) for e in errors if isinstance(e, dict)],
+            worker_ids=list(run.worker_ids or []),
+            result_id=str(run.result_id),
+            db_alias=alias,
+            raw_status=run.status,
+            metadata=dict(run.metadata_json or {}),
+            errors_json=errors,
+            data=run,
+        )
+        object.__setattr__(proxy, "_return_value", run.return_json)
+        return proxy
+
+    @property
+    def attempts(self) -> int:
+        return self.data.attempts if self.data is not None else len(self.worker_ids)
+
+    @property
+    def result(self) -> Any:
+        """The return value; RuntimeError (with the errors) when not successful."""
+        if self.raw_status == TaskRunStatus.SUCCESSFUL:
+            return self._return_value
+        if self.raw_status in (TaskRunStatus.FAILED, TaskRunStatus.CANCELLED):
+            raise RuntimeError(f"task {self.id} {self.raw_status.lower()}: {self.errors_json}")
+        raise RuntimeError(f"task {self.id} has not finished (status {self.raw_status})")
+
+    def refresh(self) -> None:
+        try:
+            run = TaskRun.objects.using(self.db_alias).get(result_id=int(self.result_id))
+        except TaskRun.DoesNotExist:
+            raise TaskResultDoesNotExist(self.id) from None
+        fresh = TaskResultProxy.from_row(run, alias=self.db_alias, result_id=self.id)
+        for name in (
+            "status", "enqueued_at", "started_at", "finished_at", "last_attempted_at",
+            "errors", "worker_ids", "_return_value", "raw_status", "metadata", "errors_json",
+            "data",
+        ):  # fmt: skip
+            object.__setattr__(self, name, getattr(fresh, name))
+
+    async def arefresh(self) -> None:
+        await sync_to_async(self.refresh, thread_sensitive=True)()
+
+    def wait(self, timeout: float | None = None, poll_interval: float = 0.5) -> TaskResultProxy:
+        """Poll until the task is SUCCESSFUL, FAILED or CANCELLED; TimeoutError after timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.refresh()
+            if self.raw_status in TaskRunStatus.TERMINAL:
+                return self
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"task {self.id} still {self.raw_status} after {timeout}s")
+            time.sleep(poll_interval)
+
+    async def await_result(
+        self, timeout: float | None = None, poll_interval: float = 0.5
+    ) -> TaskResultProxy:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            await self.arefresh()
+            if self.raw_status in TaskRunStatus.TERMINAL:
+                return self
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"task {self.id} still {self.raw_status} after {timeout}s")
+            await asyncio.sleep(poll_interval)

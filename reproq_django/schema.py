@@ -1,0 +1,50 @@
+"""Creating reproq's tables from a Django migration.
+
+PostgreSQL gets the SQL in sql/migrations, statement by statement (the same files `reproq
+migrate` runs, so both paths give one schema, trigger and partial indexes included). Other
+databases, such as SQLite in a project's test suite, get plain tables from the models: enough
+to enqueue and inspect tasks, not to run the worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reproq_cli.db.schema import migrations
+
+MODEL_NAMES = ("TaskRun", "Worker", "PeriodicTask", "QueueControl", "WorkflowRun", "RateLimit")
+TABLES = (
+    "task_runs",
+    "periodic_tasks",
+    "reproq_queue_controls",
+    "reproq_workers",
+    "rate_limits",
+    "workflow_runs",
+)
+
+
+def create_schema(apps: Any, schema_editor: Any) -> None:
+    connection = schema_editor.connection
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            for migration in migrations():
+                for statement in migration.statements():
+                    cursor.execute(statement)
+        return
+    existing = set(connection.introspection.table_names())
+    for name in MODEL_NAMES:
+        model = apps.get_model("reproq_django", name)
+        if model._meta.db_table not in existing:
+            schema_editor.create_model(model)
+    rate_limit = apps.get_model("reproq_django", "RateLimit")
+    rate_limit.objects.using(connection.alias).get_or_create(
+        key="global", defaults={"tokens_per_second": 0, "burst_size": 1, "current_tokens": 0}
+    )
+
+
+def drop_schema(apps: Any, schema_editor: Any) -> None:
+    connection = schema_editor.connection
+    cascade = " CASCADE" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        for table in TABLES:
+            cursor.execute(f"DROP TABLE IF EXISTS {connection.ops.quote_name(table)}{cascade}")

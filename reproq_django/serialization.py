@@ -1,0 +1,108 @@
+"""Task arguments as JSON: model instances and timedeltas travel as tagged objects.
+
+The canonical text and hash come from ``reproq_cli.spec`` so Django and the CLI share one
+implementation (reproq-django.md §1.6).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from django.apps import apps
+from django.db import models
+
+from reproq_cli.spec import canonical_json, spec_hash
+
+TYPE_MARKER = "__reproq_type__"
+
+__all__ = [
+    "TYPE_MARKER",
+    "DeserializationError",
+    "canonical_json",
+    "decode_args_kwargs",
+    "decode_payload",
+    "encode_args_kwargs",
+    "encode_payload",
+    "normalize_and_hash",
+    "normalize_json",
+    "spec_hash_for",
+]
+
+
+class DeserializationError(ValueError):
+    """A tagged argument could not be turned back into its object."""
+
+
+def encode_payload(value: Any) -> Any:
+    if isinstance(value, models.Model):
+        if value.pk is None:
+            raise ValueError(f"cannot pass an unsaved {type(value).__name__} to a task")
+        return {
+            TYPE_MARKER: "model",
+            "app_label": value._meta.app_label,
+            "model": value._meta.model_name,
+            "pk": str(value.pk),
+        }
+    if isinstance(value, dt.timedelta):
+        return {
+            TYPE_MARKER: "timedelta",
+            "days": value.days,
+            "seconds": value.seconds,
+            "microseconds": value.microseconds,
+        }
+    if isinstance(value, dict):
+        return {key: encode_payload(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_payload(item) for item in value]
+    return value
+
+
+def decode_payload(value: Any, *, using: str | None = None) -> Any:
+    if isinstance(value, dict):
+        tag = value.get(TYPE_MARKER)
+        if tag == "model":
+            try:
+                model = apps.get_model(value["app_label"], value["model"])
+                manager = model._default_manager
+                return (manager.using(using) if using else manager).get(pk=value["pk"])
+            except Exception as exc:  # LookupError, DoesNotExist, bad pk...
+                raise DeserializationError(
+                    f"cannot load {value.get('app_label')}.{value.get('model')} "
+                    f"pk={value.get('pk')}: {exc}"
+                ) from exc
+        if tag == "timedelta":
+            return dt.timedelta(
+                days=value["days"], seconds=value["seconds"], microseconds=value["microseconds"]
+            )
+        if tag is not None:
+            raise DeserializationError(f"unknown argument type tag {tag!r}")
+        return {key: decode_payload(item, using=using) for key, item in value.items()}
+    if isinstance(value, list):
+        return [decode_payload(item, using=using) for item in value]
+    return value
+
+
+def encode_args_kwargs(args: Any, kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+    return list(encode_payload(list(args))), dict(encode_payload(dict(kwargs)))
+
+
+def decode_args_kwargs(
+    args: list[Any], kwargs: dict[str, Any], *, using: str | None = None
+) -> tuple[list[Any], dict[str, Any]]:
+    return decode_payload(args, using=using), decode_payload(kwargs, using=using)
+
+
+def normalize_json(value: Any) -> Any:
+    """The value as it will be stored: the canonical text parsed back (Decimal -> str, ...)."""
+    return json.loads(canonical_json(value))
+
+
+def normalize_and_hash(spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    text = canonical_json(spec)
+    return json.loads(text), spec_hash(spec)
+
+
+def spec_hash_for(spec: dict[str, Any]) -> str:
+    return spec_hash(spec)

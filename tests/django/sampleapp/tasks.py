@@ -1,0 +1,49 @@
+"""Tasks used by the Django tests; run by reproq_django.executor in worker children."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from django.tasks import task
+
+from reproq_django.concurrency import limits_concurrency
+
+
+@task()
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task(queue_name="high", priority=5)
+def shout(text: str) -> str:
+    print("this print must not reach the envelope")
+    return text.upper()
+
+
+@task()
+def explode(message: str) -> None:
+    raise ValueError(message)
+
+
+@task(takes_context=True)
+def with_context(context, note: str) -> dict:
+    context.metadata["note"] = note
+    return {"attempt": context.attempt, "result_id": context.result_id}
+
+
+@task()
+async def async_double(value: int) -> int:
+    await asyncio.sleep(0)
+    return value * 2
+
+
+@limits_concurrency(key=lambda account: f"account:{account}", to=2)
+@task()
+def per_account(account: int) -> int:
+    return account
+
+
+@task()
+def settings_module() -> str:
+    return os.environ.get("DJANGO_SETTINGS_MODULE", "")

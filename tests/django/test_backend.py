@@ -1,0 +1,237 @@
+"""ReproqBackend through Django's Tasks API, on the Django test database (PostgreSQL)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+
+import pytest
+from django.db import connection
+from django.tasks import TaskResultStatus, task_backends
+from django.tasks.base import TaskError
+from django.tasks.exceptions import TaskResultDoesNotExist
+from django.utils import timezone
+
+from reproq_cli.spec import canonical_json, spec_hash
+from reproq_django import signals
+from reproq_django.models import TaskRun
+from reproq_django.proxy import TaskResultProxy
+from tests.django.sampleapp import tasks
+
+pytestmark = pytest.mark.django_db
+
+
+def backend():
+    return task_backends["default"]
+
+
+def test_enqueue_inserts_a_ready_row_with_the_canonical_spec():
+    result = tasks.add.enqueue(2, 3)
+    assert isinstance(result, TaskResultProxy)
+    run = TaskRun.objects.get(result_id=int(result.id))
+    assert run.status == "READY"
+    assert run.task_path == "tests.django.sampleapp.tasks.add"
+    assert run.queue_name == "default"
+    assert run.max_attempts == 2  # OPTIONS MAX_ATTEMPTS
+    assert run.spec_json == {
+        "v": 1,
+        "task_path": "tests.django.sampleapp.tasks.add",
+        "args": [2, 3],
+        "kwargs": {},
+        "takes_context": False,
+        "queue_name": "default",
+        "priority": 0,
+        "lock_key": None,
+        "concurrency_key": None,
+        "concurrency_limit": 0,
+        "run_after": None,
+        "exec": {"timeout_seconds": 900, "max_attempts": 2},
+        "provenance": {"code_ref": None, "pip_lock_hash": None},
+    }
+    assert run.spec_hash.strip() == spec_hash(run.spec_json)
+    assert result.status == TaskResultStatus.READY
+    assert result.raw_status == "READY"
+    assert result.is_finished is False
+    with pytest.raises(ValueError, match="not finished"):
+        result.return_value
+
+
+def test_reserved_kwargs_do_not_reach_the_task():
+    when = timezone.now() + dt.timedelta(hours=1)
+    result = tasks.add.enqueue(
+        1,
+        b=2,
+        run_after=when,
+        lock_key="user:1",
+        priority=7,
+        concurrency_key="k",
+        concurrency_limit=3,
+    )
+    run = TaskRun.objects.get(result_id=int(result.id))
+    assert run.spec_json["kwargs"] == {"b": 2}
+    assert run.lock_key == "user:1"
+    assert run.priority == 7
+    assert (run.concurrency_key, run.concurrency_limit) == ("k", 3)
+    assert run.run_after == when
+    assert run.spec_json["run_after"] == when.astimezone(dt.UTC).isoformat()
+
+
+def test_run_after_must_be_aware():
+    with pytest.raises(ValueError, match="timezone-aware"):
+        tasks.add.enqueue(1, 2, run_after=dt.datetime(2030, 1, 1))
+
+
+def test_dedup_returns_the_active_row_and_sends_the_signal_each_time():
+    seen = []
+    signals.task_enqueued.connect(lambda **kw: seen.append(kw["task_result"].id), weak=False)
+    try:
+        first = tasks.add.enqueue(5, 5)
+        second = tasks.add.enqueue(5, 5)
+    finally:
+        signals.task_enqueued.receivers.clear()
+    assert first.id == second.id
+    assert seen == [first.id, first.id]
+    assert TaskRun.objects.count() == 1
+    TaskRun.objects.update(status="SUCCESSFUL")
+    third = tasks.add.enqueue(5, 5)
+    assert third.id != first.id
+
+
+def test_dedup_off_inserts_every_time():
+    b = backend()
+    b.options["DEDUP_ACTIVE"] = False
+    try:
+        ids = {tasks.add.enqueue(1, 1).id for _ in range(3)}
+        bulk = b.bulk_enqueue([(tasks.add, (9, 9), {}), (tasks.add, (9, 9), {})])
+    finally:
+        b.options.pop("DEDUP_ACTIVE")
+    assert len(ids) == 3
+    assert len({r.id for r in bulk}) == 2  # reproq-django returned the same id twice
+
+
+def test_bulk_enqueue_dedups_within_the_batch_and_against_the_table():
+    existing = tasks.add.enqueue(1, 2)
+    results = backend().bulk_enqueue(
+        [
+            (tasks.add, (1, 2), {}),
+            (tasks.add, (3, 4), {}),
+            (tasks.add, (3, 4), {}),
+            (tasks.shout, ("hi",), {}),
+        ]
+    )
+    assert results[0].id == existing.id
+    assert results[1].id == results[2].id
+    assert len({r.id for r in results}) == 3
+    assert TaskRun.objects.count() == 3
+    assert [r.args for r in results] == [[1, 2], [3, 4], [3, 4], ["hi"]]
+
+
+def test_decimal_uuid_datetime_arguments_are_canonicalised():
+    token = uuid.uuid4()
+    moment = dt.datetime(2025, 1, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
+    result = tasks.add.enqueue(decimal.Decimal("1.50"), token, when=moment)
+    run = TaskRun.objects.get(result_id=int(result.id))
+    assert run.spec_json["args"] == ["1.50", str(token)]
+    assert run.spec_json["kwargs"] == {"when": "2025-01-01T12:00:00.123Z"}
+    assert run.spec_hash.strip() == spec_hash(run.spec_json)
+    assert canonical_json(run.spec_json).startswith('{"args":["1.50"')
+
+
+def test_unknown_queue_is_rejected():
+    from django.tasks.exceptions import InvalidTask
+
+    with pytest.raises(InvalidTask):
+        tasks.add.using(queue_name="nope").enqueue(1, 2)
+
+
+def test_limits_concurrency_works_on_a_real_task():
+    result = tasks.per_account.enqueue(42)
+    run = TaskRun.objects.get(result_id=int(result.id))
+    assert (run.concurrency_key, run.concurrency_limit) == ("account:42", 2)
+
+
+def test_get_result_works_through_djangos_api():
+    result = tasks.add.enqueue(20, 22)
+    TaskRun.objects.filter(result_id=int(result.id)).update(
+        status="SUCCESSFUL", return_json=42, finished_at=timezone.now(), worker_ids=["w"]
+    )
+    fetched = tasks.add.get_result(result.id)
+    assert fetched.status == TaskResultStatus.SUCCESSFUL
+    assert fetched.return_value == 42
+    assert fetched.result == 42
+    assert fetched.is_finished
+    result.refresh()
+    assert result.return_value == 42
+    assert result.worker_ids == ["w"]
+    with pytest.raises(TaskResultDoesNotExist):
+        backend().get_result(999_999)
+    from django.tasks.exceptions import TaskResultMismatch
+
+    with pytest.raises(TaskResultMismatch):
+        tasks.shout.get_result(result.id)
+
+
+def test_failed_result_errors_are_django_task_errors():
+    result = tasks.explode.enqueue("x")
+    TaskRun.objects.filter(result_id=int(result.id)).update(
+        status="FAILED",
+        errors_json=[
+            {
+                "kind": "app_error",
+                "exception_class": "builtins.ValueError",
+                "traceback": "tb",
+                "message": "x",
+            },
+            {"kind": "timeout", "message": "too slow"},
+        ],
+    )
+    result.refresh()
+    assert result.status == TaskResultStatus.FAILED
+    assert all(isinstance(e, TaskError) for e in result.errors)
+    assert result.errors[0].exception_class is ValueError
+    assert result.errors[1].exception_class is TimeoutError
+    assert result.errors_json[1]["message"] == "too slow"
+    with pytest.raises(ValueError, match="Task failed"):
+        result.return_value
+    with pytest.raises(RuntimeError, match="failed"):
+        result.result
+
+
+@pytest.mark.parametrize(
+    ("raw", "mapped", "finished"),
+    [
+        ("WAITING", TaskResultStatus.READY, False),
+        ("CANCELLED", TaskResultStatus.FAILED, True),
+    ],
+)
+def test_non_django_statuses_never_raise(raw, mapped, finished):
+    result = tasks.add.enqueue(7, 7)
+    TaskRun.objects.filter(result_id=int(result.id)).update(status=raw)
+    result.refresh()
+    assert result.status == mapped
+    assert result.raw_status == raw
+    assert result.is_finished is finished
+
+
+def test_wait_times_out_and_returns_on_terminal_status():
+    result = tasks.add.enqueue(1, 0)
+    with pytest.raises(TimeoutError):
+        result.wait(timeout=0.2, poll_interval=0.05)
+    TaskRun.objects.filter(result_id=int(result.id)).update(status="CANCELLED")
+    assert result.wait(timeout=1, poll_interval=0.05).raw_status == "CANCELLED"
+
+
+def test_save_metadata():
+    result = tasks.add.enqueue(3, 3)
+    assert backend().save_metadata(result.id, {"amount": decimal.Decimal("2.5")}) == 1
+    result.refresh()
+    assert result.metadata == {"amount": "2.5"}
+
+
+def test_schema_came_from_reproq_sql():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'task_runs' ORDER BY 1")
+        indexes = [r[0] for r in cursor.fetchall()]
+    assert "idx_task_runs_spec_unique" in indexes
+    assert "idx_task_runs_claim_due" in indexes
