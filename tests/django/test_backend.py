@@ -54,7 +54,7 @@ def test_enqueue_inserts_a_ready_row_with_the_canonical_spec():
     assert result.raw_status == "READY"
     assert result.is_finished is False
     with pytest.raises(ValueError, match="not finished"):
-        result.return_value
+        _ = result.return_value
 
 
 def test_reserved_kwargs_do_not_reach_the_task():
@@ -193,9 +193,9 @@ def test_failed_result_errors_are_django_task_errors():
     assert result.errors[1].exception_class is TimeoutError
     assert result.errors_json[1]["message"] == "too slow"
     with pytest.raises(ValueError, match="Task failed"):
-        result.return_value
+        _ = result.return_value
     with pytest.raises(RuntimeError, match="failed"):
-        result.result
+        _ = result.result
 
 
 @pytest.mark.parametrize(
