@@ -161,6 +161,7 @@ class Migration(migrations.Migration):
                     },
                 ),
             ],
-            database_operations=[migrations.RunPython(create_schema, drop_schema)],
         ),
+        # After the state above, so the historical models exist for non-PostgreSQL databases.
+        migrations.RunPython(create_schema, drop_schema),
     ]

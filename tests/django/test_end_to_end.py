@@ -1,0 +1,126 @@
+"""Tasks enqueued through Django's API, run by `reproq worker` via reproq_django.executor."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from django.tasks import TaskResultStatus
+
+from reproq_django.models import TaskRun, WorkflowRun
+from reproq_django.workflows import chain, chord, group
+from tests.django.sampleapp import tasks
+from tests.support.harness import WorkerFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def django_workers(tmp_path):
+    factory = WorkerFactory(os.environ["REPROQ_TEST_DJANGO_DSN"], tmp_path)
+    yield factory
+    factory.cleanup()
+
+
+def run_worker(factory: WorkerFactory, *flags: str):
+    run = factory.run(
+        "--queues",
+        "default,high",
+        *flags,
+        env={"DJANGO_SETTINGS_MODULE": "tests.django.settings"},
+        executor_module="reproq_django.executor",
+        allowed_task_modules=["tests.django.sampleapp.tasks."],
+        python_bin=sys.executable,
+    )
+    assert run.returncode == 0, run.stderr
+    return run
+
+
+def test_success_failure_context_async_and_prints(django_workers, tmp_path):
+    ok = tasks.add.enqueue(20, 22)
+    loud = tasks.shout.enqueue("hi")
+    bad = tasks.explode.enqueue("kaboom")
+    ctx = tasks.with_context.enqueue(note="remember me")
+    coro = tasks.async_double.enqueue(21)
+    env = tasks.settings_module.enqueue()
+    run_worker(django_workers, "--logs-dir", str(tmp_path / "logs"))
+
+    ok.refresh()
+    assert ok.status == TaskResultStatus.SUCCESSFUL
+    assert ok.return_value == 42
+    assert tasks.add.get_result(ok.id).return_value == 42
+
+    loud.refresh()
+    assert loud.return_value == "HI"
+    log_text = Path(loud.data.logs_uri).read_text()
+    assert "[reproq executor] Task wrote" in log_text
+    assert "this print must not reach the envelope" not in log_text
+
+    bad.refresh()
+    assert bad.raw_status == "READY"  # MAX_ATTEMPTS 2: one retry left
+    assert bad.errors[0].exception_class is ValueError
+    assert bad.errors_json[0]["message"] == "kaboom"
+
+    ctx.refresh()
+    assert ctx.return_value == {"attempt": 1, "result_id": ctx.id}
+    assert ctx.metadata == {"note": "remember me"}
+
+    coro.refresh()
+    assert coro.return_value == 42
+    env.refresh()
+    assert env.return_value == "tests.django.settings"
+
+
+def test_retry_then_failed(django_workers):
+    bad = tasks.explode.enqueue("again")
+    run_worker(django_workers)
+    TaskRun.objects.filter(result_id=int(bad.id)).update(run_after=None)
+    run_worker(django_workers)
+    bad.refresh()
+    assert bad.status == TaskResultStatus.FAILED
+    assert bad.attempts == 2
+    assert len(bad.errors) == 2
+    assert bad.data.last_error == "again"
+
+
+def test_chain_group_chord(django_workers):
+    steps = chain((tasks.add, (1, 2), {}), (tasks.add, (3, 4), {}), tasks.settings_module).enqueue()
+    parallel = group((tasks.add, (5, 5)), (tasks.add, (6, 6))).enqueue()
+    members, callback = chord(
+        (tasks.add, (1, 1)),
+        (tasks.add, (2, 2)),
+        (tasks.add, (3, 3)),
+        callback=(tasks.shout, ("done",)),
+    ).enqueue()
+    assert [s.raw_status for s in steps] == ["READY", "WAITING", "WAITING"]
+    assert callback.raw_status == "WAITING"
+    run_worker(django_workers, "--concurrency", "3")
+    for result in [*steps, *parallel, *members, callback]:
+        result.refresh()
+        assert result.status == TaskResultStatus.SUCCESSFUL, (result.id, result.errors_json)
+    assert [s.return_value for s in steps] == [3, 7, "tests.django.settings"]
+    assert steps[0].data.finished_at <= steps[1].data.started_at
+    assert callback.return_value == "DONE"
+    assert callback.data.started_at >= max(m.data.finished_at for m in members)
+    wf = WorkflowRun.objects.get(workflow_id=callback.data.workflow_id)
+    assert (wf.success_count, wf.status) == (3, "SUCCESSFUL")
+
+
+def test_failing_chord_member_fails_callback(django_workers):
+    _members, callback = chord(
+        (tasks.add, (1, 1)), (tasks.explode, ("member",)), callback=(tasks.shout, ("never",))
+    ).enqueue()
+    run_worker(django_workers, "--concurrency", "2")
+    TaskRun.objects.filter(status="READY").update(run_after=None)
+    run_worker(django_workers, "--concurrency", "2")
+    callback.refresh()
+    assert callback.status == TaskResultStatus.FAILED
+    assert callback.errors_json[0]["kind"] == "workflow_failed"
+
+
+def test_identical_chains_do_not_deduplicate(django_workers):
+    a = chain((tasks.add, (1, 1)), (tasks.add, (2, 2))).enqueue()
+    b = chain((tasks.add, (1, 1)), (tasks.add, (2, 2))).enqueue()
+    assert len({r.id for r in a + b}) == 4

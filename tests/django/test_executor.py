@@ -1,0 +1,141 @@
+"""`python -m reproq_django.executor` as a process: flags, envelopes, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+def run(*flags: str, stdin: str | None = None, settings: str | None = "tests.django.settings"):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("REPROQ_TEST_DJANGO_DSN")  # SQLite in memory: these tasks need no database
+    if settings:
+        env["DJANGO_SETTINGS_MODULE"] = settings
+    else:
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "reproq_django.executor", *flags],
+        input=stdin,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = result.stdout.strip().splitlines()
+    return result.returncode, (json.loads(lines[-1]) if lines else None), result.stderr
+
+
+def spec(task: str, *args, **kwargs) -> str:
+    return json.dumps(
+        {"task_path": f"tests.django.sampleapp.tasks.{task}", "args": list(args), "kwargs": kwargs}
+    )
+
+
+@pytest.mark.parametrize("mode", ["stdin", "file", "json"])
+def test_payload_modes(tmp_path, mode):
+    payload = spec("add", 2, 3)
+    if mode == "stdin":
+        code, envelope, _ = run("--payload-stdin", stdin=payload)
+    elif mode == "file":
+        path = tmp_path / "spec.json"
+        path.write_text(payload)
+        code, envelope, _ = run("--payload-file", str(path))
+    else:
+        code, envelope, _ = run("--payload-json", payload)
+    assert (code, envelope) == (0, {"ok": True, "return": 5})
+
+
+def test_task_exception_envelope():
+    code, envelope, _ = run("--payload-json", spec("explode", "bad"))
+    assert code == 1
+    assert envelope["ok"] is False
+    assert envelope["exception_class"] == "builtins.ValueError"
+    assert envelope["message"] == "bad"
+    assert "Traceback" in envelope["traceback"]
+
+
+def test_prints_are_kept_off_stdout():
+    code, envelope, stderr = run("--payload-json", spec("shout", "hey"))
+    assert (code, envelope) == (0, {"ok": True, "return": "HEY"})
+    assert "[reproq executor] Task wrote" in stderr
+    assert "this print must not reach" not in stderr
+
+
+def test_bad_payload_is_reported_before_django_setup():
+    code, envelope, _ = run("--payload-json", "{not json", settings=None)
+    assert code == 1
+    assert envelope["exception_class"] == "PayloadError"
+
+
+def test_unimportable_task():
+    code, envelope, _ = run("--payload-json", json.dumps({"task_path": "nope.missing"}))
+    assert code == 1
+    assert envelope["exception_class"] == "ImportError"
+    assert "Failed to import task 'nope.missing'" in envelope["message"]
+
+
+def test_task_path_flag_and_settings_flag():
+    code, envelope, _ = run(
+        "--payload-json",
+        spec("explode", "quiet"),
+        "--task-path",
+        "tests.django.sampleapp.tasks.shout",
+    )
+    assert (code, envelope) == (0, {"ok": True, "return": "QUIET"})
+    code, envelope, _ = run(
+        "--payload-json",
+        spec("settings_module"),
+        "--settings",
+        "tests.django.settings",
+        settings=None,
+    )
+    assert (code, envelope) == (0, {"ok": True, "return": "tests.django.settings"})
+
+
+def test_settings_from_spec():
+    payload = json.loads(spec("settings_module"))
+    payload["django"] = {"settings_module": "tests.django.settings"}
+    code, envelope, _ = run("--payload-json", json.dumps(payload), settings=None)
+    assert (code, envelope) == (0, {"ok": True, "return": "tests.django.settings"})
+
+
+def test_usage_errors_exit_2():
+    code, envelope, stderr = run("--payload-json", "{}", "--payload-stdin")
+    assert code == 2
+    assert envelope is None
+    assert "not allowed with argument" in stderr
+
+
+def test_sigterm_gives_a_terminated_envelope():
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "DJANGO_SETTINGS_MODULE": "tests.django.settings",
+    }
+    env.pop("REPROQ_TEST_DJANGO_DSN")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reproq_django.executor", "--payload-json",
+         json.dumps({"task_path": "reproq_django.tasks.debug_noop_task", "kwargs": {"sleep_seconds": 30}})],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    # wait until Django is set up and the task sleeps: the process is then idle
+    while time.monotonic() < deadline:
+        with open(f"/proc/{proc.pid}/stat") as handle:
+            if handle.read().split(")")[-1].split()[0] == "S":
+                time.sleep(0.5)
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    envelope = json.loads(out.strip().splitlines()[-1])
+    assert envelope["exception_class"] == "Terminated"
