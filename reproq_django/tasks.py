@@ -8,7 +8,8 @@ from django.tasks import task
 
 
 @task()
-def debug_noop_task(sleep_seconds: float = 0) -> str:
+def debug_noop_task(sleep_seconds: float = 0, label: str = "") -> str:
+    """Returns "ok"; ``label`` only makes otherwise identical calls distinct tasks."""
     if sleep_seconds:
         time.sleep(sleep_seconds)
     return "ok"

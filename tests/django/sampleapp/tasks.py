@@ -8,6 +8,7 @@ import os
 from django.tasks import task
 
 from reproq_django.concurrency import limits_concurrency
+from reproq_django.recurring import recurring
 
 
 @task()
@@ -47,3 +48,9 @@ def per_account(account: int) -> int:
 @task()
 def settings_module() -> str:
     return os.environ.get("DJANGO_SETTINGS_MODULE", "")
+
+
+@recurring(schedule="*/5 * * * *", key="sample-add-every-5", args=[1, 2])
+@task()
+def periodic_add(a: int, b: int) -> int:
+    return a + b

@@ -1,0 +1,364 @@
+"""``manage.py reproq <subcommand>`` (reproq-django.md §5).
+
+Process-level work (worker, beat, schema, configuration) is done by the ``reproq`` CLI, run as
+a child process with the project's database and settings in its environment; table-level
+chores (stats, queue pause/resume, recurring sync, stress test) use the ORM here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
+from django.tasks import task_backends
+from django.utils import timezone
+from psycopg import conninfo
+
+from reproq_django.db import default_db_alias, queue_db_aliases
+
+BIN_ENV = "REPROQ_WORKER_BIN"
+PASSTHROUGH = ("worker", "beat", "schedule", "config")
+LOCAL_BIN = Path(".reproq") / "bin" / "reproq"
+
+
+def worker_command() -> list[str]:
+    """How to run the CLI: REPROQ_WORKER_BIN, else ./.reproq/bin/reproq, else this Python's."""
+    explicit = getattr(settings, BIN_ENV, None) or os.environ.get(BIN_ENV)
+    if explicit:
+        return [str(explicit)]
+    if LOCAL_BIN.exists():
+        return [str(LOCAL_BIN)]
+    return [sys.executable, "-m", "reproq_cli"]
+
+
+def database_dsn(alias: str | None = None) -> str | None:
+    """A libpq DSN for a Django database alias (DATABASE_URL wins when no alias is asked for)."""
+    if alias is None and os.environ.get("DATABASE_URL"):
+        return os.environ["DATABASE_URL"]
+    db = settings.DATABASES.get(alias or default_db_alias())
+    if not db or "postgresql" not in db.get("ENGINE", ""):
+        return None
+    params = {
+        "dbname": db.get("NAME"),
+        "user": db.get("USER"),
+        "password": db.get("PASSWORD"),
+        "host": db.get("HOST"),
+        "port": db.get("PORT"),
+    }
+    return conninfo.make_conninfo(**{k: str(v) for k, v in params.items() if v})
+
+
+def discover_allowed_modules() -> tuple[list[str], list[str]]:
+    """Module prefixes of every Django Task defined in installed apps' ``tasks`` modules."""
+    import importlib
+    import pkgutil
+
+    from django.apps import apps
+    from django.tasks import Task
+
+    prefixes: set[str] = set()
+    problems: list[str] = []
+    for config in apps.get_app_configs():
+        name = f"{config.name}.tasks"
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                problems.append(f"{name}: {exc}")
+            continue
+        except Exception as exc:
+            problems.append(f"{name}: {exc}")
+            continue
+        modules = [module]
+        if hasattr(module, "__path__"):
+            for info in pkgutil.walk_packages(module.__path__, prefix=f"{name}."):
+                try:
+                    modules.append(importlib.import_module(info.name))
+                except Exception as exc:
+                    problems.append(f"{info.name}: {exc}")
+        for mod in modules:
+            for value in vars(mod).values():
+                if isinstance(value, Task):
+                    prefixes.add(value.module_path.rsplit(".", 1)[0] + ".")
+    return sorted(prefixes), problems
+
+
+class Command(BaseCommand):
+    help = "Run and manage reproq: worker, beat, schema, stats and queue controls."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="subcommand", required=True)
+        for name, helptext in (
+            ("worker", "run `reproq worker` for this project (extra flags are passed on)"),
+            ("beat", "run `reproq beat` for this project (extra flags are passed on)"),
+            ("schedule", "one beat pass (`reproq beat --once`)"),
+            ("config", "print the effective worker configuration (`reproq config`)"),
+        ):
+            p = sub.add_parser(name, help=helptext)
+            p.add_argument("--database", default=None, help="Django database alias")
+        p = sub.add_parser("migrate-worker", help="create or upgrade the reproq tables")
+        p.add_argument("--database", default=None)
+        p.add_argument("--check", action="store_true")
+        for name in ("stats", "status"):
+            p = sub.add_parser(name, help="task counts by status and the workers")
+            p.add_argument("--database", default=None)
+            p.add_argument("--all-databases", action="store_true")
+        p = sub.add_parser("pause-queue", help="stop workers from claiming a queue")
+        p.add_argument("queue")
+        p.add_argument("--reason", default="")
+        p.add_argument("--database", default=None)
+        p = sub.add_parser("resume-queue", help="let workers claim a paused queue again")
+        p.add_argument("queue")
+        p.add_argument("--database", default=None)
+        p = sub.add_parser("allowlist", help="task module prefixes for ALLOWED_TASK_MODULES")
+        p.add_argument("--format", choices=["env", "plain"], default="env")
+        p.add_argument("--show-tasks", action="store_true")
+        p = sub.add_parser("sync-recurring", help="write @recurring tasks to periodic_tasks")
+        p.add_argument("--database", default=None)
+        p.add_argument("--clear-missing", action="store_true")
+        p = sub.add_parser("stress-test", help="enqueue many no-op tasks and report the rate")
+        p.add_argument("--count", type=int, default=100)
+        p.add_argument("--sleep", type=float, default=0.0)
+        p.add_argument("--bulk", action="store_true")
+        p = sub.add_parser("check", help="check the CLI, database and tables")
+        p.add_argument("--database", default=None)
+        for name in ("install", "upgrade"):
+            sub.add_parser(name, help=f"{name} the reproq.pyz binary (not available yet)")
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        """Flags this command does not know are passed on to the CLI for worker/beat/config."""
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        strict = parser.parse_args
+
+        def parse_args(args: Any = None, namespace: Any = None) -> argparse.Namespace:
+            known, extras = parser.parse_known_args(args, namespace)
+            if getattr(known, "subcommand", None) in PASSTHROUGH:
+                known.cli_args = [a for a in extras if a != "--"]
+                return known
+            return strict(args, namespace)  # reports the unknown arguments
+
+        parser.parse_args = parse_args  # type: ignore[method-assign]
+        return parser
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        name = options["subcommand"].replace("-", "_")
+        getattr(self, f"handle_{name}")(options)
+
+    # --- CLI-driven subcommands ----------------------------------------------------------------
+
+    def _cli_env(self, alias: str | None) -> dict[str, str]:
+        env = dict(os.environ)
+        dsn = database_dsn(alias)
+        if dsn and (alias is not None or "DATABASE_URL" not in env):
+            env["DATABASE_URL"] = dsn  # in the environment, not argv: keeps the password private
+        if os.environ.get("DJANGO_SETTINGS_MODULE") is None and settings.SETTINGS_MODULE:
+            env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
+        return env
+
+    def _run_cli(self, cli_args: list[str], env: dict[str, str]) -> None:
+        command = [*worker_command(), *cli_args]
+        self.stderr.write(f"Running: {' '.join(command)}")
+        try:
+            proc = subprocess.Popen(command, env=env)
+        except OSError as exc:
+            raise CommandError(
+                f"cannot run {command[0]}: {exc.strerror or exc}; set REPROQ_WORKER_BIN or "
+                "install reproq in this environment"
+            ) from None
+
+        def forward(signum: int, _frame: Any) -> None:
+            proc.send_signal(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if code != 0:
+            raise CommandError(f"reproq {cli_args[0]} exited with status {code}")
+
+    def handle_worker(self, options: dict[str, Any]) -> None:
+        cli_args = options.get("cli_args", [])
+        env = self._cli_env(options["database"])
+        if not any(a.startswith("--allowed-task-modules") for a in cli_args) and not env.get(
+            "ALLOWED_TASK_MODULES"
+        ):
+            prefixes, problems = discover_allowed_modules()
+            for problem in problems:
+                self.stderr.write(f"warning: could not import {problem}")
+            if prefixes:
+                env["ALLOWED_TASK_MODULES"] = ",".join(prefixes)
+                self.stderr.write(
+                    f"Auto-configured ALLOWED_TASK_MODULES={env['ALLOWED_TASK_MODULES']}"
+                )
+        self._run_cli(["worker", *cli_args], env)
+
+    def handle_beat(self, options: dict[str, Any]) -> None:
+        self._run_cli(["beat", *options.get("cli_args", [])], self._cli_env(options["database"]))
+
+    def handle_schedule(self, options: dict[str, Any]) -> None:
+        self._run_cli(
+            ["beat", "--once", *options.get("cli_args", [])], self._cli_env(options["database"])
+        )
+
+    def handle_config(self, options: dict[str, Any]) -> None:
+        self._run_cli(["config", *options.get("cli_args", [])], self._cli_env(options["database"]))
+
+    def handle_migrate_worker(self, options: dict[str, Any]) -> None:
+        extra = ["--check"] if options["check"] else []
+        self._run_cli(["migrate", *extra], self._cli_env(options["database"]))
+
+    def handle_install(self, options: dict[str, Any]) -> None:
+        raise CommandError(
+            "`manage.py reproq install` is not available yet: the reproq.pyz release assets "
+            "are not published. Use the `reproq` command installed with this package "
+            "(pip install reproq), or point REPROQ_WORKER_BIN at a reproq binary."
+        )
+
+    handle_upgrade = handle_install
+
+    # --- ORM subcommands -----------------------------------------------------------------------
+
+    def _aliases(self, options: dict[str, Any]) -> list[str]:
+        if options.get("all_databases"):
+            return queue_db_aliases()
+        return [options.get("database") or default_db_alias()]
+
+    def handle_stats(self, options: dict[str, Any]) -> None:
+        from django.db.models import Count
+
+        from reproq_django.models import TaskRun, Worker
+
+        totals: dict[str, int] = {}
+        aliases = self._aliases(options)
+        for alias in aliases:
+            self.stdout.write(f"Database {alias}:")
+            counts = TaskRun.objects.using(alias).values("status").annotate(n=Count("result_id"))
+            for row in sorted(counts, key=lambda r: r["status"]):
+                self.stdout.write(f"  {row['status']}: {row['n']}")
+                totals[row["status"]] = totals.get(row["status"], 0) + row["n"]
+            cutoff = timezone.now() - timezone.timedelta(minutes=2)
+            for worker in Worker.objects.using(alias).order_by("worker_id"):
+                state = "ALIVE" if worker.last_seen_at >= cutoff else "DEAD"
+                self.stdout.write(
+                    f"  worker {worker.worker_id} ({worker.hostname}) {state} "
+                    f"concurrency={worker.concurrency} queues={','.join(worker.queues or [])}"
+                )
+        if len(aliases) > 1:
+            self.stdout.write("All databases:")
+            for status, count in sorted(totals.items()):
+                self.stdout.write(f"  {status}: {count}")
+
+    handle_status = handle_stats
+
+    def handle_pause_queue(self, options: dict[str, Any]) -> None:
+        self._set_paused(options, paused=True)
+
+    def handle_resume_queue(self, options: dict[str, Any]) -> None:
+        self._set_paused(options, paused=False)
+
+    def _set_paused(self, options: dict[str, Any], *, paused: bool) -> None:
+        from reproq_django.models import QueueControl
+
+        alias = options["database"] or default_db_alias()
+        now = timezone.now()
+        QueueControl.objects.using(alias).update_or_create(
+            queue_name=options["queue"],
+            defaults={
+                "paused": paused,
+                "paused_at": now if paused else None,
+                "reason": options.get("reason", "") if paused else "",
+                "updated_at": now,
+            },
+        )
+        self.stdout.write(f"Queue {options['queue']} {'paused' if paused else 'resumed'}.")
+
+    def handle_allowlist(self, options: dict[str, Any]) -> None:
+        prefixes, problems = discover_allowed_modules()
+        for problem in problems:
+            self.stderr.write(f"warning: could not import {problem}")
+        if options["format"] == "env":
+            self.stdout.write(f"ALLOWED_TASK_MODULES={','.join(prefixes)}")
+        else:
+            for prefix in prefixes:
+                self.stdout.write(prefix)
+
+    def handle_sync_recurring(self, options: dict[str, Any]) -> None:
+        from reproq_django.recurring import autodiscover, sync_recurring_tasks
+
+        autodiscover()
+        count = sync_recurring_tasks(
+            using=options["database"], clear_missing=options["clear_missing"]
+        )
+        if count == 0:
+            self.stdout.write("No recurring tasks found.")
+        else:
+            self.stdout.write(
+                f"Synced {count} recurring task(s) ({options['database'] or 'auto'})."
+            )
+
+    def handle_stress_test(self, options: dict[str, Any]) -> None:
+        from reproq_django.tasks import debug_noop_task
+
+        count = options["count"]
+        if count <= 0:
+            raise CommandError("--count must be positive")
+        # A distinct label per task, or dedup would fold them into one row.
+        run = uuid.uuid4().hex[:8]
+        items = [
+            (debug_noop_task, (), {"sleep_seconds": options["sleep"], "label": f"{run}-{i}"})
+            for i in range(count)
+        ]
+        started = time.perf_counter()
+        if options["bulk"]:
+            task_backends[debug_noop_task.backend].bulk_enqueue(items)
+        else:
+            for task, args, kwargs in items:
+                task.enqueue(*args, **kwargs)
+        elapsed = time.perf_counter() - started
+        self.stdout.write(f"Enqueued {count} task(s) in {elapsed:.3f}s ({count / elapsed:.0f}/s).")
+
+    def handle_check(self, options: dict[str, Any]) -> None:
+        problems = 0
+        command = worker_command()
+        try:
+            version = subprocess.run(
+                [*command, "--version"], capture_output=True, text=True, check=True, timeout=60
+            ).stdout.strip()
+            self.stdout.write(f"OK   worker binary: {' '.join(command)} ({version})")
+        except (OSError, subprocess.SubprocessError) as exc:
+            problems += 1
+            self.stderr.write(f"FAIL worker binary {' '.join(command)}: {exc}")
+        alias = options["database"] or default_db_alias()
+        connection = connections[alias]
+        try:
+            tables = set(connection.introspection.table_names())
+        except Exception as exc:
+            raise CommandError(f"cannot connect to database {alias!r}: {exc}") from None
+        missing = sorted(
+            {"task_runs", "periodic_tasks", "reproq_workers", "rate_limits", "workflow_runs",
+             "reproq_queue_controls"} - tables
+        )  # fmt: skip
+        if missing:
+            problems += 1
+            self.stderr.write(
+                f"FAIL missing tables in {alias!r}: {', '.join(missing)}; run migrate"
+            )
+        else:
+            self.stdout.write(f"OK   tables present in {alias!r}")
+        if connection.vendor != "postgresql":
+            self.stdout.write(f"WARN {alias!r} is {connection.vendor}: the worker needs PostgreSQL")
+        if problems:
+            raise CommandError("Reproq check failed.")
+        self.stdout.write("Configuration looks good!")
