@@ -1,0 +1,232 @@
+"""Django admin for reproq's tables, with the operator actions of reproq-django.md §2.3."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from reproq_django.models import (
+    PeriodicTask,
+    QueueControl,
+    RateLimit,
+    TaskRun,
+    TaskRunStatus,
+    Worker,
+    WorkflowRun,
+)
+
+ALIVE_WINDOW = dt.timedelta(minutes=2)
+STALE_WORKER_AGE = dt.timedelta(minutes=10)
+
+
+class LeaseStatusFilter(admin.SimpleListFilter):
+    title = "lease"
+    parameter_name = "lease"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("stale", "Stale"), ("active", "Active"), ("none", "None")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> QuerySet[TaskRun]:
+        running = queryset.filter(status=TaskRunStatus.RUNNING)
+        now = timezone.now()
+        if self.value() == "stale":
+            return running.filter(leased_until__lt=now)
+        if self.value() == "active":
+            return running.filter(leased_until__gte=now)
+        if self.value() == "none":
+            return running.filter(leased_until__isnull=True)
+        return queryset
+
+
+@admin.register(TaskRun)
+class TaskRunAdmin(admin.ModelAdmin):
+    list_display = (
+        "result_id",
+        "status",
+        "lease_state",
+        "task_path",
+        "queue_name",
+        "priority",
+        "attempts_display",
+        "lock_key",
+        "concurrency_key",
+        "enqueued_at",
+        "finished_at",
+    )
+    list_filter = ("status", LeaseStatusFilter, "queue_name", "backend_alias")
+    search_fields = ("=result_id", "spec_hash", "task_path", "leased_by", "lock_key")
+    defer_fields = ("spec_json", "return_json", "errors_json", "metadata_json")
+    ordering = ("-result_id",)
+    actions = (
+        "replay_tasks",
+        "retry_failed_tasks",
+        "discard_failed_tasks",
+        "cancel_tasks",
+        "delete_successful_tasks",
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TaskRun]:
+        return super().get_queryset(request).defer(*self.defer_fields)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [field.name for field in TaskRun._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="lease")
+    def lease_state(self, obj: TaskRun) -> str:
+        if obj.status != TaskRunStatus.RUNNING:
+            return ""
+        if obj.leased_until is None:
+            return "NONE"
+        return "STALE" if obj.leased_until < timezone.now() else "ACTIVE"
+
+    @admin.display(description="attempts")
+    def attempts_display(self, obj: TaskRun) -> str:
+        return f"{obj.attempts}/{obj.max_attempts}"
+
+    @admin.action(description="Replay selected tasks (new rows)")
+    def replay_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
+        created, skipped = 0, 0
+        for run in queryset.defer(None):
+            copy = TaskRun(
+                backend_alias=run.backend_alias,
+                queue_name=run.queue_name,
+                priority=run.priority,
+                spec_json=run.spec_json,
+                spec_hash=run.spec_hash,
+                task_path=run.task_path or (run.spec_json or {}).get("task_path"),
+                max_attempts=run.max_attempts,
+                timeout_seconds=run.timeout_seconds,
+                lock_key=run.lock_key,
+                concurrency_key=run.concurrency_key,
+                concurrency_limit=run.concurrency_limit,
+            )
+            try:
+                with transaction.atomic(using=run._state.db):
+                    copy.save(using=run._state.db, force_insert=True)
+                created += 1
+            except IntegrityError:
+                skipped += 1  # an identical spec is still READY or RUNNING
+        self.message_user(request, f"Replayed {created} task(s).")
+        if skipped:
+            self.message_user(
+                request,
+                f"Skipped {skipped} task(s) whose spec is still queued or running.",
+                messages.WARNING,
+            )
+
+    @admin.action(description="Retry selected failed tasks")
+    def retry_failed_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
+        count = queryset.filter(status=TaskRunStatus.FAILED).update(
+            status=TaskRunStatus.READY,
+            run_after=timezone.now(),
+            attempts=0,
+            last_error=None,
+            failed_at=None,
+            finished_at=None,
+            leased_until=None,
+            leased_by=None,
+            cancel_requested=False,
+            updated_at=timezone.now(),
+        )
+        self.message_user(request, f"Retried {count} task(s).")
+
+    @admin.action(description="Discard selected failed tasks")
+    def discard_failed_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
+        now = timezone.now()
+        count = queryset.filter(status=TaskRunStatus.FAILED).update(
+            status=TaskRunStatus.CANCELLED,
+            finished_at=now,
+            last_error="Discarded in admin",
+            updated_at=now,
+        )
+        self.message_user(request, f"Discarded {count} task(s).")
+
+    @admin.action(description="Cancel selected tasks")
+    def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
+        now = timezone.now()
+        requested = queryset.filter(status=TaskRunStatus.RUNNING).update(
+            cancel_requested=True, updated_at=now
+        )
+        cancelled = queryset.filter(
+            status__in=(TaskRunStatus.READY, TaskRunStatus.WAITING)
+        ).update(status=TaskRunStatus.CANCELLED, finished_at=now, updated_at=now)
+        self.message_user(
+            request,
+            f"Cancellation requested for {requested} running task(s); "
+            f"cancelled {cancelled} queued task(s).",
+        )
+
+    @admin.action(description="Delete selected successful tasks")
+    def delete_successful_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
+        count, _ = queryset.filter(status=TaskRunStatus.SUCCESSFUL).delete()
+        self.message_user(request, f"Deleted {count} task(s).")
+
+
+@admin.register(Worker)
+class WorkerAdmin(admin.ModelAdmin):
+    list_display = ("worker_id", "hostname", "state", "concurrency", "queues", "last_seen_at")
+    search_fields = ("worker_id", "hostname")
+    actions = ("delete_stale_workers",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="state")
+    def state(self, obj: Worker) -> str:
+        return "ALIVE" if obj.last_seen_at >= timezone.now() - ALIVE_WINDOW else "DEAD"
+
+    @admin.action(description="Delete workers not seen for 10 minutes")
+    def delete_stale_workers(self, request: HttpRequest, queryset: QuerySet[Worker]) -> None:
+        count, _ = queryset.filter(last_seen_at__lt=timezone.now() - STALE_WORKER_AGE).delete()
+        self.message_user(request, f"Deleted {count} stale worker(s).")
+
+
+@admin.register(QueueControl)
+class QueueControlAdmin(admin.ModelAdmin):
+    list_display = ("queue_name", "paused", "paused_at", "reason", "updated_at")
+    actions = ("pause_queues", "resume_queues")
+
+    @admin.action(description="Pause selected queues")
+    def pause_queues(self, request: HttpRequest, queryset: QuerySet[QueueControl]) -> None:
+        now = timezone.now()
+        count = queryset.update(paused=True, paused_at=now, updated_at=now)
+        self.message_user(request, f"Paused {count} queue(s).")
+
+    @admin.action(description="Resume selected queues")
+    def resume_queues(self, request: HttpRequest, queryset: QuerySet[QueueControl]) -> None:
+        count = queryset.update(paused=False, paused_at=None, updated_at=timezone.now())
+        self.message_user(request, f"Resumed {count} queue(s).")
+
+
+@admin.register(PeriodicTask)
+class PeriodicTaskAdmin(admin.ModelAdmin):
+    list_display = ("name", "cron_expr", "task_path", "queue_name", "enabled", "next_run_at")
+    search_fields = ("name", "task_path")
+
+
+@admin.register(WorkflowRun)
+class WorkflowRunAdmin(admin.ModelAdmin):
+    list_display = (
+        "workflow_id",
+        "status",
+        "expected_count",
+        "success_count",
+        "failure_count",
+        "callback_result_id",
+    )
+    search_fields = ("=workflow_id",)
+
+
+@admin.register(RateLimit)
+class RateLimitAdmin(admin.ModelAdmin):
+    list_display = ("key", "tokens_per_second", "burst_size", "current_tokens", "last_refilled_at")
+    search_fields = ("key",)
