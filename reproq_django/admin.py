@@ -156,9 +156,9 @@ class TaskRunAdmin(admin.ModelAdmin):
         requested = queryset.filter(status=TaskRunStatus.RUNNING).update(
             cancel_requested=True, updated_at=now
         )
-        cancelled = queryset.filter(
-            status__in=(TaskRunStatus.READY, TaskRunStatus.WAITING)
-        ).update(status=TaskRunStatus.CANCELLED, finished_at=now, updated_at=now)
+        cancelled = queryset.filter(status__in=(TaskRunStatus.READY, TaskRunStatus.WAITING)).update(
+            status=TaskRunStatus.CANCELLED, finished_at=now, updated_at=now
+        )
         self.message_user(
             request,
             f"Cancellation requested for {requested} running task(s); "

@@ -82,6 +82,7 @@ def command(
     from reproq_cli.core.logs import Logger
     from reproq_cli.core.worker import Worker, WorkerSettings
     from reproq_cli.db.connect import create_pool
+    from reproq_cli.db.schema import require_tables
     from reproq_cli.db.tasks import TaskStore
 
     config = load_config("worker", config_path=config_path, flags=given_flags(params))
@@ -102,6 +103,7 @@ def command(
     dsn = database_url(config)
     pool = create_pool(dsn, min_size=2, max_size=max(20, settings.concurrency * 2 + 4))
     try:
+        require_tables(pool, dsn)
         store = TaskStore(pool, settings.worker_id, lease_seconds=settings.lease_seconds)
         worker = Worker(settings, store, log)
         worker.install_signal_handlers()

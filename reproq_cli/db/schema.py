@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from reproq_cli.db.queries import query, read_sql_resource
-from reproq_cli.errors import DatabaseError
+from reproq_cli.errors import DatabaseError, SchemaError
 
 # pg_advisory_lock key for migrations: b"reproqmg" as a big-endian bigint.
 MIGRATION_LOCK_KEY = 0x7265_7072_6F71_6D67
@@ -299,3 +299,16 @@ def check(conn: psycopg.Connection[Any]) -> list[str]:
         if seeded is None:
             problems.append("rate_limits row 'global' is missing")
     return problems
+
+
+def require_tables(pool: Any, dsn: str) -> None:
+    """Fail fast, in one line, when the database has not been migrated."""
+    from reproq_cli.config import mask_dsn
+
+    with pool.connection() as conn:
+        missing = [p for p in check(conn) if p.startswith("table ")]
+    if missing:
+        raise SchemaError(
+            f"{mask_dsn(dsn)} is not migrated: {'; '.join(missing)}",
+            hint="run `reproq migrate` (or `manage.py migrate`) against this database",
+        )

@@ -388,3 +388,11 @@ def test_unreachable_database_is_one_line(workers):
     assert run.returncode == 1
     assert run.stderr.startswith("error: cannot connect to postgresql://u:****@127.0.0.1:1/none")
     assert "Traceback" not in run.stderr
+
+
+def test_unmigrated_database_is_one_line(workers, empty_db_dsn):
+    workers.dsn = empty_db_dsn
+    run = workers.run()
+    assert run.returncode == 1
+    assert "is not migrated: table task_runs is missing" in run.stderr
+    assert "hint: run `reproq migrate`" in run.stderr

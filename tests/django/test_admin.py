@@ -79,7 +79,9 @@ def test_task_actions(staff):
 
 
 def test_worker_and_queue_actions(staff):
-    old = Worker.objects.create(worker_id="old", last_seen_at=timezone.now() - dt.timedelta(hours=1))
+    old = Worker.objects.create(
+        worker_id="old", last_seen_at=timezone.now() - dt.timedelta(hours=1)
+    )
     fresh = Worker.objects.create(worker_id="fresh")
     action(staff, "worker", "delete_stale_workers", [old.pk, fresh.pk])
     assert list(Worker.objects.values_list("worker_id", flat=True)) == ["fresh"]

@@ -1,0 +1,1 @@
+"""A self-contained demo: `python -m reproq_django.demo`."""

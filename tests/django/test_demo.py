@@ -1,0 +1,40 @@
+"""The README's demo: `python -m reproq_django.demo` end to end on the test server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+
+
+def test_demo_runs_every_sample_to_its_end(pg_admin_dsn, tmp_path):
+    env = {
+        **os.environ,
+        "DATABASE_URL": pg_admin_dsn,
+        "COLUMNS": "200",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "reproq_django.demo"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {
+        line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+        for line in result.stdout.splitlines()
+        if line.startswith("│")
+    }
+    assert rows["add(2, 3)"][1:] == ["SUCCESSFUL", "1", "5"]
+    assert rows["flaky_payment(42)"][1:3] == ["FAILED", "2"]
+    assert "payment gateway unreachable" in rows["flaky_payment(42)"][3]
+    assert rows["chord callback"][1:] == ["SUCCESSFUL", "1", "'report: all pages fetched'"]
+    assert all(cells[1] in ("SUCCESSFUL", "FAILED") for cells in rows.values())
+    assert len(rows) == 11
+    assert "lock_key pair ran one after the other: True" in result.stdout
