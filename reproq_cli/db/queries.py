@@ -10,13 +10,26 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 
+@cache
+def sql_root() -> Traversable:
+    """The shipped sql/ folder: the ``reproq_cli.sql`` package once installed (also inside the
+    zipapp), or the repository's top-level sql/ when running from a source checkout, where
+    the checkout's reproq_cli shadows the installed one."""
+    try:
+        return resources.files("reproq_cli.sql")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent.parent / "sql"
+
+
 def read_sql_resource(*parts: str) -> str:
     """Text of a file inside the shipped sql/ folder, e.g. ``("migrations", "0001_x.sql")``."""
-    node = resources.files("reproq_cli.sql")
+    node = sql_root()
     for part in parts:
         node = node.joinpath(part)
     return node.read_text(encoding="utf-8")

@@ -11,13 +11,12 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
 
-from reproq_cli.db.queries import query, read_sql_resource
+from reproq_cli.db.queries import query, read_sql_resource, sql_root
 from reproq_cli.errors import DatabaseError, SchemaError
 
 # pg_advisory_lock key for migrations: b"reproqmg" as a big-endian bigint.
@@ -34,7 +33,7 @@ class Migration:
 
 
 def migrations() -> list[Migration]:
-    folder = resources.files("reproq_cli.sql").joinpath("migrations")
+    folder = sql_root().joinpath("migrations")
     names = sorted(
         entry.name
         for entry in folder.iterdir()
