@@ -1,0 +1,192 @@
+"""HTTP endpoints: ``stats/`` for dashboards and reproq-tui, and ``stress-test/`` for staff
+(reproq-django.md §6).
+
+Access: ``Authorization: Bearer <METRICS_AUTH_TOKEN>`` (or ``X-Reproq-Token``), a TUI token
+signed with it, or a logged-in staff user. Tokens are compared in constant time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import os
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count
+from django.http import HttpRequest, JsonResponse
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from reproq_cli.config import is_truthy
+from reproq_cli.tuitoken import verify
+from reproq_django.db import default_db_alias, queue_db_aliases
+from reproq_django.models import PeriodicTask, QueueControl, TaskRun, Worker
+
+ALIVE_WINDOW = dt.timedelta(minutes=2)
+FALSY = {"", "0", "false", "off", "disabled", "none", "no"}
+
+
+def _setting(name: str, default: str = "") -> str:
+    value = getattr(settings, name, None)
+    if value is None:
+        value = os.environ.get(name, default)
+    return str(value)
+
+
+def _token_from(request: HttpRequest) -> str:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.headers.get("X-Reproq-Token", "").strip()
+
+
+def authorized(request: HttpRequest) -> bool:
+    secret = _setting("METRICS_AUTH_TOKEN")
+    token = _token_from(request)
+    if (
+        secret
+        and token
+        and (hmac.compare_digest(token.encode(), secret.encode()) or verify(token, secret))
+    ):
+        return True
+    user = getattr(request, "user", None)
+    return bool(user is not None and user.is_authenticated and user.is_staff)
+
+
+def _denied() -> JsonResponse:
+    return JsonResponse({"error": "Unauthorized"}, status=403)
+
+
+def stats_aliases() -> list[str]:
+    configured: Any = getattr(settings, "REPROQ_STATS_DATABASES", None)
+    if configured in (None, "", []):
+        return [default_db_alias()]
+    if configured == "*" or configured == ["*"]:
+        return queue_db_aliases()
+    if isinstance(configured, str):
+        return [a.strip() for a in configured.split(",") if a.strip()]
+    return [str(a) for a in configured]
+
+
+def scheduler_status() -> dict[str, Any]:
+    low_memory = is_truthy(_setting("LOW_MEMORY_MODE"))
+    mode = _setting("REPROQ_SCHEDULER_MODE", "beat").strip().lower() or "beat"
+    beat_cmd = getattr(settings, "REPROQ_BEAT_CMD", os.environ.get("REPROQ_BEAT_CMD"))
+    beat_configured = mode == "beat" and not (
+        beat_cmd is not None and str(beat_cmd).strip().lower() in FALSY
+    )
+    beat_enabled = beat_configured and not low_memory
+    status: dict[str, Any] = {
+        "mode": mode if beat_enabled or mode != "beat" else "disabled",
+        "low_memory": low_memory,
+        "beat_enabled": beat_enabled,
+        "beat_configured": beat_configured,
+        "pg_cron_available": False,
+    }
+    if status["mode"] == "disabled":
+        status["warning"] = "No scheduler is running: periodic tasks will not be enqueued."
+    return status
+
+
+@require_GET
+def stats(request: HttpRequest) -> JsonResponse:
+    if not authorized(request):
+        return _denied()
+    now = timezone.now()
+    tasks: dict[str, int] = {}
+    queues: dict[str, dict[str, int]] = {}
+    workers: list[dict[str, Any]] = []
+    periodic: list[dict[str, Any]] = []
+    controls: list[dict[str, Any]] = []
+    failing: dict[str, int] = {}
+    databases: dict[str, dict[str, Any]] = {}
+    alive = dead = 0
+    for alias in stats_aliases():
+        runs = TaskRun.objects.using(alias)
+        per_db: dict[str, int] = {}
+        for row in runs.values("queue_name", "status").annotate(n=Count("result_id")):
+            tasks[row["status"]] = tasks.get(row["status"], 0) + row["n"]
+            per_db[row["status"]] = per_db.get(row["status"], 0) + row["n"]
+            queue = queues.setdefault(row["queue_name"], {})
+            queue[row["status"]] = queue.get(row["status"], 0) + row["n"]
+        for row in runs.filter(status="FAILED").values("task_path").annotate(n=Count("result_id")):
+            failing[row["task_path"]] = failing.get(row["task_path"], 0) + row["n"]
+        db_alive = 0
+        for worker in Worker.objects.using(alias).order_by("worker_id"):
+            is_alive = worker.last_seen_at >= now - ALIVE_WINDOW
+            db_alive += is_alive
+            workers.append(
+                {
+                    "worker_id": worker.worker_id,
+                    "hostname": worker.hostname,
+                    "concurrency": worker.concurrency,
+                    "queues": worker.queues,
+                    "started_at": worker.started_at,
+                    "last_seen_at": worker.last_seen_at,
+                    "version": worker.version,
+                    "alive": is_alive,
+                    "database": alias,
+                }
+            )
+        db_workers = Worker.objects.using(alias).count()
+        alive += db_alive
+        dead += db_workers - db_alive
+        for task in PeriodicTask.objects.using(alias).order_by("name"):
+            periodic.append(
+                {
+                    "name": task.name,
+                    "cron_expr": task.cron_expr,
+                    "enabled": task.enabled,
+                    "next_run_at": task.next_run_at,
+                    "queue_name": task.queue_name,
+                    "database": alias,
+                }
+            )
+        for control in QueueControl.objects.using(alias).order_by("queue_name"):
+            controls.append(
+                {
+                    "queue_name": control.queue_name,
+                    "paused": control.paused,
+                    "paused_at": control.paused_at,
+                    "reason": control.reason,
+                    "database": alias,
+                }
+            )
+        databases[alias] = {"tasks": per_db, "workers": db_workers, "workers_alive": db_alive}
+    top = sorted(failing.items(), key=lambda item: (-item[1], item[0]))[:5]
+    return JsonResponse(
+        {
+            "tasks": tasks,
+            "queues": queues,
+            "workers": workers,
+            "periodic": periodic,
+            "queue_controls": controls,
+            "worker_health": {"alive": alive, "dead": dead},
+            "scheduler": scheduler_status(),
+            "top_failing": [{"task_path": path, "count": count} for path, count in top],
+            "databases": databases,
+        }
+    )
+
+
+@require_POST
+def stress_test(request: HttpRequest) -> JsonResponse:
+    user = getattr(request, "user", None)
+    if not (user is not None and user.is_authenticated and user.is_staff):
+        return _denied()
+    from django.tasks import task_backends
+
+    from reproq_django.tasks import debug_noop_task
+
+    try:
+        count = max(1, min(int(request.POST.get("count", 100)), 10_000))
+    except ValueError:
+        return JsonResponse({"error": "count must be an integer"}, status=400)
+    run = timezone.now().strftime("%Y%m%d%H%M%S%f")
+    items = [
+        (debug_noop_task, (), {"sleep_seconds": 0.1, "label": f"http-{run}-{i}"})
+        for i in range(count)
+    ]
+    task_backends[debug_noop_task.backend].bulk_enqueue(items)
+    return JsonResponse({"ok": True, "enqueued": count})
