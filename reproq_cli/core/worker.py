@@ -36,6 +36,8 @@ from reproq_cli.errors import DatabaseError
 from reproq_cli.models import ClaimedTask, Failure
 
 REGISTRY_INTERVAL = 30.0
+# A --burst run gives up after this many polls in a row fail (scripts must not hang forever).
+BURST_MAX_POLL_ERRORS = 5
 COMPLETION_RETRIES = (0.5, 1.0, 2.0, 4.0)
 
 
@@ -134,7 +136,9 @@ class Worker:
         self._background_stop = threading.Event()
         self._signals = 0
         self._round_robin = 0
+        self._poll_errors = 0
         self.claimed = 0
+        self.fatal: DatabaseError | None = None
 
     # --- control -----------------------------------------------------------------------------
 
@@ -213,6 +217,11 @@ class Worker:
         except DatabaseError as exc:
             self.log.warn("Failed to unregister worker", error=str(exc))
         self.log.info("Worker stopped", claimed=self.claimed)
+        if self.fatal is not None:
+            raise DatabaseError(
+                f"giving up after {BURST_MAX_POLL_ERRORS} failed polls: {self.fatal}",
+                hint="check the database the worker points at; without --burst it keeps retrying",
+            )
 
     def _claim_loop(self) -> None:
         s = self.settings
@@ -226,8 +235,13 @@ class Worker:
             except DatabaseError as exc:
                 self._slots.release()
                 self.log.error("Polling error", error=str(exc))
+                self._poll_errors += 1
+                if s.burst and self._poll_errors >= BURST_MAX_POLL_ERRORS:
+                    self.fatal = exc
+                    return
                 self._sleep_backoff()
                 continue
+            self._poll_errors = 0
             if task is not None:
                 self._start(task)
                 continue

@@ -396,3 +396,13 @@ def test_unmigrated_database_is_one_line(workers, empty_db_dsn):
     assert run.returncode == 1
     assert "is not migrated: table task_runs is missing" in run.stderr
     assert "hint: run `reproq migrate`" in run.stderr
+
+
+def test_burst_gives_up_when_every_poll_fails(conn, workers):
+    enqueue(conn, "add", 1, 1)
+    # tables exist (the start-up check passes) but the claim statement cannot run
+    conn.execute("ALTER TABLE reproq_queue_controls RENAME COLUMN paused TO paused_renamed")
+    run = workers.run()
+    assert run.returncode == 1
+    assert run.messages().count("Polling error") == 5
+    assert run.stderr.startswith("error: giving up after 5 failed polls: database error in claim")
