@@ -29,7 +29,14 @@ TICK_SECONDS = 0.1
 
 
 class InfraError(Exception):
-    """The attempt could not be run at all (spawn failure, payload problems)."""
+    """The attempt could not be run at all (spawn failure, payload problems).
+
+    ``retryable`` is False when running it again cannot help (the payload is too large).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class BoundedBuffer:
@@ -201,7 +208,9 @@ def run_attempt(
     """
     data = payload.encode("utf-8")
     if len(data) > spec.max_payload_bytes:
-        raise InfraError(f"payload size {len(data)} exceeds limit {spec.max_payload_bytes}")
+        raise InfraError(
+            f"payload size {len(data)} exceeds limit {spec.max_payload_bytes}", retryable=False
+        )
     argv = build_argv(spec, result_id, attempt)
     payload_file: str | None = None
     stdin_data: bytes | None = None

@@ -336,9 +336,8 @@ class Worker:
                 tick=self._ticker(task, log),
             )
         except InfraError as exc:
-            retryable = not str(exc).startswith("payload size")
             log.error("Execution infrastructure error", error=str(exc))
-            failure = policy.infra_error(task, str(exc), s.worker_id, retryable=retryable)
+            failure = policy.infra_error(task, str(exc), s.worker_id, retryable=exc.retryable)
             self._complete_failure(log, task, failure, None)
             return
         logs_uri = self._persist_logs(log, task, result)

@@ -35,24 +35,32 @@ def _max_overlap(executions) -> int:
     return max(sum(1 for _, s, e in executions if s <= start < e) for _, start, _ in executions)
 
 
-@pytest.mark.slow
-def test_four_workers_never_overlap_one_lock_key(conn, workers, tmp_path):
-    log = tmp_path / "executions.log"
-    count = 400
+def _four_workers(conn, workers, log, *, seconds: float, columns: dict, count: int = 400):
+    """Enqueue ``count`` recording tasks, run four workers until all are done, return the
+    recorded executions."""
     for i in range(count):
-        enqueue(conn, "record", str(log), 0.005, unique=str(i), columns={"lock_key": "account:7"})
+        enqueue(conn, "record", str(log), seconds, unique=str(i), columns=columns)
     procs = [
-        workers.start("--concurrency", "4", "--worker-id", f"lk-{i}", "--heartbeat-seconds", "0")
+        workers.start("--concurrency", "4", "--worker-id", f"w-{i}", "--heartbeat-seconds", "0")
         for i in range(4)
     ]
-    wait_for(lambda: _all_done(conn, count), timeout=300, interval=0.5, what="400 tasks")
+    wait_for(lambda: _all_done(conn, count), timeout=300, interval=0.5, what=f"{count} tasks")
     _stop(workers, procs)
     executions = _executions(log)
     assert sorted(rid for rid, _, _ in executions) == sorted(
         r[0] for r in conn.execute("SELECT result_id FROM task_runs").fetchall()
     )
-    assert _max_overlap(executions) == 1
     assert conn.execute("SELECT max(attempts) FROM task_runs").fetchone() == (1,)
+    return executions
+
+
+@pytest.mark.slow
+def test_four_workers_never_overlap_one_lock_key(conn, workers, tmp_path):
+    executions = _four_workers(
+        conn, workers, tmp_path / "executions.log", seconds=0.005,
+        columns={"lock_key": "account:7"},
+    )  # fmt: skip
+    assert _max_overlap(executions) == 1
     used = conn.execute(
         "SELECT count(DISTINCT w) FROM task_runs, jsonb_array_elements_text(worker_ids) w"
     ).fetchone()[0]
@@ -61,25 +69,10 @@ def test_four_workers_never_overlap_one_lock_key(conn, workers, tmp_path):
 
 @pytest.mark.slow
 def test_four_workers_respect_a_concurrency_limit_of_two(conn, workers, tmp_path):
-    log = tmp_path / "executions.log"
-    count = 400
-    for i in range(count):
-        enqueue(
-            conn,
-            "record",
-            str(log),
-            0.05,
-            unique=str(i),
-            columns={"concurrency_key": "tenant:3", "concurrency_limit": 2},
-        )
-    procs = [
-        workers.start("--concurrency", "4", "--worker-id", f"ck-{i}", "--heartbeat-seconds", "0")
-        for i in range(4)
-    ]
-    wait_for(lambda: _all_done(conn, count), timeout=300, interval=0.5, what="400 tasks")
-    _stop(workers, procs)
-    executions = _executions(log)
-    assert len(executions) == count
+    executions = _four_workers(
+        conn, workers, tmp_path / "executions.log", seconds=0.05,
+        columns={"concurrency_key": "tenant:3", "concurrency_limit": 2},
+    )  # fmt: skip
     assert _max_overlap(executions) == 2
 
 

@@ -10,17 +10,11 @@ import textwrap
 import psycopg
 import pytest
 
+from reproq_django.schema import TABLES
 from tests.conftest import REPO_ROOT, dsn_for
 from tests.integration.test_schema import catalog
 
-REPROQ_TABLES = {
-    "task_runs",
-    "periodic_tasks",
-    "reproq_queue_controls",
-    "reproq_workers",
-    "rate_limits",
-    "workflow_runs",
-}
+REPROQ_TABLES = set(TABLES)
 
 
 def reproq_catalog(dsn: str) -> dict:

@@ -25,6 +25,7 @@ from django.utils import timezone
 from psycopg import conninfo
 
 from reproq_django.db import default_db_alias, queue_db_aliases
+from reproq_django.schema import TABLES
 
 BIN_ENV = "REPROQ_WORKER_BIN"
 PASSTHROUGH = ("worker", "beat", "schedule", "config")
@@ -346,10 +347,7 @@ class Command(BaseCommand):
             tables = set(connection.introspection.table_names())
         except Exception as exc:
             raise CommandError(f"cannot connect to database {alias!r}: {exc}") from None
-        missing = sorted(
-            {"task_runs", "periodic_tasks", "reproq_workers", "rate_limits", "workflow_runs",
-             "reproq_queue_controls"} - tables
-        )  # fmt: skip
+        missing = sorted(set(TABLES) - tables)
         if missing:
             problems += 1
             self.stderr.write(
