@@ -17,11 +17,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from reproq_cli import __version__
-from reproq_cli.config import Config, is_truthy, parse_duration
+from reproq_cli.config import Config, is_truthy
 from reproq_cli.core import policy
 from reproq_cli.core.executor import (
     ExecResult,
@@ -34,6 +33,7 @@ from reproq_cli.core.logs import Logger
 from reproq_cli.db.tasks import FencingError, TaskStore
 from reproq_cli.errors import DatabaseError
 from reproq_cli.models import ClaimedTask, Failure
+from reproq_cli.process import memory_log_interval, rss_bytes
 
 REGISTRY_INTERVAL = 30.0
 # A --burst run gives up after this many polls in a row fail (scripts must not hang forever).
@@ -98,28 +98,6 @@ class WorkerSettings:
             memory_log_interval=memory_log_interval(env.get("REPROQ_MEMORY_LOG_INTERVAL", "")),
             low_memory=is_truthy(env.get("LOW_MEMORY_MODE")),
         )
-
-
-def memory_log_interval(raw: str) -> float:
-    """REPROQ_MEMORY_LOG_INTERVAL: a Go duration or bare seconds; invalid or <= 0 disables."""
-    raw = raw.strip()
-    if not raw:
-        return 0.0
-    try:
-        value = float(raw) if raw.isdigit() else parse_duration(raw)
-    except ValueError:
-        return -1.0  # reported by the worker, then treated as disabled
-    return value if value > 0 else -1.0
-
-
-def rss_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 class Worker:

@@ -123,3 +123,85 @@ def test_worker_runs_the_projects_tasks(tmp_path, monkeypatch):
     assert "Auto-configured ALLOWED_TASK_MODULES=" in err
     result.refresh()
     assert result.return_value == 9
+
+
+def test_systemd_units(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out, _ = manage(
+        "systemd", "--user", "app", "--concurrency", "4", "--queues", "default,high",
+        "--env-file", "/etc/reproq.env", "--metrics-auth-token", "tok", "--schedule",
+    )  # fmt: skip
+    name = tmp_path.name
+    worker = (tmp_path / f"reproq-worker-{name}.service").read_text()
+    assert "User=app" in worker
+    assert "Group=app" in worker
+    assert f"WorkingDirectory={tmp_path}" in worker
+    assert "reproq worker --concurrency 4 --queues default,high" in worker
+    assert "Restart=always" in worker
+    assert "EnvironmentFile=/etc/reproq.env" in worker
+    assert 'Environment="METRICS_AUTH_TOKEN=tok"' in worker
+    beat = (tmp_path / f"reproq-beat-{name}.service").read_text()
+    assert "REPROQ_SCHEDULER_MODE:-beat" in beat
+    timer = (tmp_path / f"reproq-schedule-{name}.timer").read_text()
+    assert "OnCalendar=*-*-* *:*:00" in timer
+    assert "Persistent=true" in timer
+    assert out.count("Wrote ") == 4
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("fmt", ["yaml", "toml"])
+def test_init_writes_a_config_the_cli_accepts(tmp_path, monkeypatch, fmt):
+    monkeypatch.chdir(tmp_path)
+    out, _ = manage("init", "--format", fmt, "--skip-migrate")
+    assert f"Wrote reproq.{fmt}" in out
+    from reproq_cli.config import resolve
+
+    config = resolve("worker", env={}, cwd=tmp_path)
+    assert "tests.django.sampleapp.tasks." in config.get("worker.allowed_task_modules")
+    assert config.get("worker.queues") == ["default"]
+    again, _ = manage("init", "--format", fmt, "--skip-migrate")
+    assert "exists; keeping it" in again
+
+
+@pytest.mark.django_db
+def test_health_and_check_commands(tmp_path, monkeypatch):
+    tasks.add.enqueue(1, 2)
+    out = io.StringIO()
+    call_command("reproq_health", stdout=out)
+    assert "READY: 1" in out.getvalue()
+    assert "Enabled periodic tasks:" in out.getvalue()
+    out = io.StringIO()
+    call_command("reproq_check", stdout=out, stderr=io.StringIO())
+    assert "Configuration looks good!" in out.getvalue()
+
+
+def test_init_executor_stub(tmp_path):
+    path = tmp_path / "stub.py"
+    call_command("reproq_init_executor", "--path", str(path), stdout=io.StringIO())
+    assert "from reproq_django.executor import execute" in path.read_text()
+    with pytest.raises(CommandError, match="exists"):
+        call_command("reproq_init_executor", "--path", str(path), stdout=io.StringIO())
+
+
+def test_memory_logger_in_django_processes():
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "REPROQ_MEMORY_LOG_INTERVAL": "30s",
+        "DJANGO_SETTINGS_MODULE": "tests.django.settings",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    env.pop("REPROQ_TEST_DJANGO_DSN")
+    script = (
+        "import logging, django; logging.basicConfig(level=logging.INFO); django.setup();"
+        "import time; time.sleep(0.5)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if "reproq_memory_usage" in x]
+    assert "rss_bytes=" in line
+    assert "interval_s=30.0" in line

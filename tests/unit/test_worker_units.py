@@ -10,7 +10,7 @@ import pytest
 from reproq_cli.core import policy
 from reproq_cli.core.executor import BoundedBuffer, parse_envelope
 from reproq_cli.core.logs import Logger, redact, should_redact
-from reproq_cli.core.worker import memory_log_interval
+from reproq_cli.process import memory_log_interval
 
 
 @pytest.mark.parametrize(

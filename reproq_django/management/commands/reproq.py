@@ -94,6 +94,32 @@ def discover_allowed_modules() -> tuple[list[str], list[str]]:
     return sorted(prefixes), problems
 
 
+def example_config(suffix: str, allowed: list[str]) -> str:
+    """A commented starting config; the DSN is left to DATABASE_URL or manage.py."""
+    modules = allowed or ["myapp.tasks."]
+    if suffix == ".toml":
+        quoted = ", ".join(f'"{m}"' for m in modules)
+        return (
+            "# reproq worker/beat settings; `reproq config --explain` shows the effective values.\n"
+            "[worker]\n"
+            'queues = ["default"]\n'
+            "concurrency = 10\n"
+            f"allowed_task_modules = [{quoted}]\n"
+            "\n[beat]\n"
+            'interval = "30s"\n'
+        )
+    listed = "".join(f"    - {m}\n" for m in modules)
+    return (
+        "# reproq worker/beat settings; `reproq config --explain` shows the effective values.\n"
+        "worker:\n"
+        "  queues: [default]\n"
+        "  concurrency: 10\n"
+        f"  allowed_task_modules:\n{listed}"
+        "beat:\n"
+        "  interval: 30s\n"
+    )
+
+
 class Command(BaseCommand):
     help = "Run and manage reproq: worker, beat, schema, stats and queue controls."
 
@@ -133,6 +159,27 @@ class Command(BaseCommand):
         p.add_argument("--bulk", action="store_true")
         p = sub.add_parser("check", help="check the CLI, database and tables")
         p.add_argument("--database", default=None)
+        p = sub.add_parser("systemd", help="write systemd units for worker and beat into the cwd")
+        p.add_argument("--user", default=None)
+        p.add_argument("--group", default=None)
+        p.add_argument("--concurrency", type=int, default=10)
+        p.add_argument("--queues", default="")
+        p.add_argument("--allowed-task-modules", default="")
+        p.add_argument("--logs-dir", default="")
+        p.add_argument("--payload-mode", default="")
+        p.add_argument("--metrics-port", type=int, default=0)
+        p.add_argument("--metrics-addr", default="")
+        p.add_argument("--metrics-auth-token", default="")
+        p.add_argument("--metrics-allow-cidrs", default="")
+        p.add_argument("--env-file", default="")
+        p.add_argument("--schedule", action="store_true")
+        p.add_argument("--schedule-on-calendar", default="*-*-* *:*:00")
+        p = sub.add_parser("init", help="write reproq.yaml and migrate")
+        p.add_argument("--config", default=None)
+        p.add_argument("--format", choices=["yaml", "toml"], default="yaml")
+        p.add_argument("--force", action="store_true")
+        p.add_argument("--skip-migrate", action="store_true")
+        p.add_argument("--skip-worker-migrate", action="store_true")
         for name in ("install", "upgrade"):
             sub.add_parser(name, help=f"{name} the reproq.pyz binary (not available yet)")
 
@@ -228,6 +275,104 @@ class Command(BaseCommand):
         )
 
     handle_upgrade = handle_install
+
+    # --- files ----------------------------------------------------------------------------------
+
+    def handle_systemd(self, options: dict[str, Any]) -> None:
+        import getpass
+
+        cwd = Path.cwd()
+        name = cwd.name
+        user = options["user"] or getpass.getuser()
+        group = options["group"] or user
+        manage = cwd / "manage.py"
+        flags = [f"--concurrency {options['concurrency']}"]
+        for flag in ("queues", "allowed_task_modules", "logs_dir", "payload_mode", "metrics_addr"):
+            if options[flag]:
+                flags.append(f"--{flag.replace('_', '-')} {options[flag]}")
+        if options["metrics_port"]:
+            flags.append(f"--metrics-port {options['metrics_port']}")
+        environment = []
+        if options["env_file"]:
+            environment.append(f"EnvironmentFile={options['env_file']}")
+        if options["metrics_auth_token"]:
+            environment.append(f'Environment="METRICS_AUTH_TOKEN={options["metrics_auth_token"]}"')
+        if options["metrics_allow_cidrs"]:
+            environment.append(
+                f'Environment="METRICS_ALLOW_CIDRS={options["metrics_allow_cidrs"]}"'
+            )
+
+        def unit(description: str, exec_start: str, *, service_type: str = "simple") -> str:
+            lines = [
+                "[Unit]",
+                f"Description={description}",
+                "After=network-online.target",
+                "Wants=network-online.target",
+                "",
+                "[Service]",
+                f"Type={service_type}",
+                f"User={user}",
+                f"Group={group}",
+                f"WorkingDirectory={cwd}",
+                *environment,
+                f"ExecStart={exec_start}",
+            ]
+            if service_type == "simple":
+                lines += ["Restart=always", "RestartSec=5", "KillSignal=SIGTERM",
+                          "TimeoutStopSec=60"]  # fmt: skip
+            lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
+            return "\n".join(lines)
+
+        python = sys.executable
+        files = {
+            f"reproq-worker-{name}.service": unit(
+                f"reproq worker ({name})", f"{python} {manage} reproq worker {' '.join(flags)}"
+            ),
+            f"reproq-beat-{name}.service": unit(
+                f"reproq beat ({name})",
+                '/bin/bash -c \'if [ "${REPROQ_SCHEDULER_MODE:-beat}" = beat ]; then exec '
+                f"{python} {manage} reproq beat; else sleep infinity; fi'",
+            ),
+        }
+        if options["schedule"]:
+            files[f"reproq-schedule-{name}.service"] = unit(
+                f"reproq schedule pass ({name})",
+                '/bin/bash -c \'if [ "${REPROQ_SCHEDULER_MODE:-beat}" = cron ]; then exec '
+                f"{python} {manage} reproq schedule; fi'",
+                service_type="oneshot",
+            )
+            files[f"reproq-schedule-{name}.timer"] = "\n".join(
+                [
+                    "[Unit]",
+                    f"Description=reproq schedule timer ({name})",
+                    "",
+                    "[Timer]",
+                    f"OnCalendar={options['schedule_on_calendar']}",
+                    "Persistent=true",
+                    "",
+                    "[Install]",
+                    "WantedBy=timers.target",
+                    "",
+                ]
+            )
+        for filename, text in files.items():
+            (cwd / filename).write_text(text)
+            self.stdout.write(f"Wrote {cwd / filename}")
+
+    def handle_init(self, options: dict[str, Any]) -> None:
+        from django.core.management import call_command
+
+        path = Path(options["config"] or f"reproq.{options['format']}")
+        if path.exists() and not options["force"]:
+            self.stdout.write(f"{path} exists; keeping it (use --force to overwrite).")
+        else:
+            prefixes, _ = discover_allowed_modules()
+            path.write_text(example_config(path.suffix, prefixes))
+            self.stdout.write(f"Wrote {path}")
+        if not options["skip_migrate"]:
+            call_command("migrate", verbosity=0)
+            self.stdout.write("Ran Django migrate (reproq's tables included).")
+        self.stdout.write("Reproq is ready! Start a worker with: python manage.py reproq worker")
 
     # --- ORM subcommands -----------------------------------------------------------------------
 

@@ -1,0 +1,47 @@
+"""Periodic memory logging for Django processes (reproq-django.md §7).
+
+With REPROQ_MEMORY_LOG_INTERVAL set (a duration such as ``1m``, or seconds), one daemon thread
+per process logs ``reproq_memory_usage`` to the ``reproq_django.memlog`` logger.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import threading
+
+from reproq_cli.process import memory_log_interval, rss_bytes
+
+logger = logging.getLogger("reproq_django.memlog")
+_started = threading.Event()
+
+
+def log_once(interval: float) -> None:
+    logger.info(
+        "reproq_memory_usage role=%s pid=%s rss_bytes=%s ru_maxrss_bytes=%s threads=%s "
+        "interval_s=%s",
+        os.environ.get("REPROQ_PROCESS_ROLE", "unknown"),
+        os.getpid(),
+        rss_bytes(),
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        threading.active_count(),
+        interval,
+    )
+
+
+def start_memory_logger() -> bool:
+    """Start the logger thread once per process; False when disabled or already running."""
+    interval = memory_log_interval(os.environ.get("REPROQ_MEMORY_LOG_INTERVAL", ""))
+    if interval <= 0 or _started.is_set():
+        return False
+    _started.set()
+
+    def loop() -> None:
+        stop = threading.Event()
+        while True:
+            log_once(interval)
+            stop.wait(interval)
+
+    threading.Thread(target=loop, name="reproq-memory-logger", daemon=True).start()
+    return True
