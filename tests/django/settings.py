@@ -60,11 +60,13 @@ def database_from_dsn(dsn: str) -> dict[str, object]:
 
 
 _DSN = os.environ.get("REPROQ_TEST_DJANGO_DSN", "")
-DATABASES = {
-    "default": database_from_dsn(_DSN)
-    if _DSN
-    else {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
-}
+if _DSN:
+    _second = conninfo.make_conninfo(
+        _DSN, dbname=conninfo.conninfo_to_dict(_DSN).get("dbname", "postgres") + "_second"
+    )
+    DATABASES = {"default": database_from_dsn(_DSN), "second": database_from_dsn(_second)}
+else:
+    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
 
 TASKS = {
     "default": {
