@@ -1,0 +1,218 @@
+"""Pairing reproq-tui with this Django site, and proxying it to the worker (reproq-django.md §6).
+
+A terminal asks ``tui/pair/`` for a code, a superuser approves it at ``tui/authorize/``, and the
+terminal collects an HS256 token from ``tui/pair/<code>/``. The token (signed with
+METRICS_AUTH_TOKEN) is accepted by ``stats/``, the proxies below, and the worker itself.
+Everything here answers 404 while METRICS_AUTH_TOKEN is unset.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
+from django.core.cache import cache
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods
+
+from reproq_cli.config import is_truthy
+from reproq_cli.tuitoken import issue
+from reproq_django.views import _setting, authorized
+
+PAIR_TTL = 600
+TOKEN_PICKUP_TTL = 300
+CACHE_PREFIX = "reproq_tui_pair:"
+PROXY_TIMEOUT = 10.0
+
+
+def _secret() -> str:
+    return _setting("METRICS_AUTH_TOKEN")
+
+
+def _disabled() -> JsonResponse:
+    return JsonResponse({"error": "tui auth disabled"}, status=404)
+
+
+def low_memory() -> bool:
+    return is_truthy(_setting("LOW_MEMORY_MODE"))
+
+
+def events_enabled() -> bool:
+    return not low_memory() and not is_truthy(_setting("REPROQ_TUI_DISABLE_EVENTS"))
+
+
+def config_payload(request: HttpRequest) -> dict[str, Any]:
+    public = {
+        "worker_url": _setting("REPROQ_TUI_WORKER_URL"),
+        "worker_metrics_url": _setting("REPROQ_TUI_WORKER_METRICS_URL"),
+        "worker_health_url": _setting("REPROQ_TUI_WORKER_HEALTH_URL"),
+        "events_url": _setting("REPROQ_TUI_EVENTS_URL"),
+    }
+    if any(public.values()):
+        base = public["worker_url"].rstrip("/")
+        payload = {
+            "worker_url": base,
+            "worker_metrics_url": public["worker_metrics_url"] or (base and f"{base}/metrics"),
+            "worker_health_url": public["worker_health_url"] or (base and f"{base}/healthz"),
+        }
+        if events_enabled():
+            payload["events_url"] = public["events_url"] or (base and f"{base}/events")
+    else:
+        payload = {
+            "worker_metrics_url": request.build_absolute_uri(reverse("reproq-tui-metrics")),
+            "worker_health_url": request.build_absolute_uri(reverse("reproq-tui-health")),
+        }
+        if events_enabled():
+            payload["events_url"] = request.build_absolute_uri(reverse("reproq-tui-events"))
+    payload["stats_url"] = request.build_absolute_uri(reverse("stats"))
+    if low_memory():
+        payload["low_memory_mode"] = True
+    return payload
+
+
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def pair(request: HttpRequest) -> JsonResponse:
+    if not _secret():
+        return _disabled()
+    code = secrets.token_hex(4)
+    expires = timezone.now() + dt.timedelta(seconds=PAIR_TTL)
+    cache.set(CACHE_PREFIX + code, {"status": "pending"}, PAIR_TTL)
+    verify_url = request.build_absolute_uri(reverse("reproq-tui-authorize")) + f"?code={code}"
+    return JsonResponse(
+        {"code": code, "verify_url": verify_url, "expires_at": expires, **config_payload(request)}
+    )
+
+
+@require_GET
+def pair_status(request: HttpRequest, code: str) -> JsonResponse:
+    if not _secret():
+        return _disabled()
+    state = cache.get(CACHE_PREFIX + code)
+    if state is None:
+        return JsonResponse({"status": "expired"}, status=404)
+    return JsonResponse(state)
+
+
+@require_GET
+def tui_config(request: HttpRequest) -> JsonResponse:
+    if not _secret():
+        return _disabled()
+    return JsonResponse(config_payload(request))
+
+
+class TuiLoginView(LoginView):
+    template_name = "reproq_tui/login.html"
+
+
+def _authorize(request: HttpRequest) -> HttpResponse:
+    if not request.user.is_superuser:
+        return JsonResponse({"error": "superuser required"}, status=403)
+    code = request.GET.get("code") or request.POST.get("code") or ""
+    key = CACHE_PREFIX + code
+    state = cache.get(key) if code else None
+    if state is None:
+        return render(request, "reproq_tui/authorize.html", {"status": "expired", "code": code})
+    if request.method == "POST":
+        token = issue(_secret(), subject=str(request.user.pk), username=request.user.get_username())
+        expires = dt.datetime.fromtimestamp(time.time() + 30 * 86400, tz=dt.UTC)
+        cache.set(
+            key, {"status": "approved", "token": token, "expires_at": expires}, TOKEN_PICKUP_TTL
+        )
+        return render(request, "reproq_tui/authorize.html", {"status": "approved", "code": code})
+    return render(request, "reproq_tui/authorize.html", {"status": "pending", "code": code})
+
+
+def authorize(request: HttpRequest) -> HttpResponse:
+    if not _secret():
+        return _disabled()
+    return login_required(login_url="reproq-tui-login")(_authorize)(request)
+
+
+# --- proxies to the worker's HTTP server ---------------------------------------------------------
+
+
+def worker_base_url() -> str:
+    internal = _setting("REPROQ_TUI_WORKER_INTERNAL_URL")
+    if internal:
+        return internal.rstrip("/")
+    addr = _setting("METRICS_ADDR")
+    if not addr:
+        port = _setting("METRICS_PORT")
+        addr = f"127.0.0.1:{port}" if port else "127.0.0.1:9090"
+    if addr.startswith(":"):
+        addr = "127.0.0.1" + addr
+    if "://" not in addr:
+        addr = "http://" + addr
+    return addr.rstrip("/")
+
+
+def _proxy(request: HttpRequest, kind: str, path: str, *, stream: bool = False) -> HttpResponse:
+    if not authorized(request):
+        return JsonResponse({"error": "Unauthorized"}, status=403)
+    if low_memory():
+        return JsonResponse(
+            {"error": f"{kind} unavailable in low memory mode", "hint": "unset LOW_MEMORY_MODE"},
+            status=503,
+        )
+    url = worker_base_url() + path
+    if request.META.get("QUERY_STRING"):
+        url += "?" + request.META["QUERY_STRING"]
+    secret = _secret()
+    header = f"Bearer {secret}" if secret else request.headers.get("Authorization", "")
+    upstream = urllib.request.Request(url, headers={"Authorization": header} if header else {})
+    try:
+        response = urllib.request.urlopen(upstream, timeout=30 if stream else PROXY_TIMEOUT)
+    except urllib.error.HTTPError as exc:
+        return HttpResponse(
+            exc.read(), status=exc.code, content_type=exc.headers.get_content_type()
+        )
+    except TimeoutError:
+        return JsonResponse({"error": f"{kind} proxy timeout"}, status=504)
+    except (urllib.error.URLError, OSError) as exc:
+        if isinstance(getattr(exc, "reason", None), TimeoutError):
+            return JsonResponse({"error": f"{kind} proxy timeout"}, status=504)
+        return JsonResponse({"error": f"{kind} proxy failed"}, status=502)
+    if stream:
+
+        def chunks() -> Iterator[bytes]:
+            with response:
+                while chunk := response.read1(8192):
+                    yield chunk
+
+        streamed = StreamingHttpResponse(chunks(), content_type="text/event-stream")
+        streamed["Cache-Control"] = "no-cache"
+        streamed["X-Accel-Buffering"] = "no"
+        return streamed
+    with response:
+        body = response.read()
+        content_type = response.headers.get("Content-Type", "text/plain")
+    return HttpResponse(body, status=response.status, content_type=content_type)
+
+
+@require_GET
+def metrics_proxy(request: HttpRequest) -> HttpResponse:
+    return _proxy(request, "metrics", "/metrics")
+
+
+@require_GET
+def health_proxy(request: HttpRequest) -> HttpResponse:
+    return _proxy(request, "health", "/healthz")
+
+
+@require_GET
+def events_proxy(request: HttpRequest) -> HttpResponse:
+    if not events_enabled() and not low_memory():
+        return JsonResponse({"error": "events disabled"}, status=404)
+    return _proxy(request, "events", "/events", stream=True)
