@@ -11,7 +11,7 @@ import yaml
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from reproq_django.models import PeriodicTask, QueueControl, RateLimit, TaskRun
+from reproq_django.models import PeriodicTask, QueueControl, RateLimit, TaskRun, Worker
 from tests.conftest import REPO_ROOT
 from tests.django.sampleapp import tasks
 
@@ -205,3 +205,61 @@ def test_memory_logger_in_django_processes():
     (line,) = [x for x in result.stderr.splitlines() if "reproq_memory_usage" in x]
     assert "rss_bytes=" in line
     assert "interval_s=30.0" in line
+
+
+def _aged(result, **fields):
+    TaskRun.objects.filter(result_id=int(result.id)).update(**fields)
+
+
+@pytest.mark.django_db
+def test_reclaim_requeue_and_fail():
+    import datetime as dt
+
+    from django.utils import timezone
+
+    old = timezone.now() - dt.timedelta(hours=1)
+    a, b, fresh, cancelled = (tasks.add.enqueue(i, i) for i in range(4))
+    for result in (a, b):
+        _aged(result, status="RUNNING", leased_until=old, leased_by="dead")
+    _aged(fresh, status="RUNNING", leased_until=timezone.now() + dt.timedelta(hours=1))
+    _aged(cancelled, status="RUNNING", leased_until=old, cancel_requested=True)
+    out, _ = manage("reclaim", "--dry-run")
+    assert out.strip() == "Would reclaim 2 task(s) (requeue)."
+    out, _ = manage("reclaim", "--limit", "1")
+    assert out.strip() == "Reclaimed 1 task(s) (requeue)."
+    a.refresh()
+    assert (a.raw_status, a.data.leased_by) == ("READY", None)
+    out, _ = manage("reclaim", "--action", "fail", "--older-than", "10m")
+    assert out.strip() == "Reclaimed 1 task(s) (fail)."
+    b.refresh()
+    assert b.raw_status == "FAILED"
+    assert b.errors_json[-1]["kind"] == "reclaim"
+    fresh.refresh()
+    cancelled.refresh()
+    assert (fresh.raw_status, cancelled.raw_status) == ("RUNNING", "RUNNING")
+
+
+@pytest.mark.django_db
+def test_prune_commands():
+    import datetime as dt
+
+    from django.utils import timezone
+
+    long_ago = timezone.now() - dt.timedelta(days=30)
+    done, failed, recent, running = (tasks.add.enqueue(i, i) for i in range(4))
+    _aged(done, status="SUCCESSFUL", finished_at=long_ago)
+    _aged(failed, status="FAILED", finished_at=long_ago)
+    _aged(recent, status="SUCCESSFUL", finished_at=timezone.now())
+    _aged(running, status="RUNNING", finished_at=long_ago)
+    assert manage("prune-successful", "--dry-run")[0].strip() == "Would prune 1 task(s)."
+    assert manage("prune-successful")[0].strip() == "Pruned 1 task(s)."
+    assert manage("prune", "--statuses", "FAILED,SUCCESSFUL")[0].strip() == "Pruned 1 task(s)."
+    assert TaskRun.objects.count() == 2
+    with pytest.raises(CommandError, match="RUNNING"):
+        manage("prune", "--statuses", "RUNNING")
+    with pytest.raises(CommandError, match="invalid age"):
+        manage("prune", "--older-than", "soon")
+    Worker.objects.create(worker_id="old", last_seen_at=long_ago)
+    Worker.objects.create(worker_id="new")
+    assert manage("prune-workers")[0].strip() == "Deleted 1 worker(s)."
+    assert list(Worker.objects.values_list("worker_id", flat=True)) == ["new"]

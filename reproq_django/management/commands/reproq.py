@@ -8,6 +8,7 @@ chores (stats, queue pause/resume, recurring sync, stress test) use the ORM here
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -92,6 +93,18 @@ def discover_allowed_modules() -> tuple[list[str], list[str]]:
                 if isinstance(value, Task):
                     prefixes.add(value.module_path.rsplit(".", 1)[0] + ".")
     return sorted(prefixes), problems
+
+
+def parse_age(text: str) -> dt.timedelta:
+    """``<int><s|m|h|d>`` (an empty value is zero), as reproq-django's housekeeping flags."""
+    text = text.strip()
+    if not text:
+        return dt.timedelta(0)
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit():
+        raise CommandError(f"invalid age {text!r}: use a whole number with s, m, h or d (e.g. 7d)")
+    return dt.timedelta(**{units[unit]: int(number)})
 
 
 def example_config(suffix: str, allowed: list[str]) -> str:
@@ -180,6 +193,37 @@ class Command(BaseCommand):
         p.add_argument("--force", action="store_true")
         p.add_argument("--skip-migrate", action="store_true")
         p.add_argument("--skip-worker-migrate", action="store_true")
+        p = sub.add_parser("reclaim", help="requeue or fail RUNNING tasks with expired leases")
+        p.add_argument("--action", choices=["requeue", "fail"], default="requeue")
+        p.add_argument("--older-than", default="0s")
+        p.add_argument("--limit", type=int, default=0)
+        p.add_argument("--dry-run", action="store_true")
+        p.add_argument("--include-null-lease", action="store_true")
+        p.add_argument("--database", default=None)
+        p.add_argument("--all-databases", action="store_true")
+        p = sub.add_parser("prune-workers", help="delete workers not seen for a while")
+        p.add_argument("--older-than", default="10m")
+        p.add_argument("--dry-run", action="store_true")
+        p.add_argument("--database", default=None)
+        p.add_argument("--all-databases", action="store_true")
+        p = sub.add_parser("prune-successful", help="delete old SUCCESSFUL task rows")
+        p.add_argument("--older-than", default="7d")
+        p.add_argument("--limit", type=int, default=0)
+        p.add_argument("--dry-run", action="store_true")
+        p.add_argument("--database", default=None)
+        p.add_argument("--all-databases", action="store_true")
+        p = sub.add_parser("prune", help="delete old task rows in the given statuses")
+        p.add_argument("--statuses", default="SUCCESSFUL,FAILED,CANCELLED")
+        p.add_argument("--older-than", default="7d")
+        p.add_argument("--limit", type=int, default=0)
+        p.add_argument(
+            "--field",
+            choices=["finished_at", "updated_at", "enqueued_at", "started_at"],
+            default="finished_at",
+        )
+        p.add_argument("--dry-run", action="store_true")
+        p.add_argument("--database", default=None)
+        p.add_argument("--all-databases", action="store_true")
         for name in ("install", "upgrade"):
             sub.add_parser(name, help=f"{name} the reproq.pyz binary (not available yet)")
 
@@ -275,6 +319,94 @@ class Command(BaseCommand):
         )
 
     handle_upgrade = handle_install
+
+    # --- housekeeping ---------------------------------------------------------------------------
+
+    def handle_reclaim(self, options: dict[str, Any]) -> None:
+        from django.db.models import Q
+
+        from reproq_django.models import TaskRun
+
+        cutoff = timezone.now() - parse_age(options["older_than"])
+        expired = Q(leased_until__lt=cutoff)
+        if options["include_null_lease"]:
+            expired |= Q(leased_until__isnull=True)
+        total = 0
+        for alias in self._aliases(options):
+            rows = (
+                TaskRun.objects.using(alias)
+                .filter(expired, status="RUNNING", cancel_requested=False)
+                .order_by("leased_until")
+            )
+            ids = list(rows.values_list("result_id", flat=True))
+            if options["limit"] > 0:
+                ids = ids[: options["limit"]]
+            total += len(ids)
+            if options["dry_run"] or not ids:
+                continue
+            now = timezone.now()
+            targets = TaskRun.objects.using(alias).filter(result_id__in=ids)
+            if options["action"] == "requeue":
+                targets.update(
+                    status="READY", run_after=now, leased_until=None, leased_by=None,
+                    started_at=None, finished_at=None, updated_at=now,
+                )  # fmt: skip
+            else:
+                for run in targets:
+                    run.errors_json = [
+                        *(run.errors_json or []),
+                        {"at": now.isoformat(), "kind": "reclaim",
+                         "message": "Failed by manage.py reproq reclaim"},
+                    ]  # fmt: skip
+                    run.status = "FAILED"
+                    run.finished_at = run.last_attempted_at = run.failed_at = now
+                    run.last_error = "reclaim: Failed by manage.py reproq reclaim"
+                    run.leased_until = run.leased_by = None
+                    run.save(using=alias)
+        verb = "Would reclaim" if options["dry_run"] else "Reclaimed"
+        self.stdout.write(f"{verb} {total} task(s) ({options['action']}).")
+
+    def handle_prune_workers(self, options: dict[str, Any]) -> None:
+        from reproq_django.models import Worker
+
+        cutoff = timezone.now() - parse_age(options["older_than"])
+        total = 0
+        for alias in self._aliases(options):
+            rows = Worker.objects.using(alias).filter(last_seen_at__lt=cutoff)
+            total += rows.count() if options["dry_run"] else rows.delete()[0]
+        verb = "Would delete" if options["dry_run"] else "Deleted"
+        self.stdout.write(f"{verb} {total} worker(s).")
+
+    def handle_prune_successful(self, options: dict[str, Any]) -> None:
+        self._prune(options, ["SUCCESSFUL"], "finished_at")
+
+    def handle_prune(self, options: dict[str, Any]) -> None:
+        statuses = [s.strip().upper() for s in options["statuses"].split(",") if s.strip()]
+        if not statuses:
+            raise CommandError("--statuses needs at least one status")
+        if "RUNNING" in statuses:
+            raise CommandError("refusing to prune RUNNING tasks; reclaim them first")
+        self._prune(options, statuses, options["field"])
+
+    def _prune(self, options: dict[str, Any], statuses: list[str], field: str) -> None:
+        from reproq_django.models import TaskRun
+
+        cutoff = timezone.now() - parse_age(options["older_than"])
+        total = 0
+        for alias in self._aliases(options):
+            rows = (
+                TaskRun.objects.using(alias)
+                .filter(status__in=statuses, **{f"{field}__lt": cutoff})
+                .order_by(field)
+            )
+            ids = list(rows.values_list("result_id", flat=True))
+            if options["limit"] > 0:
+                ids = ids[: options["limit"]]
+            total += len(ids)
+            if not options["dry_run"] and ids:
+                TaskRun.objects.using(alias).filter(result_id__in=ids).delete()
+        verb = "Would prune" if options["dry_run"] else "Pruned"
+        self.stdout.write(f"{verb} {total} task(s).")
 
     # --- files ----------------------------------------------------------------------------------
 
