@@ -19,12 +19,14 @@ from reproq_cli.errors import EXIT_ERROR, EXIT_INTERNAL, EXIT_OK, ReproqError
 
 # name -> (module, attribute, one-line help shown by `reproq --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "cancel": ("reproq_cli.commands.cancel", "command", "Request cancellation of a running task."),
     "config": ("reproq_cli.commands.config", "command", "Print the effective configuration."),
     "embedded": (
         "reproq_cli.commands.embedded",
         "command",
         "Manage the embedded PostgreSQL used when no DSN is set.",
     ),
+    "logs": ("reproq_cli.commands.logs", "command", "Print a task's persisted logs."),
     "migrate": ("reproq_cli.commands.migrate", "command", "Create or upgrade the schema."),
     "version": ("reproq_cli.commands.version", "command", "Print the version."),
     "worker": ("reproq_cli.commands.worker", "command", "Claim and run tasks."),

@@ -376,3 +376,16 @@ UPDATE reproq_workers SET last_seen_at = now() WHERE worker_id = %(worker_id)s;
 
 -- name: unregister_worker
 DELETE FROM reproq_workers WHERE worker_id = %(worker_id)s;
+
+-- ---------------------------------------------------------------------------------------------
+-- Operator commands (go-worker.md §1.3-1.7, §10)
+-- ---------------------------------------------------------------------------------------------
+
+-- name: request_cancel
+-- Only RUNNING rows: the owning worker sees the flag at its next heartbeat.
+UPDATE task_runs SET cancel_requested = TRUE, updated_at = now()
+WHERE result_id = %(result_id)s AND status = 'RUNNING'
+RETURNING result_id;
+
+-- name: task_logs_uri
+SELECT result_id, logs_uri FROM task_runs WHERE result_id = %(result_id)s;

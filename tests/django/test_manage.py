@@ -263,3 +263,17 @@ def test_prune_commands():
     Worker.objects.create(worker_id="new")
     assert manage("prune-workers")[0].strip() == "Deleted 1 worker(s)."
     assert list(Worker.objects.values_list("worker_id", flat=True)) == ["new"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_logs_and_cancel_use_the_cli(tmp_path, capfd):
+    result = tasks.add.enqueue(6, 7)
+    log = tmp_path / "t.log"
+    log.write_text("first\nsecond\n")
+    TaskRun.objects.filter(result_id=int(result.id)).update(status="RUNNING", logs_uri=str(log))
+    manage("logs", "--id", result.id, "--tail", "1")
+    assert capfd.readouterr().out.strip().endswith("second")
+    manage("cancel", "--id", result.id)
+    assert "Cancellation requested for task" in capfd.readouterr().out
+    result.refresh()
+    assert result.data.cancel_requested is True

@@ -224,6 +224,17 @@ class Command(BaseCommand):
         p.add_argument("--dry-run", action="store_true")
         p.add_argument("--database", default=None)
         p.add_argument("--all-databases", action="store_true")
+        p = sub.add_parser("logs", help="print a task's logs (`reproq logs`)")
+        p.add_argument("--id", required=True, help="result id (alias:id allowed)")
+        p.add_argument("--tail", type=int, default=200)
+        p.add_argument("--max-bytes", type=int, default=1_000_000)
+        p.add_argument("--show-path", action="store_true")
+        p.add_argument("--database", default=None)
+        p = sub.add_parser(
+            "cancel", help="request cancellation of a running task (`reproq cancel`)"
+        )
+        p.add_argument("--id", required=True, help="result id (alias:id allowed)")
+        p.add_argument("--database", default=None)
         for name in ("install", "upgrade"):
             sub.add_parser(name, help=f"{name} the reproq.pyz binary (not available yet)")
 
@@ -319,6 +330,24 @@ class Command(BaseCommand):
         )
 
     handle_upgrade = handle_install
+
+    def _task_target(self, options: dict[str, Any]) -> tuple[str, str]:
+        from reproq_django.db import parse_result_id
+
+        alias, raw = parse_result_id(options["id"])
+        return options["database"] or alias, raw
+
+    def handle_logs(self, options: dict[str, Any]) -> None:
+        alias, raw = self._task_target(options)
+        cli_args = ["logs", "--id", raw, "--tail", str(options["tail"])]
+        cli_args += ["--max-bytes", str(options["max_bytes"])]
+        if options["show_path"]:
+            cli_args.append("--show-path")
+        self._run_cli(cli_args, self._cli_env(alias))
+
+    def handle_cancel(self, options: dict[str, Any]) -> None:
+        alias, raw = self._task_target(options)
+        self._run_cli(["cancel", "--id", raw], self._cli_env(alias))
 
     # --- housekeeping ---------------------------------------------------------------------------
 

@@ -1,0 +1,47 @@
+"""`reproq logs --id N`: print the stdout/stderr a task's attempt left in --logs-dir."""
+
+from __future__ import annotations
+
+import click
+
+from reproq_cli import console
+from reproq_cli.commands._common import config_option, database_url, dsn_option, load_config
+from reproq_cli.core.logfiles import read_log, tail_lines
+from reproq_cli.db.connect import connection
+from reproq_cli.db.operations import task_logs_uri
+from reproq_cli.errors import ReproqError, UsageError
+
+
+@click.command(name="logs")
+@dsn_option
+@config_option
+@click.option("--id", "result_id", type=int, required=True, help="result_id of the task.")
+@click.option("--tail", "lines", type=int, default=200, show_default=True, help="0 = all lines.")
+@click.option("--max-bytes", type=int, default=1_000_000, show_default=True)
+@click.option("--show-path", is_flag=True, help="Print the logs_uri instead of the logs.")
+def command(
+    dsn: str | None,
+    config_path: str | None,
+    result_id: int,
+    lines: int,
+    max_bytes: int,
+    show_path: bool,
+) -> None:
+    """Print a task's persisted logs (local path, file:// or http(s) logs_uri)."""
+    if max_bytes <= 0:
+        raise UsageError("--max-bytes must be positive", hint="e.g. --max-bytes 1000000")
+    url = database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
+    with connection(url) as conn:
+        exists, uri = task_logs_uri(conn, result_id)
+    if not exists:
+        raise ReproqError(f"Task run {result_id} not found.", hint="check the --id")
+    if not uri:
+        raise ReproqError(
+            "No logs_uri recorded for this task run.",
+            hint="the worker writes logs only with --logs-dir (REPROQ_LOGS_DIR)",
+        )
+    if show_path:
+        console.data(uri)
+        return
+    text = tail_lines(read_log(uri, max_bytes=max_bytes), lines)
+    console.data(text if text.strip() else "(no log output)")
