@@ -21,6 +21,11 @@ from reproq_cli.errors import EXIT_ERROR, EXIT_INTERNAL, EXIT_OK, ReproqError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "cancel": ("reproq_cli.commands.cancel", "command", "Request cancellation of a running task."),
     "config": ("reproq_cli.commands.config", "command", "Print the effective configuration."),
+    "doctor": (
+        "reproq_cli.commands.doctor",
+        "command",
+        "Check configuration, database and executor.",
+    ),
     "embedded": (
         "reproq_cli.commands.embedded",
         "command",

@@ -46,3 +46,46 @@ def test_logs(run_cli, conn, db_dsn, tmp_path):
     assert run_cli("logs", "--dsn", db_dsn, "--id", str(rid), "--tail", "1").stdout == "line 500\n"
     bad = run_cli("logs", "--dsn", db_dsn, "--id", str(rid), "--max-bytes", "0")
     assert bad.returncode == 2
+
+
+def test_doctor_healthy_and_failing(run_cli, db_dsn, tmp_path):
+    import sys
+
+    (tmp_path / "reproq.yaml").write_text(
+        f"dsn: '{db_dsn}'\nworker:\n  python_bin: {sys.executable}\n"
+        f"  executor_module: reproq_cli\n  allowed_task_modules: [myapp.tasks.]\n"
+        f"  logs_dir: {tmp_path / 'logs'}\nmetrics:\n  addr: 127.0.0.1:9999\n"
+    )
+    result = run_cli("doctor", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["OK"] * len(lines)
+    names = [line.split()[1].rstrip(":") for line in lines]
+    assert names == ["config", "dsn", "schema", "executor", "allow-list", "logs-dir", "metrics"]
+
+    as_json = json.loads(run_cli("doctor", "--json", cwd=tmp_path).stdout)
+    assert as_json["ok"] is True
+
+    (tmp_path / "reproq.yaml").write_text(
+        f"dsn: '{db_dsn}'\nworker:\n  python_bin: /nonexistent/python\n"
+        "metrics:\n  addr: 0.0.0.0:9999\n"
+    )
+    bad = run_cli("doctor", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "FAIL executor: cannot run /nonexistent/python" in bad.stdout
+    assert "WARN allow-list:" in bad.stdout
+    assert "WARN metrics: 0.0.0.0:9999 has no auth" in bad.stdout
+    assert "error: doctor found 1 problem(s)" in bad.stderr
+    strict = run_cli("doctor", "--strict", cwd=tmp_path)
+    assert "error: doctor found 3 problem(s)" in strict.stderr
+
+
+def test_doctor_reports_missing_schema_and_bad_config(run_cli, empty_db_dsn, tmp_path):
+    result = run_cli("doctor", "--dsn", empty_db_dsn, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "FAIL schema:" in result.stdout
+    assert "hint: run `reproq migrate`" in result.stdout
+    (tmp_path / "reproq.yaml").write_text("worker: [broken\n")
+    broken = run_cli("doctor", cwd=tmp_path)
+    assert broken.returncode == 1
+    assert broken.stdout.startswith("FAIL config: cannot parse YAML config file reproq.yaml")

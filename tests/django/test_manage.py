@@ -277,3 +277,18 @@ def test_logs_and_cancel_use_the_cli(tmp_path, capfd):
     assert "Cancellation requested for task" in capfd.readouterr().out
     result.refresh()
     assert result.data.cancel_requested is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_doctor_uses_the_cli(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reproq.yaml").write_text(
+        yaml.safe_dump({"worker": {"python_bin": sys.executable, "allowed_task_modules": ["x."]}})
+    )
+    manage("migrate-worker")  # transactional tests may have emptied rate_limits
+    capfd.readouterr()
+    manage("doctor", "--strict")
+    out = capfd.readouterr().out
+    assert "OK   dsn: answers:" in out
+    assert "OK   schema: complete" in out
+    assert "OK   executor: reproq_django.executor importable" in out

@@ -29,7 +29,7 @@ from reproq_django.db import default_db_alias, queue_db_aliases
 from reproq_django.schema import TABLES
 
 BIN_ENV = "REPROQ_WORKER_BIN"
-PASSTHROUGH = ("worker", "beat", "schedule", "config")
+PASSTHROUGH = ("worker", "beat", "schedule", "config", "doctor")
 LOCAL_BIN = Path(".reproq") / "bin" / "reproq"
 
 
@@ -143,6 +143,7 @@ class Command(BaseCommand):
             ("beat", "run `reproq beat` for this project (extra flags are passed on)"),
             ("schedule", "one beat pass (`reproq beat --once`)"),
             ("config", "print the effective worker configuration (`reproq config`)"),
+            ("doctor", "check configuration, database, schema and executor (`reproq doctor`)"),
         ):
             p = sub.add_parser(name, help=helptext)
             p.add_argument("--database", default=None, help="Django database alias")
@@ -317,6 +318,9 @@ class Command(BaseCommand):
 
     def handle_config(self, options: dict[str, Any]) -> None:
         self._run_cli(["config", *options.get("cli_args", [])], self._cli_env(options["database"]))
+
+    def handle_doctor(self, options: dict[str, Any]) -> None:
+        self._run_cli(["doctor", *options.get("cli_args", [])], self._cli_env(options["database"]))
 
     def handle_migrate_worker(self, options: dict[str, Any]) -> None:
         extra = ["--check"] if options["check"] else []
