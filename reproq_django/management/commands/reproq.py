@@ -95,6 +95,20 @@ def discover_allowed_modules() -> tuple[list[str], list[str]]:
     return sorted(prefixes), problems
 
 
+def housekeeping(
+    sub: Any, name: str, helptext: str, older_than: str, *, limit: bool = True
+) -> argparse.ArgumentParser:
+    """A subcommand with the flags every housekeeping command shares."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=helptext)
+    parser.add_argument("--older-than", default=older_than)
+    if limit:
+        parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--database", default=None)
+    parser.add_argument("--all-databases", action="store_true")
+    return parser
+
+
 def parse_age(text: str) -> dt.timedelta:
     """``<int><s|m|h|d>`` (an empty value is zero), as reproq-django's housekeeping flags."""
     text = text.strip()
@@ -194,37 +208,20 @@ class Command(BaseCommand):
         p.add_argument("--force", action="store_true")
         p.add_argument("--skip-migrate", action="store_true")
         p.add_argument("--skip-worker-migrate", action="store_true")
-        p = sub.add_parser("reclaim", help="requeue or fail RUNNING tasks with expired leases")
+        p = housekeeping(sub, "reclaim", "requeue or fail RUNNING tasks with expired leases", "0s")
         p.add_argument("--action", choices=["requeue", "fail"], default="requeue")
-        p.add_argument("--older-than", default="0s")
-        p.add_argument("--limit", type=int, default=0)
-        p.add_argument("--dry-run", action="store_true")
         p.add_argument("--include-null-lease", action="store_true")
-        p.add_argument("--database", default=None)
-        p.add_argument("--all-databases", action="store_true")
-        p = sub.add_parser("prune-workers", help="delete workers not seen for a while")
-        p.add_argument("--older-than", default="10m")
-        p.add_argument("--dry-run", action="store_true")
-        p.add_argument("--database", default=None)
-        p.add_argument("--all-databases", action="store_true")
-        p = sub.add_parser("prune-successful", help="delete old SUCCESSFUL task rows")
-        p.add_argument("--older-than", default="7d")
-        p.add_argument("--limit", type=int, default=0)
-        p.add_argument("--dry-run", action="store_true")
-        p.add_argument("--database", default=None)
-        p.add_argument("--all-databases", action="store_true")
-        p = sub.add_parser("prune", help="delete old task rows in the given statuses")
+        housekeeping(
+            sub, "prune-workers", "delete workers not seen for a while", "10m", limit=False
+        )
+        housekeeping(sub, "prune-successful", "delete old SUCCESSFUL task rows", "7d")
+        p = housekeeping(sub, "prune", "delete old task rows in the given statuses", "7d")
         p.add_argument("--statuses", default="SUCCESSFUL,FAILED,CANCELLED")
-        p.add_argument("--older-than", default="7d")
-        p.add_argument("--limit", type=int, default=0)
         p.add_argument(
             "--field",
             choices=["finished_at", "updated_at", "enqueued_at", "started_at"],
             default="finished_at",
         )
-        p.add_argument("--dry-run", action="store_true")
-        p.add_argument("--database", default=None)
-        p.add_argument("--all-databases", action="store_true")
         p = sub.add_parser("logs", help="print a task's logs (`reproq logs`)")
         p.add_argument("--id", required=True, help="result id (alias:id allowed)")
         p.add_argument("--tail", type=int, default=200)
