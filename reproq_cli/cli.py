@@ -31,8 +31,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "command",
         "Manage the embedded PostgreSQL used when no DSN is set.",
     ),
+    "limit": ("reproq_cli.commands.limit", "command", "Manage rate limits."),
     "logs": ("reproq_cli.commands.logs", "command", "Print a task's persisted logs."),
     "migrate": ("reproq_cli.commands.migrate", "command", "Create or upgrade the schema."),
+    "replay": ("reproq_cli.commands.replay", "command", "Run a task again as a new row."),
     "version": ("reproq_cli.commands.version", "command", "Print the version."),
     "worker": ("reproq_cli.commands.worker", "command", "Claim and run tasks."),
 }

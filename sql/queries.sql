@@ -389,3 +389,43 @@ RETURNING result_id;
 
 -- name: task_logs_uri
 SELECT result_id, logs_uri FROM task_runs WHERE result_id = %(result_id)s;
+
+-- name: rate_limit_set
+-- A reset fills the bucket (go-worker.md §10.4).
+INSERT INTO rate_limits (key, tokens_per_second, burst_size, current_tokens, last_refilled_at)
+VALUES (%(key)s, %(rate)s, %(burst)s, %(burst)s, now())
+ON CONFLICT (key) DO UPDATE
+SET tokens_per_second = EXCLUDED.tokens_per_second,
+    burst_size = EXCLUDED.burst_size,
+    current_tokens = EXCLUDED.current_tokens,
+    last_refilled_at = EXCLUDED.last_refilled_at;
+
+-- name: rate_limit_list
+SELECT key, tokens_per_second, burst_size, current_tokens, last_refilled_at
+FROM rate_limits ORDER BY key;
+
+-- name: rate_limit_delete
+DELETE FROM rate_limits WHERE key = %(key)s;
+
+-- name: replay_by_id
+-- A new READY row copying what defines the task; everything else takes its default
+-- (go-worker.md §10.1). The partial unique index refuses it while the spec is active.
+INSERT INTO task_runs (backend_alias, queue_name, priority, spec_json, spec_hash, max_attempts,
+                       timeout_seconds, lock_key, concurrency_key, concurrency_limit, status)
+SELECT backend_alias, queue_name, priority, spec_json, spec_hash, max_attempts, timeout_seconds,
+       lock_key, concurrency_key, concurrency_limit, 'READY'
+FROM task_runs WHERE result_id = %(result_id)s
+RETURNING result_id, spec_hash;
+
+-- name: latest_by_spec_hash
+-- The source row for replay by hash: the newest row with that spec_hash, any status.
+SELECT result_id FROM task_runs WHERE spec_hash = %(spec_hash)s
+ORDER BY result_id DESC LIMIT 1;
+
+-- name: active_by_spec_hash
+SELECT result_id, status FROM task_runs
+WHERE spec_hash = %(spec_hash)s AND status IN ('READY', 'RUNNING')
+ORDER BY result_id LIMIT 1;
+
+-- name: task_spec_hash
+SELECT spec_hash FROM task_runs WHERE result_id = %(result_id)s;

@@ -50,3 +50,18 @@ def database_url(config: Config) -> str:
     if notice:
         console.notice(notice)
     return dsn
+
+
+def render_rows(headers: list[str], rows: list[list[str]]) -> None:
+    """A rich table on a terminal; tab-separated lines (the Go format) otherwise."""
+    if console.is_terminal():
+        from rich.table import Table
+
+        table = Table(*headers)
+        for row in rows:
+            table.add_row(*row)
+        console.out.print(table)
+        return
+    console.data("\t".join(headers))
+    for row in rows:
+        console.data("\t".join(row))

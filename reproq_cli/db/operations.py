@@ -18,3 +18,42 @@ def task_logs_uri(conn: psycopg.Connection[Any], result_id: int) -> tuple[bool, 
     """(row exists, logs_uri)."""
     row = conn.execute(query("task_logs_uri"), {"result_id": result_id}).fetchone()
     return (False, None) if row is None else (True, row["logs_uri"])
+
+
+def set_rate_limit(conn: psycopg.Connection[Any], key: str, rate: float, burst: int) -> None:
+    conn.execute(query("rate_limit_set"), {"key": key, "rate": rate, "burst": burst})
+
+
+def list_rate_limits(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return list(conn.execute(query("rate_limit_list")).fetchall())
+
+
+def delete_rate_limit(conn: psycopg.Connection[Any], key: str) -> int:
+    return conn.execute(query("rate_limit_delete"), {"key": key}).rowcount
+
+
+class ReplayConflict(Exception):
+    """An identical spec is already READY or RUNNING."""
+
+    def __init__(self, active_id: int, status: str) -> None:
+        super().__init__(f"result_id {active_id} is {status}")
+        self.active_id = active_id
+        self.status = status
+
+
+def source_for_hash(conn: psycopg.Connection[Any], spec_hash: str) -> int | None:
+    row = conn.execute(query("latest_by_spec_hash"), {"spec_hash": spec_hash}).fetchone()
+    return None if row is None else int(row["result_id"])
+
+
+def replay(conn: psycopg.Connection[Any], result_id: int) -> int | None:
+    """Insert a READY copy of a task; None when the source row does not exist."""
+    try:
+        row = conn.execute(query("replay_by_id"), {"result_id": result_id}).fetchone()
+    except psycopg.errors.UniqueViolation:
+        spec_hash = conn.execute(query("task_spec_hash"), {"result_id": result_id}).fetchone()
+        active = conn.execute(
+            query("active_by_spec_hash"), {"spec_hash": spec_hash["spec_hash"]}
+        ).fetchone()
+        raise ReplayConflict(active["result_id"], active["status"]) from None
+    return None if row is None else int(row["result_id"])

@@ -89,3 +89,62 @@ def test_doctor_reports_missing_schema_and_bad_config(run_cli, empty_db_dsn, tmp
     broken = run_cli("doctor", cwd=tmp_path)
     assert broken.returncode == 1
     assert broken.stdout.startswith("FAIL config: cannot parse YAML config file reproq.yaml")
+
+
+def test_limit_set_ls_rm(run_cli, db_dsn):
+    empty = run_cli("limit", "ls", "--dsn", db_dsn)
+    assert empty.stdout.splitlines()[0] == "Key\tTokens/s\tBurst\tCurrent\tLastRefill"
+    assert empty.stdout.splitlines()[1].startswith("global\t0.00\t1\t0.00\t")
+    result = run_cli(
+        "limit", "set", "--dsn", db_dsn, "--key", "queue:mail", "--rate", "2.5", "--burst", "4"
+    )
+    assert result.stdout == "Set rate limit queue:mail: 2.50 tokens/sec, burst 4\n"
+    listed = json.loads(run_cli("limit", "ls", "--dsn", db_dsn, "--json").stdout)
+    mail = next(r for r in listed if r["key"] == "queue:mail")
+    assert (mail["tokens_per_second"], mail["burst_size"], mail["current_tokens"]) == (2.5, 4, 4.0)
+    assert run_cli("limit", "rm", "--dsn", db_dsn, "--key", "queue:mail").stdout == (
+        "Deleted 1 rate limit(s) for queue:mail\n"
+    )
+    assert run_cli("limit", "rm", "--dsn", db_dsn, "--key", "queue:mail").stdout == (
+        "Deleted 0 rate limit(s) for queue:mail\n"
+    )
+    for args, message in (
+        (["--rate", "1"], "DSN and --key required"),
+        (["--key", "k", "--rate", "-1"], "tokens_per_second must be >= 0"),
+        (["--key", "k", "--burst", "0"], "burst_size must be > 0"),
+    ):
+        bad = run_cli("limit", "set", "--dsn", db_dsn, *args)
+        assert bad.returncode == 2
+        assert f"error: {message}" in bad.stderr
+    run_cli("limit", "rm", "--dsn", db_dsn, "--key", "global")
+    assert run_cli("limit", "ls", "--dsn", db_dsn).stdout == "No rate limits configured.\n"
+
+
+def test_replay(run_cli, conn, db_dsn):
+    from tests.support.harness import row
+
+    rid = enqueue(conn, "add", 1, 2, columns={"lock_key": "L", "priority": 3})
+    busy = run_cli("replay", "--dsn", db_dsn, "--id", str(rid))
+    assert busy.returncode == 1
+    assert f"an identical task is already READY (result_id {rid})" in busy.stderr
+    conn.execute(
+        "UPDATE task_runs SET status = 'FAILED', attempts = 3, errors_json = '[{\"k\": 1}]'"
+    )
+    result = run_cli("replay", "--dsn", db_dsn, "--id", str(rid))
+    assert result.returncode == 0, result.stderr
+    new_id = int(result.stdout.split()[-1])
+    assert result.stdout == f"Requeued task {rid} as new result_id {new_id}\n"
+    copy, source = row(conn, new_id), row(conn, rid)
+    assert (copy["status"], copy["attempts"], copy["errors_json"]) == ("READY", 0, [])
+    for column in ("spec_json", "spec_hash", "lock_key", "priority", "task_path", "max_attempts"):
+        assert copy[column] == source[column], column
+    conn.execute("UPDATE task_runs SET status = 'SUCCESSFUL' WHERE result_id = %s", (new_id,))
+    spec_hash = source["spec_hash"].strip()
+    by_hash = run_cli("replay", "--dsn", db_dsn, "--spec-hash", spec_hash, "--json")
+    assert json.loads(by_hash.stdout)["source_id"] == new_id  # the newest row with that hash
+    assert run_cli("replay", "--dsn", db_dsn).returncode == 2
+    assert "exactly one of --id or --spec-hash" in run_cli("replay", "--dsn", db_dsn).stderr
+    missing = run_cli("replay", "--dsn", db_dsn, "--id", "9999")
+    assert "error: no task with result_id 9999" in missing.stderr
+    unknown = run_cli("replay", "--dsn", db_dsn, "--spec-hash", "abc")
+    assert "error: no task with spec_hash abc" in unknown.stderr

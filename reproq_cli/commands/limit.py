@@ -1,0 +1,98 @@
+"""`reproq limit set|ls|rm`: token-bucket rate limits (keys task:<path>, queue:<name>, global)."""
+
+from __future__ import annotations
+
+import click
+
+from reproq_cli import console
+from reproq_cli.commands._common import (
+    config_option,
+    database_url,
+    dsn_option,
+    json_option,
+    load_config,
+    render_rows,
+)
+from reproq_cli.db.connect import connection
+from reproq_cli.db.operations import delete_rate_limit, list_rate_limits, set_rate_limit
+from reproq_cli.errors import UsageError
+
+
+def _url(dsn: str | None, config_path: str | None) -> str:
+    return database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
+
+
+@click.group(name="limit")
+def command() -> None:
+    """Manage rate limits: most specific existing key wins (task: > queue: > global)."""
+
+
+@command.command(name="set")
+@dsn_option
+@config_option
+@click.option("--key", default="", help="task:<task_path>, queue:<queue_name> or global.")
+@click.option("--rate", type=float, default=0.0, help="Tokens per second (0 disables).")
+@click.option("--burst", type=int, default=1, help="Bucket size.")
+@json_option
+def set_(
+    dsn: str | None, config_path: str | None, key: str, rate: float, burst: int, as_json: bool
+) -> None:
+    """Create or reset a limit (the bucket starts full)."""
+    if not key.strip():
+        raise UsageError("DSN and --key required", hint="e.g. --key queue:default --rate 5")
+    if rate < 0:
+        raise UsageError("tokens_per_second must be >= 0", hint="use --rate 0 to disable")
+    if burst <= 0:
+        raise UsageError("burst_size must be > 0", hint="e.g. --burst 1")
+    with connection(_url(dsn, config_path)) as conn:
+        set_rate_limit(conn, key, rate, burst)
+    if as_json:
+        console.print_json({"key": key, "tokens_per_second": rate, "burst_size": burst})
+    else:
+        console.data(f"Set rate limit {key}: {rate:.2f} tokens/sec, burst {burst}")
+
+
+@command.command(name="ls")
+@dsn_option
+@config_option
+@json_option
+def ls(dsn: str | None, config_path: str | None, as_json: bool) -> None:
+    """List limits, ordered by key."""
+    with connection(_url(dsn, config_path)) as conn:
+        rows = list_rate_limits(conn)
+    if as_json:
+        console.print_json(rows)
+        return
+    if not rows:
+        console.data("No rate limits configured.")
+        return
+    render_rows(
+        ["Key", "Tokens/s", "Burst", "Current", "LastRefill"],
+        [
+            [
+                r["key"],
+                f"{r['tokens_per_second']:.2f}",
+                str(r["burst_size"]),
+                f"{r['current_tokens']:.2f}",
+                r["last_refilled_at"].astimezone().isoformat(timespec="seconds"),
+            ]
+            for r in rows
+        ],
+    )
+
+
+@command.command(name="rm")
+@dsn_option
+@config_option
+@click.option("--key", default="", help="The key to delete.")
+@json_option
+def rm(dsn: str | None, config_path: str | None, key: str, as_json: bool) -> None:
+    """Delete a limit."""
+    if not key.strip():
+        raise UsageError("DSN and --key required", hint="e.g. --key queue:default")
+    with connection(_url(dsn, config_path)) as conn:
+        deleted = delete_rate_limit(conn, key)
+    if as_json:
+        console.print_json({"key": key, "deleted": deleted})
+    else:
+        console.data(f"Deleted {deleted} rate limit(s) for {key}")
