@@ -34,7 +34,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "limit": ("reproq_cli.commands.limit", "command", "Manage rate limits."),
     "logs": ("reproq_cli.commands.logs", "command", "Print a task's persisted logs."),
     "migrate": ("reproq_cli.commands.migrate", "command", "Create or upgrade the schema."),
+    "prune": ("reproq_cli.commands.prune", "command", "Delete expired tasks."),
+    "queue": ("reproq_cli.commands.queue", "command", "Pause, resume and list queues."),
     "replay": ("reproq_cli.commands.replay", "command", "Run a task again as a new row."),
+    "triage": ("reproq_cli.commands.triage", "command", "Inspect and retry failed tasks."),
     "version": ("reproq_cli.commands.version", "command", "Print the version."),
     "worker": ("reproq_cli.commands.worker", "command", "Claim and run tasks."),
 }

@@ -429,3 +429,66 @@ ORDER BY result_id LIMIT 1;
 
 -- name: task_spec_hash
 SELECT spec_hash FROM task_runs WHERE result_id = %(result_id)s;
+
+-- name: prune_expired_count
+SELECT count(*) AS n FROM (
+    SELECT result_id FROM task_runs
+    WHERE expires_at IS NOT NULL AND expires_at <= now() AND status <> 'RUNNING'
+    ORDER BY expires_at
+    LIMIT %(limit)s
+) t;
+
+-- name: prune_expired
+-- Expired rows in any status but RUNNING; with a limit, the earliest expiries first.
+DELETE FROM task_runs WHERE result_id IN (
+    SELECT result_id FROM task_runs
+    WHERE expires_at IS NOT NULL AND expires_at <= now() AND status <> 'RUNNING'
+    ORDER BY expires_at
+    LIMIT %(limit)s
+);
+
+-- name: triage_list
+SELECT result_id, queue_name, COALESCE(task_path, spec_json ->> 'task_path') AS task_path,
+       attempts, max_attempts, failed_at, last_error
+FROM task_runs
+WHERE status = 'FAILED' AND (%(queue)s::text IS NULL OR queue_name = %(queue)s::text)
+ORDER BY failed_at DESC NULLS LAST, finished_at DESC NULLS LAST, result_id DESC
+LIMIT %(limit)s;
+
+-- name: triage_inspect
+SELECT result_id, queue_name, COALESCE(task_path, spec_json ->> 'task_path') AS task_path,
+       status, attempts, max_attempts, failed_at, last_error, spec_json::text AS spec_text,
+       errors_json::text AS errors_text
+FROM task_runs WHERE result_id = %(result_id)s AND status = 'FAILED';
+
+-- name: triage_retry
+-- FAILED rows back to READY now, attempts reset; history (errors_json, worker_ids, logs_uri)
+-- and workflow linkage kept (go-worker.md §10.2). %(all)s retries every FAILED row.
+UPDATE task_runs
+SET status = 'READY', run_after = now(), attempts = 0, started_at = NULL,
+    last_attempted_at = NULL, finished_at = NULL, return_json = NULL, last_error = NULL,
+    failed_at = NULL, leased_until = NULL, leased_by = NULL, cancel_requested = FALSE,
+    updated_at = now()
+WHERE status = 'FAILED' AND (%(all)s OR result_id = %(result_id)s);
+
+-- name: queue_set_paused
+INSERT INTO reproq_queue_controls (queue_name, paused, paused_at, reason, created_at, updated_at)
+VALUES (%(queue)s, %(paused)s, CASE WHEN %(paused)s THEN now() END, %(reason)s, now(), now())
+ON CONFLICT (queue_name) DO UPDATE
+SET paused = EXCLUDED.paused, paused_at = EXCLUDED.paused_at, reason = EXCLUDED.reason,
+    updated_at = now();
+
+-- name: queue_list
+-- Every queue that has tasks or a control row, with its counts.
+SELECT q.queue_name,
+       COALESCE(c.paused, FALSE) AS paused,
+       c.reason,
+       c.paused_at,
+       (SELECT count(*) FROM task_runs t WHERE t.queue_name = q.queue_name AND t.status = 'READY')
+           AS ready,
+       (SELECT count(*) FROM task_runs t WHERE t.queue_name = q.queue_name AND t.status = 'RUNNING')
+           AS running
+FROM (SELECT DISTINCT queue_name FROM task_runs
+      UNION SELECT queue_name FROM reproq_queue_controls) q
+LEFT JOIN reproq_queue_controls c ON c.queue_name = q.queue_name
+ORDER BY q.queue_name;

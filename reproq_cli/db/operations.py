@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 
 from reproq_cli.db.queries import query
+from reproq_cli.errors import DatabaseError
 
 
 def request_cancel(conn: psycopg.Connection[Any], result_id: int) -> bool:
@@ -57,3 +58,46 @@ def replay(conn: psycopg.Connection[Any], result_id: int) -> int | None:
         ).fetchone()
         raise ReplayConflict(active["result_id"], active["status"]) from None
     return None if row is None else int(row["result_id"])
+
+
+def prune_expired(conn: psycopg.Connection[Any], *, limit: int | None, dry_run: bool) -> int:
+    params = {"limit": limit}
+    if dry_run:
+        row = conn.execute(query("prune_expired_count"), params).fetchone()
+        return int(row["n"])
+    return conn.execute(query("prune_expired"), params).rowcount
+
+
+def triage_list(
+    conn: psycopg.Connection[Any], *, queue: str | None, limit: int
+) -> list[dict[str, Any]]:
+    return list(conn.execute(query("triage_list"), {"queue": queue, "limit": limit}).fetchall())
+
+
+def triage_inspect(conn: psycopg.Connection[Any], result_id: int) -> dict[str, Any] | None:
+    row: dict[str, Any] | None = conn.execute(
+        query("triage_inspect"), {"result_id": result_id}
+    ).fetchone()
+    return row
+
+
+def triage_retry(conn: psycopg.Connection[Any], *, result_id: int | None) -> int:
+    """Retry one FAILED row, or all of them (None). One statement: a conflict retries none."""
+    params = {"all": result_id is None, "result_id": result_id or 0}
+    try:
+        return conn.execute(query("triage_retry"), params).rowcount
+    except psycopg.errors.UniqueViolation:
+        raise DatabaseError(
+            "nothing was retried: a failed task's spec is already READY or RUNNING again",
+            hint="retry the others by --id, or wait for the active copy to finish",
+        ) from None
+
+
+def set_queue_paused(
+    conn: psycopg.Connection[Any], queue: str, *, paused: bool, reason: str | None
+) -> None:
+    conn.execute(query("queue_set_paused"), {"queue": queue, "paused": paused, "reason": reason})
+
+
+def list_queues(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    return list(conn.execute(query("queue_list")).fetchall())

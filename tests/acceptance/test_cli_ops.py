@@ -148,3 +148,97 @@ def test_replay(run_cli, conn, db_dsn):
     assert "error: no task with result_id 9999" in missing.stderr
     unknown = run_cli("replay", "--dsn", db_dsn, "--spec-hash", "abc")
     assert "error: no task with spec_hash abc" in unknown.stderr
+
+
+def test_prune_expired(run_cli, conn, db_dsn):
+    from tests.support.harness import row
+
+    past, future = "2000-01-01T00:00:00Z", "2999-01-01T00:00:00Z"
+    ready = enqueue(conn, "add", 1, 1, columns={"expires_at": past})
+    done = enqueue(
+        conn, "add", 2, 2, columns={"expires_at": "2001-01-01T00:00:00Z", "status": "SUCCESSFUL"}
+    )
+    running = enqueue(conn, "add", 3, 3, columns={"expires_at": past, "status": "RUNNING"})
+    keep = enqueue(conn, "add", 4, 4, columns={"expires_at": future})
+    assert run_cli("prune", "expired", "--dsn", db_dsn, "--dry-run").stdout == (
+        "Would prune 2 expired task(s)\n"
+    )
+    assert run_cli("prune", "expired", "--dsn", db_dsn, "--limit", "1").stdout == (
+        "Pruned 1 expired task(s)\n"
+    )
+    remaining = {r[0] for r in conn.execute("SELECT result_id FROM task_runs").fetchall()}
+    assert remaining == {done, running, keep}  # the earliest expiry went first
+    assert json.loads(run_cli("prune", "expired", "--dsn", db_dsn, "--json").stdout) == {
+        "dry_run": False,
+        "count": 1,
+    }
+    assert row(conn, running)["status"] == "RUNNING"
+    assert ready not in remaining
+
+
+def test_triage(run_cli, conn, db_dsn):
+    a = enqueue(conn, "add", 1, 1, columns={"queue_name": "mail"})
+    b = enqueue(conn, "fail", columns={"queue_name": "default"})
+    assert run_cli("triage", "list", "--dsn", db_dsn).stdout == "No failed tasks.\n"
+    conn.execute(
+        "UPDATE task_runs SET status = 'FAILED', attempts = 3, failed_at = now() - (result_id || ' min')::interval,"
+        ' last_error = \'boom\', errors_json = \'[{"kind": "app_error", "message": "boom"}]\''
+    )
+    lines = run_cli("triage", "list", "--dsn", db_dsn).stdout.splitlines()
+    assert lines[0] == "ID\tQueue\tTask\tAttempts\tFailedAt\tLastError"
+    assert [line.split("\t")[0] for line in lines[1:]] == [str(a), str(b)]  # newest failure first
+    assert lines[1].split("\t")[1:4] == ["mail", "tests.support.tasks.add", "3/3"]
+    only_mail = json.loads(
+        run_cli("triage", "list", "--dsn", db_dsn, "--queue", "mail", "--json").stdout
+    )
+    assert [r["result_id"] for r in only_mail] == [a]
+    shown = run_cli("triage", "inspect", "--dsn", db_dsn, "--id", str(a)).stdout.splitlines()
+    assert shown[0] == f"Result ID: {a}"
+    assert shown[4] == "Attempts: 3/3"
+    assert shown[6] == "Last Error: boom"
+    assert shown[7].startswith('Spec JSON: {"v": 1, ')  # PostgreSQL's jsonb text
+    assert shown[8] == 'Errors JSON: [{"kind": "app_error", "message": "boom"}]'
+    assert (
+        "no FAILED task with result_id 999"
+        in run_cli("triage", "inspect", "--dsn", db_dsn, "--id", "999").stderr
+    )
+    assert (
+        run_cli("triage", "retry", "--dsn", db_dsn, "--id", str(a)).stdout == "Retried 1 task(s)\n"
+    )
+    from tests.support.harness import row
+
+    again = row(conn, a)
+    assert (again["status"], again["attempts"], again["last_error"]) == ("READY", 0, None)
+    assert len(again["errors_json"]) == 1  # history kept
+    assert run_cli("triage", "retry", "--dsn", db_dsn, "--all").stdout == "Retried 1 task(s)\n"
+    assert (
+        run_cli("triage", "retry", "--dsn", db_dsn, "--all").stdout == "No failed tasks updated.\n"
+    )
+    assert "Provide --id or --all" in run_cli("triage", "retry", "--dsn", db_dsn).stderr
+
+
+def test_triage_retry_all_conflict_retries_nothing(run_cli, conn, db_dsn):
+    a = enqueue(conn, "add", 1, 1)
+    conn.execute("UPDATE task_runs SET status = 'FAILED'")
+    enqueue(conn, "add", 1, 1)  # the same spec, active again
+    result = run_cli("triage", "retry", "--dsn", db_dsn, "--all")
+    assert result.returncode == 1
+    assert "nothing was retried" in result.stderr
+    from tests.support.harness import row
+
+    assert row(conn, a)["status"] == "FAILED"
+
+
+def test_queue_pause_resume_ls(run_cli, conn, db_dsn):
+    enqueue(conn, "add", 1, 1, columns={"queue_name": "mail"})
+    assert run_cli("queue", "pause", "mail", "--reason", "smtp down", "--dsn", db_dsn).stdout == (
+        "Queue mail paused.\n"
+    )
+    listed = json.loads(run_cli("queue", "ls", "--dsn", db_dsn, "--json").stdout)
+    assert listed[0]["queue_name"] == "mail"
+    assert (listed[0]["paused"], listed[0]["reason"], listed[0]["ready"]) == (True, "smtp down", 1)
+    text = run_cli("queue", "ls", "--dsn", db_dsn).stdout.splitlines()
+    assert text[1] == "mail\tyes\t1\t0\tsmtp down"
+    run_cli("queue", "resume", "mail", "--dsn", db_dsn)
+    paused = conn.execute("SELECT paused, paused_at FROM reproq_queue_controls").fetchone()
+    assert paused == (False, None)

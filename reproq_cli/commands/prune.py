@@ -1,0 +1,42 @@
+"""`reproq prune expired`: delete rows whose expires_at has passed (never RUNNING ones)."""
+
+from __future__ import annotations
+
+import click
+
+from reproq_cli import console
+from reproq_cli.commands._common import (
+    config_option,
+    database_url,
+    dsn_option,
+    json_option,
+    load_config,
+)
+from reproq_cli.db.connect import connection
+from reproq_cli.db.operations import prune_expired
+
+
+@click.group(name="prune")
+def command() -> None:
+    """Delete tasks that are no longer needed."""
+
+
+@command.command(name="expired")
+@dsn_option
+@config_option
+@click.option("--limit", type=int, default=0, help="At most N rows, earliest expiry first.")
+@click.option("--dry-run", is_flag=True, help="Count only.")
+@json_option
+def expired(
+    dsn: str | None, config_path: str | None, limit: int, dry_run: bool, as_json: bool
+) -> None:
+    """Delete tasks past their expires_at (READY and WAITING included, RUNNING never)."""
+    url = database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
+    with connection(url) as conn:
+        count = prune_expired(conn, limit=limit if limit > 0 else None, dry_run=dry_run)
+    if as_json:
+        console.print_json({"dry_run": dry_run, "count": count})
+    elif dry_run:
+        console.data(f"Would prune {count} expired task(s)")
+    else:
+        console.data(f"Pruned {count} expired task(s)")

@@ -1,0 +1,125 @@
+"""`reproq triage list|inspect|retry`: look at failed tasks and run them again."""
+
+from __future__ import annotations
+
+import click
+
+from reproq_cli import console
+from reproq_cli.commands._common import (
+    config_option,
+    database_url,
+    dsn_option,
+    json_option,
+    load_config,
+    render_rows,
+)
+from reproq_cli.db.connect import connection
+from reproq_cli.db.operations import triage_inspect, triage_list, triage_retry
+from reproq_cli.errors import ReproqError, UsageError
+
+
+def _url(dsn: str | None, config_path: str | None) -> str:
+    return database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
+
+
+def _when(value: object) -> str:
+    return value.astimezone().isoformat(timespec="seconds") if value else ""  # type: ignore[attr-defined]
+
+
+@click.group(name="triage")
+def command() -> None:
+    """Inspect and retry FAILED tasks."""
+
+
+@command.command(name="list")
+@dsn_option
+@config_option
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--queue", default="", help="Only this queue.")
+@json_option
+def list_(dsn: str | None, config_path: str | None, limit: int, queue: str, as_json: bool) -> None:
+    """Most recent failures first."""
+    with connection(_url(dsn, config_path)) as conn:
+        rows = triage_list(conn, queue=queue or None, limit=limit if limit > 0 else 50)
+    if as_json:
+        console.print_json(rows)
+        return
+    if not rows:
+        console.data("No failed tasks.")
+        return
+    render_rows(
+        ["ID", "Queue", "Task", "Attempts", "FailedAt", "LastError"],
+        [
+            [
+                str(r["result_id"]),
+                r["queue_name"],
+                r["task_path"] or "",
+                f"{r['attempts']}/{r['max_attempts']}",
+                _when(r["failed_at"]),
+                r["last_error"] or "",
+            ]
+            for r in rows
+        ],
+    )
+
+
+@command.command(name="inspect")
+@dsn_option
+@config_option
+@click.option("--id", "result_id", type=int, default=0)
+@json_option
+def inspect(dsn: str | None, config_path: str | None, result_id: int, as_json: bool) -> None:
+    """Everything about one failed task, spec and error history included."""
+    if result_id <= 0:
+        raise UsageError("DSN and --id required", hint="pass --id <result_id>")
+    with connection(_url(dsn, config_path)) as conn:
+        row = triage_inspect(conn, result_id)
+    if row is None:
+        raise ReproqError(
+            f"no FAILED task with result_id {result_id}", hint="reproq triage list shows them"
+        )
+    if as_json:
+        import json
+
+        console.print_json(
+            {
+                **{k: v for k, v in row.items() if k not in ("spec_text", "errors_text")},
+                "spec_json": json.loads(row["spec_text"]),
+                "errors_json": json.loads(row["errors_text"]),
+            }
+        )
+        return
+    for label, value in (
+        ("Result ID", row["result_id"]),
+        ("Queue", row["queue_name"]),
+        ("Task Path", row["task_path"] or ""),
+        ("Status", row["status"]),
+        ("Attempts", f"{row['attempts']}/{row['max_attempts']}"),
+        ("Failed At", _when(row["failed_at"])),
+        ("Last Error", row["last_error"] or ""),
+        ("Spec JSON", row["spec_text"]),
+        ("Errors JSON", row["errors_text"]),
+    ):
+        console.data(f"{label}: {value}")
+
+
+@command.command(name="retry")
+@dsn_option
+@config_option
+@click.option("--id", "result_id", type=int, default=0)
+@click.option("--all", "retry_all", is_flag=True, help="Every FAILED task (wins over --id).")
+@json_option
+def retry(
+    dsn: str | None, config_path: str | None, result_id: int, retry_all: bool, as_json: bool
+) -> None:
+    """Put FAILED tasks back to READY with fresh attempts (history is kept)."""
+    if not retry_all and result_id <= 0:
+        raise UsageError("Provide --id or --all", hint="e.g. reproq triage retry --id 42")
+    with connection(_url(dsn, config_path)) as conn:
+        count = triage_retry(conn, result_id=None if retry_all else result_id)
+    if as_json:
+        console.print_json({"retried": count})
+    elif count:
+        console.data(f"Retried {count} task(s)")
+    else:
+        console.data("No failed tasks updated.")
