@@ -19,6 +19,7 @@ from reproq_cli.errors import EXIT_ERROR, EXIT_INTERNAL, EXIT_OK, ReproqError
 
 # name -> (module, attribute, one-line help shown by `reproq --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "beat": ("reproq_cli.commands.beat", "command", "Enqueue periodic tasks when due."),
     "cancel": ("reproq_cli.commands.cancel", "command", "Request cancellation of a running task."),
     "config": ("reproq_cli.commands.config", "command", "Print the effective configuration."),
     "doctor": (

@@ -492,3 +492,38 @@ FROM (SELECT DISTINCT queue_name FROM task_runs
       UNION SELECT queue_name FROM reproq_queue_controls) q
 LEFT JOIN reproq_queue_controls c ON c.queue_name = q.queue_name
 ORDER BY q.queue_name;
+
+-- ---------------------------------------------------------------------------------------------
+-- Beat (go-worker.md §7)
+-- ---------------------------------------------------------------------------------------------
+
+-- name: beat_try_leader
+-- Session advisory lock: one beat per database runs passes; the others wait to take over.
+SELECT pg_try_advisory_lock(%(key)s) AS leader;
+
+-- name: beat_due
+-- Due, enabled schedules, locked so a concurrent pass skips them.
+SELECT name, cron_expr, task_path, payload_json::text AS payload_text, queue_name, priority,
+       max_attempts, concurrency_key, concurrency_limit, next_run_at
+FROM periodic_tasks
+WHERE enabled = TRUE AND next_run_at <= now()
+FOR UPDATE SKIP LOCKED;
+
+-- name: beat_enqueue
+-- Insert the run unless a row with the same spec_hash is READY or RUNNING.
+INSERT INTO task_runs (backend_alias, queue_name, priority, run_after, spec_json, spec_hash,
+                       task_path, status, enqueued_at, attempts, max_attempts, timeout_seconds,
+                       concurrency_key, concurrency_limit, wait_count, worker_ids, errors_json,
+                       cancel_requested, created_at, updated_at)
+SELECT 'default', %(queue)s, %(priority)s, %(run_after)s, %(spec)s::jsonb, %(spec_hash)s,
+       %(task_path)s, 'READY', now(), 0, %(max_attempts)s, 900, %(concurrency_key)s,
+       %(concurrency_limit)s, 0, '[]'::jsonb, '[]'::jsonb, FALSE, now(), now()
+WHERE NOT EXISTS (
+    SELECT 1 FROM task_runs WHERE spec_hash = %(spec_hash)s AND status IN ('READY', 'RUNNING')
+)
+RETURNING result_id;
+
+-- name: beat_advance
+UPDATE periodic_tasks
+SET last_run_at = next_run_at, next_run_at = %(next_run_at)s, updated_at = now()
+WHERE name = %(name)s;

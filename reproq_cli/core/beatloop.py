@@ -1,0 +1,88 @@
+"""The beat process: lead (one beat per database runs passes), pass, sleep, repeat.
+
+Leadership is a session advisory lock: a second beat waits and takes over when the leader's
+connection goes away (go-worker.md §0.8 notes the Go beat has no such guarantee).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import threading
+from typing import Any
+
+from reproq_cli.core.beat import run_pass, summarize
+from reproq_cli.core.logs import Logger
+from reproq_cli.errors import DatabaseError
+
+
+class Beat:
+    def __init__(self, session: Any, log: Logger, *, interval: float, once: bool) -> None:
+        self.session = session
+        self.log = log
+        self.interval = interval
+        self.once = once
+        self._stop = threading.Event()
+
+    def install_signal_handlers(self) -> None:
+        def handler(_signum: int, _frame: Any) -> None:
+            self._stop.set()
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    def one_pass(self) -> None:
+        try:
+            result = run_pass(self.session, dt.datetime.now(dt.UTC))
+        except DatabaseError as exc:
+            self.log.error("Failed to enqueue periodic tasks", error=str(exc), enqueued=0)
+            return
+        if result.errors:
+            self.log.error(
+                "Failed to enqueue periodic tasks",
+                error=summarize(result.errors),
+                enqueued=result.enqueued,
+            )
+        if result.enqueued:
+            self.log.info("Enqueued periodic tasks", count=result.enqueued, new=result.inserted)
+
+    def run(self) -> None:
+        self.log.info(
+            "Starting reproq beat", interval=dt.timedelta(seconds=self.interval), once=self.once
+        )
+        if self.once:
+            # A single pass is safe beside a leader: due rows are locked with SKIP LOCKED and
+            # an active identical spec is never inserted twice.
+            self.one_pass()
+            self.log.info("Beat run complete", once=True)
+            return
+        leading = False
+        announced_standby = False
+        while not self._stop.is_set():
+            if self.session.broken:
+                # The lost session took the leader lock with it: reconnect, then lead again
+                # only if no other beat took over meanwhile.
+                leading = False
+                try:
+                    self.session.reconnect()
+                    self.log.info("Reconnected to the database")
+                except DatabaseError as exc:
+                    self.log.error("Database unavailable; retrying", error=str(exc))
+                    self._stop.wait(min(self.interval, 5.0))
+                    continue
+            if not leading:
+                try:
+                    leading = self.session.try_lead()
+                except DatabaseError as exc:
+                    self.log.error("Beat leadership check failed", error=str(exc))
+                if leading:
+                    self.log.info("Beat is the leader for this database")
+                else:
+                    if not announced_standby:
+                        self.log.info("Another beat leads; waiting to take over")
+                        announced_standby = True
+                    self._stop.wait(min(self.interval, 5.0))
+                    continue
+            self.one_pass()
+            self._stop.wait(self.interval)
+        self.log.info("Shutting down beat")

@@ -1,0 +1,133 @@
+"""`reproq beat`: passes, savepoints, dedupe and leader hand-over, with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from tests.support.harness import parse_logs, wait_for
+
+INSERT = (
+    "INSERT INTO periodic_tasks (name, cron_expr, task_path, payload_json, next_run_at)"
+    " VALUES (%s, %s, %s, %s, %s)"
+)
+
+
+def beat(db_dsn, tmp_path, *args, name="beat"):
+    out = (tmp_path / f"{name}.out").open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "reproq_cli", "beat", "--dsn", db_dsn, *args],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ),
+    )
+
+
+def test_once_enqueues_due_tasks_with_the_go_spec_bytes(run_cli, conn, db_dsn):
+    conn.execute(INSERT, ("test_pt", "* * * * *", "myapp.pt", '{"args": [1], "kwargs": {"a": 1}}',
+                          "2025-01-01T00:00:00Z"))  # fmt: skip
+    conn.execute(INSERT, ("broken", "@daily", "myapp.x", "{}", "2025-01-01T00:00:00Z"))
+    conn.execute(INSERT, ("later", "* * * * *", "myapp.y", "{}", "2999-01-01T00:00:00Z"))
+    result = run_cli("beat", "--once", "--dsn", db_dsn)
+    assert result.returncode == 0  # even though one row failed, like the Go beat
+    logs = parse_logs(result.stdout)
+    assert [e["msg"] for e in logs] == [
+        "Starting reproq beat",
+        "Failed to enqueue periodic tasks",
+        "Enqueued periodic tasks",
+        "Beat run complete",
+    ]
+    assert logs[0]["interval"] == 30_000_000_000  # nanoseconds, as Go's slog writes it
+    assert "invalid cron expr for broken: parser does not accept descriptors" in logs[1]["error"]
+    (run,) = conn.execute(
+        "SELECT spec_json::text, spec_hash, status, run_after, task_path, max_attempts"
+        " FROM task_runs"
+    ).fetchall()
+    assert run[1] == "faadc8773a0dac18bae98fa2157bf7f7c0c5a37b2aab4c43cf14b6ef3a56941e"
+    assert json.loads(run[0])["periodic_name"] == "test_pt"
+    assert run[2:3] == ("READY",)
+    assert run[4:] == ("myapp.pt", 3)
+    last, nxt = conn.execute(
+        "SELECT last_run_at, next_run_at > now() FROM periodic_tasks WHERE name = 'test_pt'"
+    ).fetchone()
+    assert last.year == 2025
+    assert nxt is True
+    # the broken row stays due and is retried next pass; the future row is untouched
+    assert conn.execute(
+        "SELECT next_run_at < now() FROM periodic_tasks WHERE name = 'broken'"
+    ).fetchone() == (True,)
+
+
+def test_bad_interval_and_unreachable_database(run_cli):
+    bad = run_cli("beat", "--interval", "0s", "--dsn", "postgresql://x@127.0.0.1:1/x")
+    assert bad.returncode == 2
+    assert "--interval" in bad.stderr
+    down = run_cli("beat", "--once", "--dsn", "postgresql://u:pw@127.0.0.1:1/none")
+    assert down.returncode == 1
+    assert down.stderr.startswith("error: cannot connect to postgresql://u:****@127.0.0.1:1/none")
+
+
+def _runs_per_task(conn) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT spec_json ->> 'periodic_name', count(*) FROM task_runs GROUP BY 1"
+    ).fetchall()
+    return dict(rows)
+
+
+def test_two_beats_one_leader_and_hand_over(conn, db_dsn, tmp_path):
+    for i in range(50):
+        conn.execute(INSERT, (f"p{i}", "0 0 1 1 *", "myapp.tasks.t", f'{{"args": [{i}]}}',
+                              "2025-01-01T00:00:00Z"))  # fmt: skip
+    first = beat(db_dsn, tmp_path, "--interval", "200ms", name="first")
+    wait_for(lambda: len(_runs_per_task(conn)) == 50, timeout=30, what="first pass")
+    second = beat(db_dsn, tmp_path, "--interval", "200ms", name="second")
+    wait_for(
+        lambda: "Another beat leads" in (tmp_path / "second.out").read_text(),
+        timeout=30,
+        what="second beat to stand by",
+    )
+    # make every schedule due again: only the leader may enqueue, each exactly once. (Each
+    # tick gets its own past time: scheduled_at has second precision and is part of the hash.)
+    conn.execute("UPDATE periodic_tasks SET next_run_at = '2025-02-01T00:00:00Z'")
+    wait_for(lambda: set(_runs_per_task(conn).values()) == {2}, timeout=30, what="second tick")
+    # a later pass (a new schedule shows it ran) still adds nothing for the old ones
+    conn.execute(INSERT, ("probe", "0 0 1 1 *", "myapp.tasks.t", "{}", "2025-01-01T00:00:00Z"))
+    wait_for(lambda: _runs_per_task(conn).get("probe") == 1, timeout=30, what="probe")
+    counts = _runs_per_task(conn)
+    assert counts.pop("probe") == 1
+    assert set(counts.values()) == {2}
+    conn.execute("DELETE FROM periodic_tasks WHERE name = 'probe'")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    conn.execute("UPDATE periodic_tasks SET next_run_at = '2025-03-01T00:00:00Z'")
+    wait_for(
+        lambda: {v for k, v in _runs_per_task(conn).items() if k != "probe"} == {3},
+        timeout=30,
+        what="hand-over",
+    )
+    assert "Beat is the leader for this database" in (tmp_path / "second.out").read_text()
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=30) == 0
+    assert "Shutting down beat" in (tmp_path / "second.out").read_text()
+
+
+def test_beat_reconnects_after_losing_its_connection(conn, db_dsn, tmp_path):
+    conn.execute(INSERT, ("p", "0 0 1 1 *", "myapp.tasks.t", "{}", "2025-01-01T00:00:00Z"))
+    proc = beat(db_dsn, tmp_path, "--interval", "200ms", "--log-format", "text")
+    wait_for(lambda: _runs_per_task(conn).get("p") == 1, timeout=30, what="first pass")
+    # kill the beat's server session, as a PostgreSQL restart or failover would
+    conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    conn.execute("UPDATE periodic_tasks SET next_run_at = '2025-02-01T00:00:00Z'")
+    wait_for(lambda: _runs_per_task(conn).get("p") == 2, timeout=30, what="pass after reconnect")
+    output = (tmp_path / "beat.out").read_text()
+    assert "Reconnected to the database" in output
+    assert output.count("Beat is the leader for this database") == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0

@@ -1,0 +1,114 @@
+"""The Go beat's cron dialect and payload splitting (go-worker.md §7)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from reproq_cli.core.beat import DueTask, PayloadError, plan, split_payload
+from reproq_cli.core.cron import CronError, parse
+
+UTC = dt.UTC
+
+
+def nxt(expr: str, now: dt.datetime) -> dt.datetime | None:
+    return parse(expr).next_after(now)
+
+
+def at(*parts: int) -> dt.datetime:
+    return dt.datetime(*parts, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("expr", "now", "expected"),
+    [
+        ("* * * * *", at(2025, 1, 1, 12, 0, 0), at(2025, 1, 1, 12, 1)),
+        ("* * * * *", at(2025, 1, 1, 12, 0, 30), at(2025, 1, 1, 12, 1)),
+        ("*/15 * * * *", at(2025, 1, 1, 12, 7), at(2025, 1, 1, 12, 15)),
+        ("5 4 * * *", at(2025, 1, 1, 4, 5), at(2025, 1, 2, 4, 5)),
+        ("0 0 1 jan *", at(2025, 3, 1), at(2026, 1, 1)),
+        ("0 9 * * MON-FRI", at(2025, 1, 4, 10), at(2025, 1, 6, 9)),  # Saturday -> Monday
+        ("0 0 29 2 *", at(2025, 3, 1), at(2028, 2, 29)),
+        ("30 2 * * sun", at(2025, 1, 1), at(2025, 1, 5, 2, 30)),
+        ("0 12 5/10 * *", at(2025, 1, 6), at(2025, 1, 15, 12)),  # a/n = a..max step n
+        ("0 0 1-7 * 1", at(2025, 1, 8), at(2025, 1, 13)),  # Vixie OR: the 13th is a Monday
+        ("0 0 */2 * 1", at(2025, 1, 1, 1), at(2025, 1, 3)),  # step > 1 restricts: OR
+        ("0 0 * * 1", at(2025, 1, 1), at(2025, 1, 6)),  # dom "*": AND -> Mondays only
+        ("0 0 ? * 1", at(2025, 1, 1), at(2025, 1, 6)),
+        ("TZ=America/New_York 0 9 * * *", at(2025, 1, 1, 15), at(2025, 1, 2, 14)),
+        ("CRON_TZ=Europe/Paris 0 9 * * *", at(2025, 7, 1, 6), at(2025, 7, 1, 7)),
+    ],
+)
+def test_next_run(expr, now, expected):
+    assert nxt(expr, now) == expected
+
+
+def test_no_match_within_five_years():
+    assert nxt("0 0 31 2 *", at(2025, 1, 1)) is None
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("@daily", "parser does not accept descriptors"),
+        ("* * * *", "expected exactly 5 fields, found 4"),
+        ("0 0 0 * * *", "expected exactly 5 fields, found 6"),
+        ("0 0 * * 7", "above maximum (6)"),
+        ("60 * * * *", "above maximum (59)"),
+        ("*/0 * * * *", "step of range should be a positive number"),
+        ("5-1 * * * *", "beyond end of range"),
+        ("x * * * *", "failed to parse int from x"),
+        ("0 0 L * *", "failed to parse int from L"),
+        ("TZ=Mars/Base 0 0 * * *", "unknown time zone Mars/Base"),
+    ],
+)
+def test_invalid_expressions(expr, message):
+    with pytest.raises(CronError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse(expr)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        ('{"args": [1, "a"], "kwargs": {"k": "v"}}', ('[1,"a"]', '{"k":"v"}')),
+        ('{"args": [true]}', ("[true]", "{}")),
+        ('{"kwargs": {"a": 2}}', ("[]", '{"a":2}')),
+        ('["x", 3]', ('["x",3]', "{}")),
+        ('{"flag": true}', ("[]", '{"flag":true}')),
+        ('{"args": null}', ("null", "{}")),
+        ('{"b": 1.10, "a": [2, {"z": 1, "y": 2}]}', ("[]", '{"b":1.10,"a":[2,{"z":1,"y":2}]}')),
+        ("", ("[]", "{}")),
+        (None, ("[]", "{}")),
+    ],
+)
+def test_split_payload(payload, expected):
+    assert split_payload(payload) == expected
+
+
+@pytest.mark.parametrize(
+    "payload", ['"nope"', "3", '{"args": {"a": 1}}', '{"kwargs": [1]}', "{bad"]
+)
+def test_split_payload_invalid(payload):
+    with pytest.raises(PayloadError):
+        split_payload(payload)
+
+
+def test_plan_reproduces_the_go_beat_bytes():
+    task = DueTask(
+        name="test_pt",
+        cron_expr="* * * * *",
+        task_path="myapp.pt",
+        payload_text='{"args": [1], "kwargs": {"a": 1}}',
+        queue_name="",
+        priority=0,
+        max_attempts=0,
+        concurrency_key=None,
+        concurrency_limit=0,
+        next_run_at=at(2025, 1, 1),
+    )
+    planned = plan(task, at(2025, 6, 1, 10, 30, 5))
+    # the derived vector in shared/spec/spec_hash_vectors.json
+    assert planned.spec_hash == "faadc8773a0dac18bae98fa2157bf7f7c0c5a37b2aab4c43cf14b6ef3a56941e"
+    assert (planned.queue_name, planned.max_attempts) == ("default", 3)
+    assert planned.next_run_at == at(2025, 6, 1, 10, 31)
