@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "prune": ("reproq_cli.commands.prune", "command", "Delete expired tasks."),
     "queue": ("reproq_cli.commands.queue", "command", "Pause, resume and list queues."),
     "replay": ("reproq_cli.commands.replay", "command", "Run a task again as a new row."),
+    "stats": ("reproq_cli.commands.stats", "command", "Counts, workers and periodic tasks."),
     "triage": ("reproq_cli.commands.triage", "command", "Inspect and retry failed tasks."),
     "version": ("reproq_cli.commands.version", "command", "Print the version."),
     "worker": ("reproq_cli.commands.worker", "command", "Claim and run tasks."),

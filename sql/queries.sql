@@ -527,3 +527,35 @@ RETURNING result_id;
 UPDATE periodic_tasks
 SET last_run_at = next_run_at, next_run_at = %(next_run_at)s, updated_at = now()
 WHERE name = %(name)s;
+
+-- ---------------------------------------------------------------------------------------------
+-- stats and top
+-- ---------------------------------------------------------------------------------------------
+
+-- name: stats_by_queue_status
+SELECT queue_name, status, count(*) AS n FROM task_runs GROUP BY queue_name, status
+ORDER BY queue_name, status;
+
+-- name: stats_workers
+-- alive = seen in the last two minutes
+SELECT worker_id, hostname, concurrency, queues, version, started_at, last_seen_at,
+       last_seen_at >= now() - interval '2 minutes' AS alive
+FROM reproq_workers ORDER BY worker_id;
+
+-- name: stats_periodic
+SELECT name, cron_expr, task_path, queue_name, enabled, last_run_at, next_run_at
+FROM periodic_tasks ORDER BY next_run_at, name;
+
+-- name: stats_top_failing
+SELECT COALESCE(task_path, spec_json ->> 'task_path') AS task_path, count(*) AS failed
+FROM task_runs WHERE status = 'FAILED'
+GROUP BY 1 ORDER BY failed DESC, task_path LIMIT %(limit)s;
+
+-- name: stats_recent_rates
+-- Finished in the last minute, per queue: throughput and failure rate for `reproq top`.
+SELECT queue_name,
+       count(*) FILTER (WHERE status = 'SUCCESSFUL') AS succeeded,
+       count(*) FILTER (WHERE status = 'FAILED') AS failed
+FROM task_runs
+WHERE finished_at >= now() - interval '1 minute'
+GROUP BY queue_name;

@@ -101,3 +101,34 @@ def set_queue_paused(
 
 def list_queues(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
     return list(conn.execute(query("queue_list")).fetchall())
+
+
+def stats_snapshot(conn: psycopg.Connection[Any], *, top: int = 5) -> dict[str, Any]:
+    """Everything `reproq stats` and `reproq top` show, in one round of queries."""
+    by_queue: dict[str, dict[str, int]] = {}
+    totals: dict[str, int] = {}
+    for row in conn.execute(query("stats_by_queue_status")):
+        by_queue.setdefault(row["queue_name"], {})[row["status"]] = row["n"]
+        totals[row["status"]] = totals.get(row["status"], 0) + row["n"]
+    controls = {r["queue_name"]: r for r in conn.execute(query("queue_list"))}
+    rates = {r["queue_name"]: r for r in conn.execute(query("stats_recent_rates"))}
+    workers = list(conn.execute(query("stats_workers")).fetchall())
+    return {
+        "tasks": totals,
+        "queues": {
+            name: {
+                "counts": by_queue.get(name, {}),
+                "paused": bool(controls.get(name, {}).get("paused")),
+                "finished_last_minute": {
+                    "succeeded": rates.get(name, {}).get("succeeded", 0),
+                    "failed": rates.get(name, {}).get("failed", 0),
+                },
+            }
+            for name in sorted({*by_queue, *controls})
+        },
+        "workers": workers,
+        "workers_alive": sum(1 for w in workers if w["alive"]),
+        "workers_dead": sum(1 for w in workers if not w["alive"]),
+        "periodic": list(conn.execute(query("stats_periodic")).fetchall()),
+        "top_failing": list(conn.execute(query("stats_top_failing"), {"limit": top}).fetchall()),
+    }

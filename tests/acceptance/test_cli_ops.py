@@ -242,3 +242,32 @@ def test_queue_pause_resume_ls(run_cli, conn, db_dsn):
     run_cli("queue", "resume", "mail", "--dsn", db_dsn)
     paused = conn.execute("SELECT paused, paused_at FROM reproq_queue_controls").fetchone()
     assert paused == (False, None)
+
+
+def test_stats(run_cli, conn, db_dsn):
+    enqueue(conn, "add", 1, 1)
+    failed = enqueue(conn, "fail", columns={"queue_name": "mail"})
+    conn.execute(
+        "UPDATE task_runs SET status = 'FAILED', finished_at = now() WHERE result_id = %s",
+        (failed,),
+    )
+    conn.execute("INSERT INTO reproq_workers (worker_id, hostname) VALUES ('w1', 'h')")
+    conn.execute(
+        "INSERT INTO reproq_workers (worker_id, hostname, last_seen_at)"
+        " VALUES ('w0', 'h', now() - interval '1 hour')"
+    )
+    conn.execute(
+        "INSERT INTO periodic_tasks (name, cron_expr, task_path, next_run_at)"
+        " VALUES ('nightly', '0 3 * * *', 'myapp.tasks.x', now())"
+    )
+    data = json.loads(run_cli("stats", "--dsn", db_dsn, "--json").stdout)
+    assert data["tasks"] == {"READY": 1, "FAILED": 1}
+    assert data["queues"]["mail"]["counts"] == {"FAILED": 1}
+    assert data["queues"]["mail"]["finished_last_minute"] == {"succeeded": 0, "failed": 1}
+    assert (data["workers_alive"], data["workers_dead"]) == (1, 1)
+    assert [p["name"] for p in data["periodic"]] == ["nightly"]
+    assert data["top_failing"] == [{"task_path": "tests.support.tasks.fail", "failed": 1}]
+    text = run_cli("stats", "--dsn", db_dsn).stdout
+    assert text.startswith("Tasks: READY 1, WAITING 0, RUNNING 0, SUCCESSFUL 0, FAILED 1")
+    assert "Workers: 1 alive, 1 dead" in text
+    assert "  1 tests.support.tasks.fail" in text
