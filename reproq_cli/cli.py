@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "queue": ("reproq_cli.commands.queue", "command", "Pause, resume and list queues."),
     "replay": ("reproq_cli.commands.replay", "command", "Run a task again as a new row."),
     "stats": ("reproq_cli.commands.stats", "command", "Counts, workers and periodic tasks."),
+    "top": ("reproq_cli.commands.top", "command", "Live view of queues and workers."),
     "triage": ("reproq_cli.commands.triage", "command", "Inspect and retry failed tasks."),
     "version": ("reproq_cli.commands.version", "command", "Print the version."),
     "worker": ("reproq_cli.commands.worker", "command", "Claim and run tasks."),
