@@ -50,3 +50,34 @@ def test_man_page_and_settings_table_are_current():
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_subcommand_man_pages_render():
+    import shutil
+
+    man = shutil.which("man")
+    assert man is not None, "man-db is part of the base image"
+    result = subprocess.run(
+        [man, "-l", str(REPO_ROOT / "man" / "reproq-triage.1")],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"MANWIDTH": "80", "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+    )
+    assert "reproq-triage - Inspect and retry failed tasks." in result.stdout
+    assert "reproq triage retry" in result.stdout
+
+
+def test_shell_completion_script():
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-m", "reproq_cli"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "_REPROQ_COMPLETE": "bash_source"},
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "complete" in result.stdout
+    assert "_REPROQ_COMPLETE" in result.stdout
