@@ -43,3 +43,12 @@ def error(message: str, hint: str | None = None) -> None:
 
 def is_terminal() -> bool:
     return out.is_terminal
+
+
+def working(message: str) -> Any:
+    """A spinner on stderr while a bulk operation runs (only on a terminal)."""
+    import contextlib
+
+    if not err.is_terminal:
+        return contextlib.nullcontext()
+    return err.status(escape(message))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from reproq_cli import console
-from reproq_cli.commands._common import config_option, database_url, dsn_option, load_config
+from reproq_cli.commands._common import (
+    config_option,
+    database_url,
+    dsn_option,
+    json_option,
+    load_config,
+)
 from reproq_cli.core.logfiles import read_log, tail_lines
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import task_logs_uri
@@ -19,6 +25,7 @@ from reproq_cli.errors import ReproqError, UsageError
 @click.option("--tail", "lines", type=int, default=200, show_default=True, help="0 = all lines.")
 @click.option("--max-bytes", type=int, default=1_000_000, show_default=True)
 @click.option("--show-path", is_flag=True, help="Print the logs_uri instead of the logs.")
+@json_option
 def command(
     dsn: str | None,
     config_path: str | None,
@@ -26,6 +33,7 @@ def command(
     lines: int,
     max_bytes: int,
     show_path: bool,
+    as_json: bool,
 ) -> None:
     """Print a task's persisted logs (local path, file:// or http(s) logs_uri)."""
     if max_bytes <= 0:
@@ -40,8 +48,11 @@ def command(
             "No logs_uri recorded for this task run.",
             hint="the worker writes logs only with --logs-dir (REPROQ_LOGS_DIR)",
         )
-    if show_path:
+    if show_path and not as_json:
         console.data(uri)
         return
     text = tail_lines(read_log(uri, max_bytes=max_bytes), lines)
+    if as_json:
+        console.print_json({"result_id": result_id, "logs_uri": uri, "text": text})
+        return
     console.data(text if text.strip() else "(no log output)")

@@ -32,7 +32,7 @@ def expired(
 ) -> None:
     """Delete tasks past their expires_at (READY and WAITING included, RUNNING never)."""
     url = database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
-    with connection(url) as conn:
+    with connection(url) as conn, console.working("Pruning expired tasks"):
         count = prune_expired(conn, limit=limit if limit > 0 else None, dry_run=dry_run)
     if as_json:
         console.print_json({"dry_run": dry_run, "count": count})

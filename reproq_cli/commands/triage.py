@@ -115,7 +115,7 @@ def retry(
     """Put FAILED tasks back to READY with fresh attempts (history is kept)."""
     if not retry_all and result_id <= 0:
         raise UsageError("Provide --id or --all", hint="e.g. reproq triage retry --id 42")
-    with connection(_url(dsn, config_path)) as conn:
+    with connection(_url(dsn, config_path)) as conn, console.working("Retrying failed tasks"):
         count = triage_retry(conn, result_id=None if retry_all else result_id)
     if as_json:
         console.print_json({"retried": count})

@@ -131,3 +131,15 @@ def test_beat_reconnects_after_losing_its_connection(conn, db_dsn, tmp_path):
     assert output.count("Beat is the leader for this database") == 2
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
+
+
+def test_active_duplicate_is_counted_not_inserted(run_cli, conn, db_dsn):
+    conn.execute(INSERT, ("dup", "0 0 1 1 *", "myapp.tasks.t", "{}", "2025-01-01T00:00:00Z"))
+    assert run_cli("beat", "--once", "--dsn", db_dsn).returncode == 0
+    # the same schedule due at the same time again while its run is still READY
+    conn.execute("UPDATE periodic_tasks SET next_run_at = '2025-01-01T00:00:00Z'")
+    result = run_cli("beat", "--once", "--dsn", db_dsn)
+    logs = parse_logs(result.stdout)
+    enqueued = next(e for e in logs if e["msg"] == "Enqueued periodic tasks")
+    assert (enqueued["count"], enqueued["new"]) == (1, 0)
+    assert _runs_per_task(conn) == {"dup": 1}

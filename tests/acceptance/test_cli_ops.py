@@ -271,3 +271,12 @@ def test_stats(run_cli, conn, db_dsn):
     assert text.startswith("Tasks: READY 1, WAITING 0, RUNNING 0, SUCCESSFUL 0, FAILED 1")
     assert "Workers: 1 alive, 1 dead" in text
     assert "  1 tests.support.tasks.fail" in text
+
+
+def test_logs_json(run_cli, conn, db_dsn, tmp_path):
+    rid = enqueue(conn, "add", 1, 1)
+    log = tmp_path / "l.log"
+    log.write_text("a\nb\n")
+    conn.execute("UPDATE task_runs SET logs_uri = %s WHERE result_id = %s", (str(log), rid))
+    data = json.loads(run_cli("logs", "--dsn", db_dsn, "--id", str(rid), "--json").stdout)
+    assert data == {"result_id": rid, "logs_uri": str(log), "text": "a\nb"}  # the last lines
