@@ -65,3 +65,19 @@ def render_rows(headers: list[str], rows: list[list[str]]) -> None:
     console.data("\t".join(headers))
     for row in rows:
         console.data("\t".join(row))
+
+
+def usage_group(name: str) -> Callable[[Callable[..., Any]], click.Group]:
+    """A click group that, like the Go binary, prints its usage to stdout and exits 0 when no
+    subcommand is given."""
+
+    def decorate(func: Callable[..., Any]) -> click.Group:
+        @click.pass_context
+        def callback(ctx: click.Context) -> None:
+            if ctx.invoked_subcommand is None:
+                console.data(ctx.get_help())
+
+        callback.__doc__ = func.__doc__
+        return click.group(name=name, invoke_without_command=True)(callback)
+
+    return decorate

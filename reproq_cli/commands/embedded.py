@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 
-import click
-
 from reproq_cli import console
-from reproq_cli.commands._common import json_option
+from reproq_cli.commands._common import json_option, usage_group
 from reproq_cli.db import embedded
 
 
-@click.group(name="embedded")
+@usage_group("embedded")
 def command() -> None:
     """Manage the embedded PostgreSQL used when no DSN is configured.
 

@@ -12,6 +12,7 @@ from reproq_cli.commands._common import (
     json_option,
     load_config,
     render_rows,
+    usage_group,
 )
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import delete_rate_limit, list_rate_limits, set_rate_limit
@@ -22,7 +23,7 @@ def _url(dsn: str | None, config_path: str | None) -> str:
     return database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
 
 
-@click.group(name="limit")
+@usage_group("limit")
 def command() -> None:
     """Manage rate limits: most specific existing key wins (task: > queue: > global)."""
 

@@ -11,12 +11,13 @@ from reproq_cli.commands._common import (
     dsn_option,
     json_option,
     load_config,
+    usage_group,
 )
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import prune_expired
 
 
-@click.group(name="prune")
+@usage_group("prune")
 def command() -> None:
     """Delete tasks that are no longer needed."""
 

@@ -12,6 +12,7 @@ from reproq_cli.commands._common import (
     json_option,
     load_config,
     render_rows,
+    usage_group,
 )
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import list_queues, set_queue_paused
@@ -21,7 +22,7 @@ def _url(dsn: str | None, config_path: str | None) -> str:
     return database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
 
 
-@click.group(name="queue")
+@usage_group("queue")
 def command() -> None:
     """Pause, resume and list queues."""
 

@@ -12,6 +12,7 @@ from reproq_cli.commands._common import (
     json_option,
     load_config,
     render_rows,
+    usage_group,
 )
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import triage_inspect, triage_list, triage_retry
@@ -26,7 +27,7 @@ def _when(value: object) -> str:
     return value.astimezone().isoformat(timespec="seconds") if value else ""  # type: ignore[attr-defined]
 
 
-@click.group(name="triage")
+@usage_group("triage")
 def command() -> None:
     """Inspect and retry FAILED tasks."""
 

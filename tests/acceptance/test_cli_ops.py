@@ -280,3 +280,10 @@ def test_logs_json(run_cli, conn, db_dsn, tmp_path):
     conn.execute("UPDATE task_runs SET logs_uri = %s WHERE result_id = %s", (str(log), rid))
     data = json.loads(run_cli("logs", "--dsn", db_dsn, "--id", str(rid), "--json").stdout)
     assert data == {"result_id": rid, "logs_uri": str(log), "text": "a\nb"}  # the last lines
+
+
+def test_groups_without_a_subcommand_print_usage_and_exit_0(run_cli):
+    for group in ("limit", "triage", "prune", "queue", "embedded"):
+        result = run_cli(group)
+        assert result.returncode == 0, group
+        assert result.stdout.startswith(f"Usage: reproq {group} "), group
