@@ -13,6 +13,7 @@ from typing import Any
 
 from reproq_cli.core.beat import run_pass, summarize
 from reproq_cli.core.logs import Logger
+from reproq_cli.core.memory import start_memory_logger
 from reproq_cli.errors import DatabaseError
 
 
@@ -50,6 +51,7 @@ class Beat:
         self.log.info(
             "Starting reproq beat", interval=dt.timedelta(seconds=self.interval), once=self.once
         )
+        start_memory_logger(self.log, self._stop)
         if self.once:
             # A single pass is safe beside a leader: due rows are locked with SKIP LOCKED and
             # an active identical spec is never inserted twice.

@@ -30,10 +30,10 @@ from reproq_cli.core.executor import (
     signal_description,
 )
 from reproq_cli.core.logs import Logger
+from reproq_cli.core.memory import start_memory_logger
 from reproq_cli.db.tasks import FencingError, TaskStore
 from reproq_cli.errors import DatabaseError
 from reproq_cli.models import ClaimedTask, Failure
-from reproq_cli.process import memory_log_interval, rss_bytes
 
 REGISTRY_INTERVAL = 30.0
 # A --burst run gives up after this many polls in a row fail (scripts must not hang forever).
@@ -61,7 +61,6 @@ class WorkerSettings:
     priority_aging_factor: float
     burst: bool = False
     max_tasks: int = 0
-    memory_log_interval: float = 0.0
     low_memory: bool = False
 
     @classmethod
@@ -95,7 +94,6 @@ class WorkerSettings:
             priority_aging_factor=w["priority_aging_factor"],
             burst=burst,
             max_tasks=max_tasks,
-            memory_log_interval=memory_log_interval(env.get("REPROQ_MEMORY_LOG_INTERVAL", "")),
             low_memory=is_truthy(env.get("LOW_MEMORY_MODE")),
         )
 
@@ -153,11 +151,6 @@ class Worker:
 
     def run(self) -> None:
         s = self.settings
-        if s.memory_log_interval < 0:
-            self.log.warn(
-                "Invalid REPROQ_MEMORY_LOG_INTERVAL; skipping memory logger",
-                value=os.environ.get("REPROQ_MEMORY_LOG_INTERVAL", ""),
-            )
         if s.low_memory:
             self.log.warn(
                 "Low memory mode enabled; metrics/health/events disabled", env="LOW_MEMORY_MODE"
@@ -176,10 +169,11 @@ class Worker:
         background = [threading.Thread(target=self._registry_loop, daemon=True)]
         if s.reclaim_interval_seconds > 0:
             background.append(threading.Thread(target=self._reclaim_loop, daemon=True))
-        if s.memory_log_interval > 0:
-            background.append(threading.Thread(target=self._memory_loop, daemon=True))
         for thread in background:
             thread.start()
+        start_memory_logger(
+            self.log, self._background_stop, lambda: {"running_tasks": self.running_count()}
+        )
         self.log.info(
             "Starting reproq worker",
             concurrency=s.concurrency,
@@ -481,21 +475,3 @@ class Worker:
                 self.store.seen()
             except DatabaseError as exc:
                 self.log.warn("Failed to update worker heartbeat", error=str(exc))
-
-    def _memory_loop(self) -> None:
-        import gc
-
-        interval = self.settings.memory_log_interval
-        while True:
-            counts = gc.get_count()
-            self.log.info(
-                "reproq memory usage",
-                rss_bytes=rss_bytes(),
-                gc_gen0=counts[0],
-                gc_gen1=counts[1],
-                gc_gen2=counts[2],
-                threads=threading.active_count(),
-                running_tasks=self.running_count(),
-            )
-            if self._background_stop.wait(interval):
-                return

@@ -143,3 +143,10 @@ def test_active_duplicate_is_counted_not_inserted(run_cli, conn, db_dsn):
     enqueued = next(e for e in logs if e["msg"] == "Enqueued periodic tasks")
     assert (enqueued["count"], enqueued["new"]) == (1, 0)
     assert _runs_per_task(conn) == {"dup": 1}
+
+
+def test_beat_memory_logger(run_cli, db_dsn):
+    result = run_cli("beat", "--once", "--dsn", db_dsn, env={"REPROQ_MEMORY_LOG_INTERVAL": "1m"})
+    (entry,) = [e for e in parse_logs(result.stdout) if e["msg"] == "reproq memory usage"]
+    assert entry["rss_bytes"] > 0
+    assert entry["role"] == "beat"
