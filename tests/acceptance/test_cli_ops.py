@@ -287,3 +287,27 @@ def test_groups_without_a_subcommand_print_usage_and_exit_0(run_cli):
         result = run_cli(group)
         assert result.returncode == 0, group
         assert result.stdout.startswith(f"Usage: reproq {group} "), group
+
+
+def test_logs_over_http(run_cli, conn, db_dsn, tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "task.log").write_text("from http\nline two\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        rid = enqueue(conn, "add", 1, 1)
+        uri = f"http://127.0.0.1:{server.server_address[1]}/task.log"
+        conn.execute("UPDATE task_runs SET logs_uri = %s WHERE result_id = %s", (uri, rid))
+        assert run_cli("logs", "--dsn", db_dsn, "--id", str(rid)).stdout == "from http\nline two\n"
+        conn.execute(
+            "UPDATE task_runs SET logs_uri = %s WHERE result_id = %s", (uri + ".missing", rid)
+        )
+        missing = run_cli("logs", "--dsn", db_dsn, "--id", str(rid))
+        assert missing.returncode == 1
+        assert "cannot fetch logs from" in missing.stderr
+    finally:
+        server.shutdown()
