@@ -109,6 +109,26 @@ def housekeeping(
     return parser
 
 
+def job_name(prefix: str, task_name: str) -> str:
+    """pg_cron job name: prefix + sanitised task name, at most 63 characters (hash-suffixed
+    when it had to be shortened or changed, so two tasks never share a job)."""
+    import hashlib
+    import re
+
+    clean = re.sub(r"[^A-Za-z0-9_]", "_", task_name)
+    name = f"{prefix}_{clean}"
+    if clean != task_name or len(name) > 63:
+        suffix = hashlib.sha256(task_name.encode()).hexdigest()[:8]
+        name = f"{name[: 63 - 9]}_{suffix}"
+    return name
+
+
+def enqueue_command(task_name: str) -> str:
+    """The SQL pg_cron runs for one schedule (the name as a properly quoted literal)."""
+    quoted = "'" + task_name.replace("'", "''") + "'"
+    return f"SELECT reproq_enqueue_periodic_task({quoted})"
+
+
 def parse_age(text: str) -> dt.timedelta:
     """``<int><s|m|h|d>`` (an empty value is zero), as reproq-django's housekeeping flags."""
     text = text.strip()
@@ -233,6 +253,14 @@ class Command(BaseCommand):
         )
         p.add_argument("--id", required=True, help="result id (alias:id allowed)")
         p.add_argument("--database", default=None)
+        p = sub.add_parser("pg-cron", help="schedule periodic tasks with pg_cron instead of beat")
+        action = p.add_mutually_exclusive_group()
+        action.add_argument("--install", action="store_true", help="(default)")
+        action.add_argument("--remove", action="store_true")
+        p.add_argument("--prefix", default="reproq_periodic")
+        p.add_argument("--dry-run", action="store_true")
+        p.add_argument("--if-supported", action="store_true")
+        p.add_argument("--database", default=None)
         for name in ("install", "upgrade"):
             sub.add_parser(name, help=f"{name} the reproq.pyz binary (not available yet)")
 
@@ -349,6 +377,65 @@ class Command(BaseCommand):
     def handle_cancel(self, options: dict[str, Any]) -> None:
         alias, raw = self._task_target(options)
         self._run_cli(["cancel", "--id", raw], self._cli_env(alias))
+
+    def handle_pg_cron(self, options: dict[str, Any]) -> None:
+        from reproq_cli.db.queries import read_sql_resource
+        from reproq_django.models import PeriodicTask
+
+        alias = options["database"] or default_db_alias()
+        connection = connections[alias]
+        if connection.vendor != "postgresql":
+            if options["if_supported"]:
+                self.stdout.write("pg-cron unavailable (non-Postgres database); skipping.")
+                return
+            raise CommandError("pg-cron requires a PostgreSQL database.")
+        if "periodic_tasks" not in connection.introspection.table_names():
+            raise CommandError("periodic_tasks is missing: run migrate first")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron'")
+            available = cursor.fetchone() is not None
+        prefix = options["prefix"]
+        jobs = {
+            job_name(prefix, task.name): task
+            for task in PeriodicTask.objects.using(alias).filter(enabled=True).order_by("name")
+            if task.cron_expr.strip()
+        }
+        if options["dry_run"]:
+            if not available:
+                self.stdout.write("note: pg_cron is not available on this server")
+            if options["remove"]:
+                self.stdout.write(f"would unschedule jobs named {prefix}_*")
+                self.stdout.write("would drop function reproq_enqueue_periodic_task(text)")
+                return
+            self.stdout.write("would create function reproq_enqueue_periodic_task(text)")
+            for name, task in jobs.items():
+                self.stdout.write(f"would schedule {name} '{task.cron_expr}' -> {task.name}")
+            return
+        if not available:
+            if options["if_supported"]:
+                self.stdout.write("pg-cron unavailable (pg_cron not installed); skipping.")
+                return
+            raise CommandError(
+                "pg_cron is not available on this server: install it and add it to "
+                "shared_preload_libraries, or use `manage.py reproq beat`"
+            )
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+            cursor.execute(
+                "SELECT cron.unschedule(jobname) FROM cron.job WHERE jobname LIKE %s",
+                [prefix.replace("_", r"\_") + r"\_%"],
+            )
+            if options["remove"]:
+                cursor.execute("DROP FUNCTION IF EXISTS reproq_enqueue_periodic_task(text)")
+                self.stdout.write(f"Removed pg_cron jobs {prefix}_* and the function.")
+                return
+            cursor.execute(read_sql_resource("pg_cron.sql"))
+            for name, task in jobs.items():
+                cursor.execute(
+                    "SELECT cron.schedule(%s, %s, %s)",
+                    [name, task.cron_expr, enqueue_command(task.name)],
+                )
+        self.stdout.write(f"Scheduled {len(jobs)} pg_cron job(s).")
 
     # --- housekeeping ---------------------------------------------------------------------------
 
