@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -11,12 +10,11 @@ import time
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.django.support import sqlite_env
 
 
 def run(*flags: str, stdin: str | None = None, settings: str | None = "tests.django.settings"):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    env.pop("REPROQ_TEST_DJANGO_DSN")  # SQLite in memory: these tasks need no database
+    env = sqlite_env()  # SQLite in memory: these tasks need no database
     if settings:
         env["DJANGO_SETTINGS_MODULE"] = settings
     else:
@@ -115,12 +113,7 @@ def test_usage_errors_exit_2():
 
 
 def test_sigterm_gives_a_terminated_envelope():
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO_ROOT),
-        "DJANGO_SETTINGS_MODULE": "tests.django.settings",
-    }
-    env.pop("REPROQ_TEST_DJANGO_DSN")
+    env = sqlite_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "reproq_django.executor", "--payload-json",
          json.dumps({"task_path": "reproq_django.tasks.debug_noop_task", "kwargs": {"sleep_seconds": 30}})],

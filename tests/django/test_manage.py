@@ -14,6 +14,7 @@ from django.core.management.base import CommandError
 from reproq_django.models import PeriodicTask, QueueControl, RateLimit, TaskRun, Worker
 from tests.conftest import REPO_ROOT
 from tests.django.sampleapp import tasks
+from tests.django.support import run_sqlite_script
 
 
 def manage(*args: str) -> tuple[str, str]:
@@ -183,24 +184,12 @@ def test_init_executor_stub(tmp_path):
         call_command("reproq_init_executor", "--path", str(path), stdout=io.StringIO())
 
 
-def test_memory_logger_in_django_processes():
-    import subprocess
-    import sys
-
-    env = {
-        **os.environ,
-        "REPROQ_MEMORY_LOG_INTERVAL": "30s",
-        "DJANGO_SETTINGS_MODULE": "tests.django.settings",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    env.pop("REPROQ_TEST_DJANGO_DSN")
+def test_memory_logger_in_django_processes(tmp_path):
     script = (
         "import logging, django; logging.basicConfig(level=logging.INFO); django.setup();"
         "import time; time.sleep(0.5)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
-    )
+    result = run_sqlite_script(script, tmp_path, REPROQ_MEMORY_LOG_INTERVAL="30s")
     assert result.returncode == 0, result.stderr
     (line,) = [x for x in result.stderr.splitlines() if "reproq_memory_usage" in x]
     assert "rss_bytes=" in line

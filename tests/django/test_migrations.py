@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import psycopg
 import pytest
 
 from reproq_django.schema import TABLES
-from tests.conftest import REPO_ROOT, dsn_for
+from tests.conftest import dsn_for
+from tests.django.support import run_sqlite_script
 from tests.integration.test_schema import catalog
 
 REPROQ_TABLES = set(TABLES)
@@ -64,15 +63,7 @@ def test_sqlite_project_can_migrate_enqueue_and_inspect(tmp_path):
         }))
         """
     )
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.django.settings",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    env.pop("REPROQ_TEST_DJANGO_DSN")
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path
-    )
+    result = run_sqlite_script(script, tmp_path)
     assert result.returncode == 0, result.stderr
     import json
 

@@ -7,9 +7,6 @@ function pg_cron would call is installed and called directly.
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -21,7 +18,7 @@ from django.utils import timezone
 from reproq_cli.db.queries import read_sql_resource
 from reproq_django.management.commands.reproq import enqueue_command, job_name
 from reproq_django.models import PeriodicTask, TaskRun
-from tests.conftest import REPO_ROOT
+from tests.django.support import run_sqlite_script
 
 pytestmark = pytest.mark.django_db
 
@@ -114,15 +111,7 @@ def test_non_postgres_database(tmp_path):
             print("ERROR", exc)
         """
     )
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.django.settings",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    env.pop("REPROQ_TEST_DJANGO_DSN")
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=tmp_path
-    )
+    result = run_sqlite_script(script, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "pg-cron unavailable (non-Postgres database); skipping." in result.stdout
     assert "ERROR pg-cron requires a PostgreSQL database." in result.stdout
