@@ -44,6 +44,11 @@ def load_config(mode: Mode, *, config_path: str | None, flags: dict[str, Any]) -
     return config
 
 
+def command_dsn(dsn: str | None, config_path: str | None) -> str:
+    """The DSN a database command uses: --dsn, DATABASE_URL, the config file, else embedded."""
+    return database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
+
+
 def database_url(config: Config) -> str:
     """The configured DSN, or the embedded server's (announced on stderr)."""
     dsn, notice = require_dsn(config.get("dsn"), os.environ)

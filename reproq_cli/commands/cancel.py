@@ -6,11 +6,10 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    command_dsn,
     config_option,
-    database_url,
     dsn_option,
     json_option,
-    load_config,
 )
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import request_cancel
@@ -26,7 +25,7 @@ def command(dsn: str | None, config_path: str | None, result_id: int, as_json: b
     """Request cancellation of a RUNNING task (honoured at the worker's next heartbeat)."""
     if result_id <= 0:
         raise UsageError("DSN and --id required", hint="pass --id <result_id>")
-    url = database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
+    url = command_dsn(dsn, config_path)
     with connection(url) as conn:
         requested = request_cancel(conn, result_id)
     if as_json:

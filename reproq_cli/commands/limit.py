@@ -6,21 +6,16 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    command_dsn,
     config_option,
-    database_url,
     dsn_option,
     json_option,
-    load_config,
     render_rows,
     usage_group,
 )
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import delete_rate_limit, list_rate_limits, set_rate_limit
 from reproq_cli.errors import UsageError
-
-
-def _url(dsn: str | None, config_path: str | None) -> str:
-    return database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
 
 
 @usage_group("limit")
@@ -45,7 +40,7 @@ def set_(
         raise UsageError("tokens_per_second must be >= 0", hint="use --rate 0 to disable")
     if burst <= 0:
         raise UsageError("burst_size must be > 0", hint="e.g. --burst 1")
-    with connection(_url(dsn, config_path)) as conn:
+    with connection(command_dsn(dsn, config_path)) as conn:
         set_rate_limit(conn, key, rate, burst)
     if as_json:
         console.print_json({"key": key, "tokens_per_second": rate, "burst_size": burst})
@@ -59,7 +54,7 @@ def set_(
 @json_option
 def ls(dsn: str | None, config_path: str | None, as_json: bool) -> None:
     """List limits, ordered by key."""
-    with connection(_url(dsn, config_path)) as conn:
+    with connection(command_dsn(dsn, config_path)) as conn:
         rows = list_rate_limits(conn)
     if as_json:
         console.print_json(rows)
@@ -91,7 +86,7 @@ def rm(dsn: str | None, config_path: str | None, key: str, as_json: bool) -> Non
     """Delete a limit."""
     if not key.strip():
         raise UsageError("DSN and --key required", hint="e.g. --key queue:default")
-    with connection(_url(dsn, config_path)) as conn:
+    with connection(command_dsn(dsn, config_path)) as conn:
         deleted = delete_rate_limit(conn, key)
     if as_json:
         console.print_json({"key": key, "deleted": deleted})

@@ -6,11 +6,10 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    command_dsn,
     config_option,
-    database_url,
     dsn_option,
     json_option,
-    load_config,
 )
 from reproq_cli.core.logfiles import read_log, tail_lines
 from reproq_cli.db.connect import connection
@@ -38,7 +37,7 @@ def command(
     """Print a task's persisted logs (local path, file:// or http(s) logs_uri)."""
     if max_bytes <= 0:
         raise UsageError("--max-bytes must be positive", hint="e.g. --max-bytes 1000000")
-    url = database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
+    url = command_dsn(dsn, config_path)
     with connection(url) as conn:
         exists, uri = task_logs_uri(conn, result_id)
     if not exists:

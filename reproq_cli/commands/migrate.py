@@ -6,11 +6,10 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    command_dsn,
     config_option,
-    database_url,
     dsn_option,
     json_option,
-    load_config,
 )
 from reproq_cli.config import mask_dsn
 from reproq_cli.db import schema
@@ -35,8 +34,7 @@ def command(
     if print_only:
         console.data(schema.ddl_text())
         return
-    config = load_config("worker", config_path=config_path, flags={"dsn": dsn})
-    url = database_url(config)
+    url = command_dsn(dsn, config_path)
     with connection(url) as conn:
         if check:
             problems = schema.check(conn)

@@ -6,11 +6,10 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    command_dsn,
     config_option,
-    database_url,
     dsn_option,
     json_option,
-    load_config,
     usage_group,
 )
 from reproq_cli.db.connect import connection
@@ -32,7 +31,7 @@ def expired(
     dsn: str | None, config_path: str | None, limit: int, dry_run: bool, as_json: bool
 ) -> None:
     """Delete tasks past their expires_at (READY and WAITING included, RUNNING never)."""
-    url = database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
+    url = command_dsn(dsn, config_path)
     with connection(url) as conn, console.working("Pruning expired tasks"):
         count = prune_expired(conn, limit=limit if limit > 0 else None, dry_run=dry_run)
     if as_json:

@@ -6,20 +6,15 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    command_dsn,
     config_option,
-    database_url,
     dsn_option,
     json_option,
-    load_config,
     render_rows,
     usage_group,
 )
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import list_queues, set_queue_paused
-
-
-def _url(dsn: str | None, config_path: str | None) -> str:
-    return database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
 
 
 @usage_group("queue")
@@ -34,7 +29,7 @@ def command() -> None:
 @config_option
 def pause(name: str, reason: str | None, dsn: str | None, config_path: str | None) -> None:
     """Workers stop claiming NAME (running tasks finish)."""
-    with connection(_url(dsn, config_path)) as conn:
+    with connection(command_dsn(dsn, config_path)) as conn:
         set_queue_paused(conn, name, paused=True, reason=reason)
     console.data(f"Queue {name} paused.")
 
@@ -45,7 +40,7 @@ def pause(name: str, reason: str | None, dsn: str | None, config_path: str | Non
 @config_option
 def resume(name: str, dsn: str | None, config_path: str | None) -> None:
     """Workers claim NAME again."""
-    with connection(_url(dsn, config_path)) as conn:
+    with connection(command_dsn(dsn, config_path)) as conn:
         set_queue_paused(conn, name, paused=False, reason=None)
     console.data(f"Queue {name} resumed.")
 
@@ -56,7 +51,7 @@ def resume(name: str, dsn: str | None, config_path: str | None) -> None:
 @json_option
 def ls(dsn: str | None, config_path: str | None, as_json: bool) -> None:
     """Queues with their READY/RUNNING counts and pause state."""
-    with connection(_url(dsn, config_path)) as conn:
+    with connection(command_dsn(dsn, config_path)) as conn:
         rows = list_queues(conn)
     if as_json:
         console.print_json(rows)

@@ -6,11 +6,10 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    command_dsn,
     config_option,
-    database_url,
     dsn_option,
     json_option,
-    load_config,
 )
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import ReplayConflict, replay, source_for_hash
@@ -31,7 +30,7 @@ def command(
         raise UsageError(
             "Provide exactly one of --id or --spec-hash", hint="e.g. reproq replay --id 42"
         )
-    url = database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
+    url = command_dsn(dsn, config_path)
     with connection(url) as conn:
         source = result_id if result_id > 0 else source_for_hash(conn, spec_hash)
         if source is None:

@@ -6,11 +6,10 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    command_dsn,
     config_option,
-    database_url,
     dsn_option,
     json_option,
-    load_config,
     render_rows,
 )
 from reproq_cli.db.connect import connection
@@ -25,7 +24,7 @@ STATUSES = ("READY", "WAITING", "RUNNING", "SUCCESSFUL", "FAILED", "CANCELLED")
 @json_option
 def command(dsn: str | None, config_path: str | None, as_json: bool) -> None:
     """A snapshot of the queue system."""
-    url = database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
+    url = command_dsn(dsn, config_path)
     with connection(url) as conn:
         snapshot = stats_snapshot(conn)
     if as_json:

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from reproq_cli import console
-from reproq_cli.commands._common import config_option, database_url, dsn_option, load_config
+from reproq_cli.commands._common import command_dsn, config_option, dsn_option
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import stats_snapshot
 
@@ -108,7 +108,7 @@ def command(dsn: str | None, config_path: str | None, interval: float) -> None:
 
     q or Ctrl+C quits.
     """
-    url = database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
+    url = command_dsn(dsn, config_path)
     with (
         connection(url) as conn,
         _keys() as fd,

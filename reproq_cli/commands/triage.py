@@ -6,21 +6,16 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    command_dsn,
     config_option,
-    database_url,
     dsn_option,
     json_option,
-    load_config,
     render_rows,
     usage_group,
 )
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import triage_inspect, triage_list, triage_retry
 from reproq_cli.errors import ReproqError, UsageError
-
-
-def _url(dsn: str | None, config_path: str | None) -> str:
-    return database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
 
 
 def _when(value: object) -> str:
@@ -40,7 +35,7 @@ def command() -> None:
 @json_option
 def list_(dsn: str | None, config_path: str | None, limit: int, queue: str, as_json: bool) -> None:
     """Most recent failures first."""
-    with connection(_url(dsn, config_path)) as conn:
+    with connection(command_dsn(dsn, config_path)) as conn:
         rows = triage_list(conn, queue=queue or None, limit=limit if limit > 0 else 50)
     if as_json:
         console.print_json(rows)
@@ -73,7 +68,7 @@ def inspect(dsn: str | None, config_path: str | None, result_id: int, as_json: b
     """Everything about one failed task, spec and error history included."""
     if result_id <= 0:
         raise UsageError("DSN and --id required", hint="pass --id <result_id>")
-    with connection(_url(dsn, config_path)) as conn:
+    with connection(command_dsn(dsn, config_path)) as conn:
         row = triage_inspect(conn, result_id)
     if row is None:
         raise ReproqError(
@@ -116,7 +111,10 @@ def retry(
     """Put FAILED tasks back to READY with fresh attempts (history is kept)."""
     if not retry_all and result_id <= 0:
         raise UsageError("Provide --id or --all", hint="e.g. reproq triage retry --id 42")
-    with connection(_url(dsn, config_path)) as conn, console.working("Retrying failed tasks"):
+    with (
+        connection(command_dsn(dsn, config_path)) as conn,
+        console.working("Retrying failed tasks"),
+    ):
         count = triage_retry(conn, result_id=None if retry_all else result_id)
     if as_json:
         console.print_json({"retried": count})
