@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from reproq_cli.db.connect import connect
+from reproq_cli.db.connect import connect, one_line
 from reproq_cli.db.queries import query
 from reproq_cli.errors import DatabaseError
 
@@ -17,7 +17,7 @@ LEADER_LOCK_KEY = 0x7265_7072_6F71_6274
 
 
 def _error(exc: psycopg.Error) -> DatabaseError:
-    return DatabaseError(" ".join(str(exc).split()) or type(exc).__name__)
+    return DatabaseError(one_line(exc))
 
 
 class BeatSession:

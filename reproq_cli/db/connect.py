@@ -36,7 +36,7 @@ def describe_target(dsn: str) -> str:
     return mask_dsn(dsn) if dsn else "(libpq defaults from PG* environment variables)"
 
 
-def _reason(exc: Exception) -> str:
+def one_line(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     # libpq messages run over several lines ("connection failed: …\n\tIs the server…");
     # one line is what the user sees.
@@ -49,7 +49,7 @@ def connection_kwargs(dsn: str) -> dict[str, Any]:
         parsed = conninfo.conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
         raise ConfigError(
-            f"invalid DSN {mask_dsn(dsn)!r}: {_reason(exc)}",
+            f"invalid DSN {mask_dsn(dsn)!r}: {one_line(exc)}",
             hint="use postgresql://user:pass@host:5432/db or 'host=… dbname=… user=…'",
         ) from None
     kwargs: dict[str, Any] = {}
@@ -69,7 +69,7 @@ def connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[dict[str
 
 def cannot_connect(dsn: str, exc: Exception) -> DatabaseError:
     return DatabaseError(
-        f"cannot connect to {describe_target(dsn)}: {_reason(exc)}",
+        f"cannot connect to {describe_target(dsn)}: {one_line(exc)}",
         hint="check the DSN (--dsn, DATABASE_URL or the config file) and that the server is up",
     )
 

@@ -16,6 +16,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from reproq_cli.db.connect import one_line
 from reproq_cli.db.queries import query
 from reproq_cli.errors import DatabaseError
 from reproq_cli.models import ClaimedTask, Failure, ReclaimedTask
@@ -40,8 +41,7 @@ def _translate_errors[**P, R](method: Callable[P, R]) -> Callable[P, R]:
         try:
             return method(*args, **kwargs)
         except (psycopg.Error, PoolTimeout) as exc:
-            text = " ".join(str(exc).split()) or type(exc).__name__
-            raise DatabaseError(f"database error in {method.__name__}: {text}") from exc
+            raise DatabaseError(f"database error in {method.__name__}: {one_line(exc)}") from exc
 
     return wrapper
 
