@@ -113,6 +113,7 @@ class Worker:
         self._signals = 0
         self._round_robin = 0
         self._poll_errors = 0
+        self._finished = 0  # tasks whose thread ended; guarded by _running_lock
         self.claimed = 0
         self.fatal: DatabaseError | None = None
 
@@ -202,6 +203,8 @@ class Worker:
                 return
             if not self._slots.acquire(timeout=0.2):
                 continue
+            with self._running_lock:
+                finished_before = self._finished
             try:
                 task = self._poll()
             except DatabaseError as exc:
@@ -218,9 +221,15 @@ class Worker:
                 self._start(task)
                 continue
             self._slots.release()
-            if s.burst and self.running_count() == 0:
+            if s.burst and self._idle_since(finished_before):
                 return
             self._sleep_backoff()
+
+    def _idle_since(self, finished_before: int) -> bool:
+        """Nothing runs and no task finished since the empty poll began: a task finishing
+        during the poll may have released work (a chain child) that poll could not see."""
+        with self._running_lock:
+            return not self._running and self._finished == finished_before
 
     def _poll(self) -> ClaimedTask | None:
         """One claim attempt per queue, round-robin from where the last success left off."""
@@ -280,6 +289,7 @@ class Worker:
         finally:
             with self._running_lock:
                 self._running.pop(task.result_id, None)
+                self._finished += 1
             self._slots.release()
             self._wake.set()
 
