@@ -1,7 +1,8 @@
 """`manage.py reproq pg-cron` where pg_cron is absent, and the SQL function it installs.
 
 The embedded PostgreSQL ships no pg_cron, so scheduling itself is not exercised here; the
-function pg_cron would call is installed and called directly.
+function pg_cron would call is installed and called directly. test_pg_cron_real.py runs the
+command against a PostgreSQL with pg_cron preloaded.
 """
 
 from __future__ import annotations

@@ -426,6 +426,16 @@ class Command(BaseCommand):
                 [prefix.replace("_", r"\_") + r"\_%"],
             )
             if options["remove"]:
+                # Jobs under another --prefix still call the function: keep it for them.
+                cursor.execute(
+                    "SELECT count(*) FROM cron.job WHERE command LIKE %s",
+                    [r"%reproq\_enqueue\_periodic\_task(%"],
+                )
+                if cursor.fetchone()[0]:
+                    self.stdout.write(
+                        f"Removed pg_cron jobs {prefix}_*; kept the function (other jobs call it)."
+                    )
+                    return
                 cursor.execute("DROP FUNCTION IF EXISTS reproq_enqueue_periodic_task(text)")
                 self.stdout.write(f"Removed pg_cron jobs {prefix}_* and the function.")
                 return
