@@ -559,3 +559,39 @@ SELECT queue_name,
 FROM task_runs
 WHERE finished_at >= now() - interval '1 minute'
 GROUP BY queue_name;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- metrics collector (go-worker.md §8.2): one block per group so a failure is reported per group
+-- ---------------------------------------------------------------------------------------------
+
+-- name: local_statement_timeout
+-- Bounds the statements of the current transaction only (the pool's connections are shared).
+SELECT set_config('statement_timeout', %(timeout)s, true);
+
+-- name: metrics_queue
+-- Backlog counts READY and both waiting states; WAITING_CALLBACK only appears in Go databases.
+SELECT count(*) FILTER (WHERE status IN ('READY', 'WAITING', 'WAITING_CALLBACK')) AS depth,
+       count(*) FILTER (WHERE status = 'RUNNING') AS running
+FROM task_runs
+WHERE status IN ('READY', 'WAITING', 'WAITING_CALLBACK', 'RUNNING');
+
+-- name: metrics_workers
+SELECT count(*) AS workers, COALESCE(sum(concurrency), 0)::bigint AS concurrency
+FROM reproq_workers;
+
+-- name: metrics_queue_controls
+SELECT count(*) FILTER (WHERE paused) AS paused FROM reproq_queue_controls;
+
+-- name: metrics_concurrency_blocked
+-- READY rows that cannot be claimed now because their key is already at its limit.
+WITH running AS (
+    SELECT concurrency_key, count(*) AS n
+    FROM task_runs
+    WHERE status = 'RUNNING' AND concurrency_key IS NOT NULL
+    GROUP BY concurrency_key
+)
+SELECT count(*) AS blocked
+FROM task_runs t
+JOIN running r ON r.concurrency_key = t.concurrency_key
+WHERE t.status = 'READY' AND t.concurrency_limit > 0 AND r.n >= t.concurrency_limit;

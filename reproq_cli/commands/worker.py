@@ -79,8 +79,9 @@ def command(
     The first SIGINT/SIGTERM stops claiming and waits up to worker.shutdown_timeout for running
     tasks; a second one stops them (they are retried).
     """
+    from reproq_cli.core.httpserver import HttpSettings
     from reproq_cli.core.logs import Logger
-    from reproq_cli.core.worker import Worker, WorkerSettings
+    from reproq_cli.core.worker import WorkerSettings, run_worker
     from reproq_cli.db.connect import create_pool
     from reproq_cli.db.schema import require_tables
     from reproq_cli.db.tasks import TaskStore
@@ -89,6 +90,7 @@ def command(
     settings = WorkerSettings.from_config(
         config, burst=burst, max_tasks=max_tasks, env=dict(os.environ)
     )
+    http = HttpSettings.from_config(config)
     log = Logger(sys.stdout, fmt=log_format, attrs={"worker_id": settings.worker_id})  # type: ignore[arg-type]
     if settings.exec_spec.payload_mode == "inline":
         if is_truthy(os.environ.get(PRODUCTION_ENV)):
@@ -105,8 +107,6 @@ def command(
     try:
         require_tables(pool, dsn)
         store = TaskStore(pool, settings.worker_id, lease_seconds=settings.lease_seconds)
-        worker = Worker(settings, store, log)
-        worker.install_signal_handlers()
-        worker.run()
+        run_worker(settings, store, log, http)
     finally:
         pool.close()

@@ -17,11 +17,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from reproq_cli import __version__
 from reproq_cli.config import Config, is_truthy
 from reproq_cli.core import policy
+from reproq_cli.core.events import DiscardEvents, Event, EventBroker, EventSink, Level
 from reproq_cli.core.executor import (
     ExecResult,
     ExecSpec,
@@ -29,13 +31,16 @@ from reproq_cli.core.executor import (
     run_attempt,
     signal_description,
 )
+from reproq_cli.core.httpserver import HttpSettings, start_http
 from reproq_cli.core.logs import Logger
 from reproq_cli.core.memory import start_memory_logger
+from reproq_cli.core.metrics import FAILURE, SUCCESS, Collector, Metrics, timed
 from reproq_cli.db.tasks import FencingError, TaskStore
 from reproq_cli.errors import DatabaseError
 from reproq_cli.models import ClaimedTask, Failure
 
 REGISTRY_INTERVAL = 30.0
+HEALTH_TIMEOUT = 5.0
 # A --burst run gives up after this many polls in a row fail (scripts must not hang forever).
 BURST_MAX_POLL_ERRORS = 5
 COMPLETION_RETRIES = (0.5, 1.0, 2.0, 4.0)
@@ -98,11 +103,57 @@ class WorkerSettings:
         )
 
 
+def run_worker(
+    settings: WorkerSettings, store: TaskStore, log: Logger, http: HttpSettings | None
+) -> None:
+    """Run a worker with its HTTP side (metrics, health, events) when ``http`` asks for one."""
+    if settings.low_memory:
+        log.warn("Low memory mode enabled; metrics/health/events disabled", env="LOW_MEMORY_MODE")
+    metrics = Metrics()
+    broker = EventBroker() if http is not None and not settings.low_memory else None
+    worker = Worker(settings, store, log, metrics=metrics, events=broker)
+
+    def healthy() -> bool:
+        try:
+            store.ping(HEALTH_TIMEOUT)
+        except DatabaseError as exc:
+            log.warn("Health check failed", error=str(exc))
+            return False
+        return True
+
+    server = None
+    if http is not None and broker is None:
+        log.warn("Skipping metrics server due to low memory mode", addr=http.addr)
+    elif http is not None and broker is not None:
+        server = start_http(http, metrics=metrics, broker=broker, health=healthy, log=log)
+    stop_collector = threading.Event()
+    if server is not None:
+        Collector(metrics, store, log).start(stop_collector)
+    worker.install_signal_handlers()
+    try:
+        worker.run()
+    finally:
+        stop_collector.set()
+        if server is not None:
+            server.stop()
+
+
 class Worker:
-    def __init__(self, settings: WorkerSettings, store: TaskStore, log: Logger) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        store: TaskStore,
+        log: Logger,
+        *,
+        metrics: Metrics | None = None,
+        events: EventSink | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.log = log
+        # Runner metrics are kept even without an HTTP server, as in the Go worker.
+        self.metrics = metrics or Metrics()
+        self.events: EventSink = events or DiscardEvents()
         self._slots = threading.BoundedSemaphore(settings.concurrency)
         self._running: dict[int, threading.Thread] = {}
         self._running_lock = threading.Lock()
@@ -152,10 +203,6 @@ class Worker:
 
     def run(self) -> None:
         s = self.settings
-        if s.low_memory:
-            self.log.warn(
-                "Low memory mode enabled; metrics/health/events disabled", env="LOW_MEMORY_MODE"
-            )
         try:
             self.store.register(
                 hostname=socket.gethostname(),
@@ -237,9 +284,16 @@ class Worker:
         start = self._round_robin % len(queues)
         for offset in range(len(queues)):
             index = (start + offset) % len(queues)
-            task = self.store.claim(queues[index], aging_factor=self.settings.priority_aging_factor)
+            queue = queues[index]
+            task = timed(
+                lambda seconds, q=queue: self.metrics.observe_claim(q, seconds),
+                lambda q=queue: self.store.claim(
+                    q, aging_factor=self.settings.priority_aging_factor
+                ),
+            )
             if task is not None:
                 self._round_robin = index + 1
+                self.metrics.task_claimed(queue, _age(task.enqueued_at))
                 return task
         self._round_robin = start + 1
         return None
@@ -299,15 +353,31 @@ class Worker:
         task_path, problem = policy.resolve_task_path(task)
         if task_path is None:
             log.error("Invalid task spec", error=problem)
-            self._complete_failure(log, task, policy.invalid_spec(problem or "invalid spec"), None)
+            self._fail(
+                log,
+                task,
+                "",
+                policy.invalid_spec(problem or "invalid spec"),
+                None,
+                event=("error", "task_invalid", "invalid task spec", "invalid_spec"),
+            )
             return
         if not policy.is_allowed(task_path, s.allowed_task_modules):
             log.warn("Task rejected by validator", task_path=task_path)
-            self._complete_failure(log, task, policy.security_violation(task_path), None)
+            self._fail(
+                log,
+                task,
+                task_path,
+                policy.security_violation(task_path),
+                None,
+                event=("warn", "task_rejected", "task rejected by validator", "security_violation"),
+            )
             return
         log = log.bind(task_path=task_path, attempt=task.attempts)
         log.info("Executing task")
+        self._emit("info", "task_started", "task started", task, task_path)
         limit = policy.effective_timeout(task, s.exec_timeout)
+        started = time.perf_counter()
         try:
             result = run_attempt(
                 s.exec_spec,
@@ -318,10 +388,25 @@ class Worker:
                 tick=self._ticker(task, log),
             )
         except InfraError as exc:
+            self.metrics.observe_exec(task.queue_name, time.perf_counter() - started)
             log.error("Execution infrastructure error", error=str(exc))
             failure = policy.infra_error(task, str(exc), s.worker_id, retryable=exc.retryable)
-            self._complete_failure(log, task, failure, None)
+            self._fail(
+                log,
+                task,
+                task_path,
+                failure,
+                None,
+                event=(
+                    "error",
+                    "task_infra_error",
+                    "execution infrastructure error",
+                    "infra_error",
+                ),
+                processed=False,
+            )
             return
+        self.metrics.observe_exec(task.queue_name, result.duration)
         logs_uri = self._persist_logs(log, task, result)
         self._finish(log, task, task_path, limit, result, logs_uri)
 
@@ -340,7 +425,7 @@ class Worker:
                 return None
             next_beat = now + interval
             try:
-                cancel = self.store.heartbeat(task.result_id)
+                cancel = self._timed_db("heartbeat", lambda: self.store.heartbeat(task.result_id))
             except FencingError as exc:
                 log.error("Heartbeat failed", error=str(exc))
                 return "lease_lost"
@@ -372,15 +457,31 @@ class Worker:
             return
         if result.stopped_for == "cancelled":
             log.warn("Task cancelled by request")
-            self._complete_failure(log, task, policy.cancelled(task_path, s.worker_id), logs_uri)
+            self._fail(
+                log,
+                task,
+                task_path,
+                policy.cancelled(task_path, s.worker_id),
+                logs_uri,
+                event=("warn", "task_cancelled", "task cancelled by request", "cancel_requested"),
+            )
             return
         if result.stopped_for == "worker_shutdown":
             log.warn("Task stopped by worker shutdown; it will run again")
-            self._complete_failure(log, task, policy.worker_shutdown(task, s.worker_id), logs_uri)
+            self._fail(
+                log,
+                task,
+                task_path,
+                policy.worker_shutdown(task, s.worker_id),
+                logs_uri,
+                event=("warn", "task_retry", "task stopped by worker shutdown", "worker_shutdown"),
+                processed=False,
+            )
             return
         if result.timed_out:
             log.warn("Task timed out", timeout_seconds=limit)
-            self._complete_failure(log, task, policy.timeout(task, limit, s.worker_id), logs_uri)
+            failure = policy.timeout(task, limit, s.worker_id)
+            self._fail(log, task, task_path, failure, logs_uri, event=_failed_event(failure))
             return
         envelope = result.envelope
         if envelope.ok:
@@ -388,12 +489,18 @@ class Worker:
                 self._with_retries(
                     log,
                     "mark success",
-                    lambda: self.store.complete_success(task, envelope.return_raw, logs_uri),
+                    lambda: self._timed_db(
+                        "complete_success",
+                        lambda: self.store.complete_success(task, envelope.return_raw, logs_uri),
+                    ),
                 )
             except FencingError as exc:
                 log.error("Failed to mark success", error=str(exc))
                 return
             log.info("Task successful", duration=round(result.duration, 6))
+            self.metrics.attempt_finished(task.queue_name, SUCCESS)
+            self.metrics.task_finished(task.queue_name, task_path, _age(task.enqueued_at))
+            self._emit("info", "task_success", "task completed", task, task_path)
             return
         message = envelope.message
         signum = result.signal_number
@@ -407,17 +514,84 @@ class Worker:
             worker_id=s.worker_id,
         )
         log.warn("Task failed", msg=message, retry=failure.retry)
-        self._complete_failure(log, task, failure, logs_uri)
+        self._fail(
+            log,
+            task,
+            task_path,
+            failure,
+            logs_uri,
+            event=_failed_event(failure),
+            exception_class=envelope.exception_class,
+            error_message=message,
+        )
 
-    def _complete_failure(
-        self, log: Logger, task: ClaimedTask, failure: Failure, logs_uri: str | None
+    def _fail(
+        self,
+        log: Logger,
+        task: ClaimedTask,
+        task_path: str,
+        failure: Failure,
+        logs_uri: str | None,
+        *,
+        event: tuple[Level, str, str, str],
+        processed: bool = True,
+        **metadata: str,
     ) -> None:
+        """Record a failed attempt: the row (retry or FAILED), metrics and an event."""
+        level, event_type, message, reason = event
+        extra = dict(metadata)
+        if failure.retry and failure.delay_seconds >= 0:
+            extra["next_run"] = _next_run(failure.delay_seconds)
         try:
             self._with_retries(
-                log, "mark failure", lambda: self.store.complete_failure(task, failure, logs_uri)
+                log,
+                "mark failure",
+                lambda: self._timed_db(
+                    "complete_failure",
+                    lambda: self.store.complete_failure(task, failure, logs_uri),
+                ),
             )
         except FencingError as exc:
             log.error("Failed to mark failure", error=str(exc))
+            return
+        self.metrics.attempt_finished(task.queue_name, FAILURE, processed=processed)
+        if not failure.retry:
+            self.metrics.task_finished(task.queue_name, task_path, _age(task.enqueued_at))
+        self._emit(level, event_type, message, task, task_path, reason=reason, **extra)
+
+    def _emit(
+        self,
+        level: Level,
+        event_type: str,
+        message: str,
+        task: ClaimedTask,
+        task_path: str,
+        **metadata: str,
+    ) -> None:
+        meta: dict[str, str] = {}
+        if task_path:
+            meta["task_path"] = task_path
+        if task.attempts > 0:
+            meta["attempt"] = str(task.attempts)
+        if task.max_attempts > 0:
+            meta["max_attempts"] = str(task.max_attempts)
+        meta.update({key: value for key, value in metadata.items() if value})
+        if self.settings.process_role:
+            meta.setdefault("role", self.settings.process_role)
+        self.events.publish(
+            Event(
+                level=level,
+                type=event_type,
+                msg=message,
+                queue=task.queue_name,
+                task_id=task.result_id,
+                worker_id=self.settings.worker_id,
+                metadata=meta,
+            )
+        )
+
+    def _timed_db[R](self, operation: str, action: Callable[[], R]) -> R:
+        return timed(lambda seconds: self.metrics.observe_db(operation, seconds), action)
 
     def _with_retries(self, log: Logger, what: str, action: Callable[[], None]) -> None:
         """Completion writes survive a short database outage; the lease covers longer ones."""
@@ -464,7 +638,9 @@ class Worker:
 
     def _reclaim(self) -> None:
         try:
-            reclaimed = self.store.reclaim_expired(self.settings.max_attempts_default)
+            reclaimed = self._timed_db(
+                "reclaim", lambda: self.store.reclaim_expired(self.settings.max_attempts_default)
+            )
         except DatabaseError as exc:
             self.log.warn("Failed to reclaim expired tasks", error=str(exc))
             return
@@ -485,3 +661,21 @@ class Worker:
                 self.store.seen()
             except DatabaseError as exc:
                 self.log.warn("Failed to update worker heartbeat", error=str(exc))
+
+
+def _age(since: datetime) -> float:
+    """Seconds from a database timestamp to now (clamped: clocks of two hosts can disagree)."""
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    return max((datetime.now(UTC) - since).total_seconds(), 0.0)
+
+
+def _next_run(delay: float) -> str:
+    return (datetime.now().astimezone() + timedelta(seconds=delay)).isoformat()
+
+
+def _failed_event(failure: Failure) -> tuple[Level, str, str, str]:
+    kind = str(failure.error.get("kind", "app_error"))
+    if failure.retry:
+        return ("warn", "task_retry", "task failed; retrying", kind)
+    return ("error", "task_failed", "task failed", kind)

@@ -220,3 +220,34 @@ class TaskStore:
     def unregister(self) -> None:
         with self.pool.connection() as conn:
             conn.execute(query("unregister_worker"), {"worker_id": self.worker_id})
+
+    # --- health and metrics -------------------------------------------------------------------
+
+    @_translate_errors
+    def ping(self, timeout: float) -> None:
+        """One round trip through the pool; raises DatabaseError when the server is gone."""
+        with self.pool.connection(timeout=timeout) as conn:
+            conn.execute(query("ping"))
+
+    @_translate_errors
+    def metric_group(self, name: str, timeout: float) -> dict[str, Any]:
+        """One row of counts for the metrics collector (a name from METRIC_GROUPS)."""
+        with self.pool.connection(timeout=timeout) as conn, conn.transaction():
+            conn.execute(query("local_statement_timeout"), {"timeout": f"{int(timeout * 1000)}"})
+            row = conn.execute(query(name)).fetchone()
+        return dict(row or {})
+
+    def pool_usage(self) -> tuple[int, int]:
+        """(connections handed out now, requests that ever had to wait for one)."""
+        stats = self.pool.get_stats()
+        in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0)
+        return max(in_use, 0), stats.get("requests_queued", 0)
+
+
+# The collector's groups, in the order it reports them, with the Go worker's warning for each.
+METRIC_GROUPS: tuple[tuple[str, str], ...] = (
+    ("metrics_queue", "Queue metrics collection failed"),
+    ("metrics_workers", "Worker metrics collection failed"),
+    ("metrics_queue_controls", "Queue control metrics collection failed"),
+    ("metrics_concurrency_blocked", "Concurrency metrics collection failed"),
+)
