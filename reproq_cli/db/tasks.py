@@ -1,8 +1,8 @@
 """The worker's database operations: claim, heartbeat, completion, reclaim, registry.
 
 Every write that completes an attempt is fenced (only the lease holder of a RUNNING row can
-change it) and runs with its own short statement timeout, so completions still land while
-the worker shuts down.
+change it) and runs under a 10 s statement timeout, so a completion stuck behind a lock fails
+and is retried by the worker instead of holding the task's thread.
 """
 
 from __future__ import annotations
@@ -27,6 +27,16 @@ Pool = ConnectionPool[psycopg.Connection[dict[str, Any]]]
 # share an advisory lock, and every claimer takes them in the same order (no deadlock).
 _LOCK_KEY_NS = "reproq:lock_key:"
 _CONCURRENCY_NS = "reproq:concurrency_key:"
+
+
+# Go gives every completion write its own 10 s deadline; a statement that waits longer on a
+# lock fails and is retried by the worker instead of holding a task thread indefinitely.
+COMPLETION_TIMEOUT = 10.0
+
+
+def _bound_statements(conn: psycopg.Connection[dict[str, Any]], seconds: float) -> None:
+    """A statement timeout for the rest of the current transaction only."""
+    conn.execute(query("local_statement_timeout"), {"timeout": f"{int(seconds * 1000)}"})
 
 
 class FencingError(Exception):
@@ -138,6 +148,7 @@ class TaskStore:
         self, task: ClaimedTask, return_json: str | None, logs_uri: str | None
     ) -> None:
         with self.pool.connection() as conn, conn.transaction():
+            _bound_statements(conn, COMPLETION_TIMEOUT)
             row = conn.execute(
                 query("complete_success"),
                 {
@@ -159,6 +170,7 @@ class TaskStore:
     @_translate_errors
     def complete_failure(self, task: ClaimedTask, failure: Failure, logs_uri: str | None) -> None:
         with self.pool.connection() as conn, conn.transaction():
+            _bound_statements(conn, COMPLETION_TIMEOUT)
             row = conn.execute(
                 query("complete_failure"),
                 {
@@ -233,7 +245,7 @@ class TaskStore:
     def metric_group(self, name: str, timeout: float) -> dict[str, Any]:
         """One row of counts for the metrics collector (a name from METRIC_GROUPS)."""
         with self.pool.connection(timeout=timeout) as conn, conn.transaction():
-            conn.execute(query("local_statement_timeout"), {"timeout": f"{int(timeout * 1000)}"})
+            _bound_statements(conn, timeout)
             row = conn.execute(query(name)).fetchone()
         return dict(row or {})
 
