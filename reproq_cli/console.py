@@ -7,13 +7,32 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.markup import escape
+if TYPE_CHECKING:
+    from rich.console import Console
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+@cache
+def _console(stderr: bool) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def __getattr__(name: str) -> Any:
+    """``out`` and ``err`` (rich consoles) are made on first use: importing rich costs tens
+    of milliseconds that ``reproq --help`` and ``--version`` should not pay."""
+    if name in ("out", "err"):
+        return _console(name == "err")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 def data(text: str) -> None:
@@ -28,27 +47,27 @@ def print_json(value: Any) -> None:
 
 def notice(message: str) -> None:
     """An informational message on stderr."""
-    err.print(escape(message), style="dim")
+    _console(True).print(escape(message), style="dim")
 
 
 def warning(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {escape(message)}")
+    _console(True).print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 def error(message: str, hint: str | None = None) -> None:
-    err.print(f"[bold red]error:[/bold red] {escape(message)}")
+    _console(True).print(f"[bold red]error:[/bold red] {escape(message)}")
     if hint:
-        err.print(f"[cyan]hint:[/cyan] {escape(hint)}")
+        _console(True).print(f"[cyan]hint:[/cyan] {escape(hint)}")
 
 
 def is_terminal() -> bool:
-    return out.is_terminal
+    return _console(False).is_terminal
 
 
 def working(message: str) -> Any:
     """A spinner on stderr while a bulk operation runs (only on a terminal)."""
     import contextlib
 
-    if not err.is_terminal:
+    if not _console(True).is_terminal:
         return contextlib.nullcontext()
-    return err.status(escape(message))
+    return _console(True).status(escape(message))
