@@ -1,35 +1,123 @@
 #!/usr/bin/env bash
-# Build dist/reproq-<os>-<arch>-py<major><minor>.pyz (+ .sha256) from the working tree with shiv.
+# Build reproq-<os>-<arch>-py<major><minor>.pyz (+ .sha256) from the working tree with shiv.
 #
-#   build/shiv.sh                 # uses python3 from PATH (must be >= 3.12, with shiv installed)
-#   PYTHON=/path/to/python build/shiv.sh
+#   build/shiv.sh                       # python3 from PATH; writes into dist/
+#   PYTHON=/path/to/python build/shiv.sh --out-dir /some/dir
 #
-# The zipapp is compressed and reproducible: file times come from SOURCE_DATE_EPOCH (default:
-# the last commit's time), so the same tree and interpreter give the same bytes.
+# The interpreter must be >= 3.12 with shiv installed (pip install 'reproq[build]'); the zipapp
+# targets that interpreter's version, OS and machine (psycopg's binary wheel is per platform).
+# The output path is printed on stdout; pip's messages go to stderr.
+#
+# Reproducible: the same tree, interpreter and dependency versions give the same bytes, from
+# any checkout path. File times come from SOURCE_DATE_EPOCH (default: the last commit's time),
+# file modes are normalised, and what pip writes that names this machine (the checkout URL in
+# direct_url.json, console scripts with this interpreter's path) is dropped before zipping.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
+out_dir="$root/dist"
 
-os=$(uname -s | tr '[:upper:]' '[:lower:]')
-arch=$(uname -m)
-pyver=$("$python" -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
-name="reproq-${os}-${arch}-py${pyver}.pyz"
-out="$root/dist/$name"
+usage() { sed -n '2,14s/^# \{0,1\}//p' "$0"; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --out-dir) out_dir=${2:?--out-dir needs a directory}; shift 2 ;;
+        --out-dir=*) out_dir=${1#--out-dir=}; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "error: unknown argument: $1" >&2; echo "hint: build/shiv.sh [--out-dir DIR]" >&2; exit 2 ;;
+    esac
+done
+
+if ! "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null; then
+    echo "error: $python is not Python >= 3.12" >&2
+    echo "hint: PYTHON=/path/to/python3.12 build/shiv.sh" >&2
+    exit 1
+fi
+if ! "$python" -m shiv --version >/dev/null 2>&1; then
+    echo "error: shiv is not installed for $python" >&2
+    echo "hint: $python -m pip install 'reproq[build]' (or: pip install shiv)" >&2
+    exit 1
+fi
+
+# The same name manage.py reproq install asks for (reproq_django.installer.asset_name).
+name=$("$python" -c 'import platform, sys
+v = sys.version_info
+print(f"reproq-{platform.system().lower()}-{platform.machine().lower()}-py{v[0]}{v[1]}.pyz")')
+pyver=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
     SOURCE_DATE_EPOCH=$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 315532800)
 fi
 export SOURCE_DATE_EPOCH
 
-mkdir -p "$root/dist"
+work=$(mktemp -d "${TMPDIR:-/tmp}/reproq-shiv.XXXXXX")
+partial=""
+trap 'rm -rf "$work" ${partial:+"$partial"}' EXIT
+mkdir -p "$work/src" "$work/site-packages"
+
+# Build from a copy: setuptools writes build/ and *.egg-info into the source tree, and two
+# builds (or a build and the wheel test) in one checkout would race on them.
+if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    (
+        cd "$root"
+        git ls-files -z --cached --others --exclude-standard |
+            while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done |
+            tar --null -T - -cf -
+    ) | tar -C "$work/src" -xf -
+else
+    tar -C "$root" --exclude=./dist --exclude=./build/lib --exclude='./build/bdist*' -cf - . |
+        tar -C "$work/src" -xf -
+fi
+
+"$python" -m pip install --quiet --disable-pip-version-check --no-compile \
+    --target "$work/site-packages" "$work/src" >&2
+
+"$python" - "$work/site-packages" <<'EOF'
+"""Drop what names this machine: the checkout URL and interpreter-specific console scripts."""
+import csv
+import io
+import shutil
+import sys
+from pathlib import Path
+
+site = Path(sys.argv[1])
+shutil.rmtree(site / "bin", ignore_errors=True)  # shiv runs the entry point, not these scripts
+for record in site.glob("*.dist-info/RECORD"):
+    (record.parent / "direct_url.json").unlink(missing_ok=True)
+    rows = [
+        row
+        for row in csv.reader(io.StringIO(record.read_text()))
+        if row and not row[0].startswith("../") and not row[0].endswith("/direct_url.json")
+    ]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    record.write_text(buffer.getvalue())
+EOF
+# shiv stores each file's mode, which would otherwise depend on the umask.
+chmod -R u+rwX,go+rX,go-w "$work/site-packages"
+
+mkdir -p "$out_dir"
+out_dir=$(cd "$out_dir" && pwd)
+out="$out_dir/$name"
+partial="$out_dir/.$name.partial.$$"
+# shiv builds the zipapp in place; build under another name so readers never see half a file.
 "$python" -m shiv \
+    --site-packages "$work/site-packages" \
     --console-script reproq \
-    --python "/usr/bin/env python${pyver:0:1}.${pyver:1}" \
+    --python "/usr/bin/env python$pyver" \
     --compressed \
     --reproducible \
-    --output-file "$out" \
-    --quiet \
-    "$root"
+    --output-file "$partial" >&2
+"$python" - "$partial" "$out" <<'EOF'
+import hashlib
+import os
+import sys
+from pathlib import Path
 
-(cd "$root/dist" && sha256sum "$name" > "$name.sha256")
+partial, out = Path(sys.argv[1]), Path(sys.argv[2])
+digest = hashlib.sha256(partial.read_bytes()).hexdigest()
+os.replace(partial, out)
+checksum = out.with_name(out.name + ".sha256")
+checksum.with_name(checksum.name + ".partial").write_text(f"{digest}  {out.name}\n")
+os.replace(checksum.with_name(checksum.name + ".partial"), checksum)
+EOF
 echo "$out"

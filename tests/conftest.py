@@ -233,3 +233,12 @@ def workers(db_dsn: str, tmp_path: Path) -> Iterator[object]:
     factory = WorkerFactory(db_dsn, tmp_path)
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The zipapp built once per session by build/shiv.sh (with its .sha256 beside it)."""
+    from tests.support.pyz import Pyz, build_pyz
+
+    path = build_pyz(tmp_path_factory.mktemp("pyz"))
+    return Pyz(path=path, shiv_root=tmp_path_factory.mktemp("shiv"))

@@ -1,0 +1,120 @@
+"""The single-file build: runs from anywhere with a plain Python, stays lean, is reproducible."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from reproq_cli import __version__
+from tests.conftest import REPO_ROOT
+from tests.support.pyz import build_pyz, plain_python
+
+# What the worker needs and `--help` does not (rich only draws tables and errors).
+HEAVY = ("psycopg", "psycopg_pool", "yaml", "prometheus_client", "croniter", "rich")
+
+
+def test_pyz_runs_anywhere_with_a_plain_python(pyz, tmp_path, empty_db_dsn):
+    v = sys.version_info
+    assert pyz.path.name == (
+        f"reproq-{platform.system().lower()}-{platform.machine().lower()}-py{v[0]}{v[1]}.pyz"
+    )
+    assert pyz.checksum.read_text() == (
+        f"{hashlib.sha256(pyz.path.read_bytes()).hexdigest()}  {pyz.path.name}\n"
+    )
+
+    version = pyz.run("--version", cwd=tmp_path)
+    assert (version.returncode, version.stdout) == (0, f"reproq {__version__}\n"), version.stderr
+
+    # The code that runs is the zipapp's own copy, not the checkout's or a virtualenv's.
+    probe = pyz.run(
+        "-c",
+        "import reproq_cli, reproq_cli.sql; print(reproq_cli.__file__)",
+        cwd=tmp_path,
+        env=pyz.env(SHIV_INTERPRETER="1"),
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip().startswith(str(pyz.shiv_root)), probe.stdout
+
+    names = set(zipfile.ZipFile(pyz.path).namelist())
+    assert "site-packages/reproq_cli/sql/queries.sql" in names
+    assert "site-packages/reproq_cli/sql/migrations/0001_baseline.sql" in names
+
+    migrated = pyz.run("migrate", "--dsn", empty_db_dsn, cwd=tmp_path)
+    assert migrated.returncode == 0, migrated.stderr
+    assert pyz.run("migrate", "--check", "--dsn", empty_db_dsn, cwd=tmp_path).returncode == 0
+    with psycopg.connect(empty_db_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM rate_limits").fetchone() == (1,)
+
+
+def test_help_imports_nothing_heavy(pyz, tmp_path):
+    done = pyz.run("--help", cwd=tmp_path)  # unpacks first, so importtime sees a warm start
+    assert done.returncode == 0 and "worker" in done.stdout, done.stderr
+    timed = subprocess.run(
+        [plain_python(), "-X", "importtime", str(pyz.path), "--help"],
+        cwd=tmp_path,
+        env=pyz.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", timed.stderr, re.M))
+    assert {"click", "reproq_cli.console"} <= imported  # the CLI really loaded
+    heavy = sorted(
+        name
+        for name in imported
+        if name.split(".")[0] in HEAVY
+        or name.startswith(("reproq_cli.core", "reproq_cli.db", "reproq_cli.commands."))
+    )
+    assert heavy == []
+
+
+def snapshot(destination: Path) -> Path:
+    """A copy of the working tree (what git would commit) frozen at one moment."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+@pytest.mark.slow
+def test_building_twice_gives_the_same_bytes(pyz, tmp_path):
+    """Two checkouts of the same tree, at different paths and under different umasks."""
+    first = snapshot(tmp_path / "checkout-one")
+    second = tmp_path / "elsewhere" / "checkout-two"
+    shutil.copytree(first, second)
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}
+    with ThreadPoolExecutor(2) as pool:  # side by side: the builds are independent
+        building = [
+            pool.submit(build_pyz, tmp_path / "one", checkout=first, env=env, umask=0o077),
+            pool.submit(build_pyz, tmp_path / "two", checkout=second, env=env, umask=0o022),
+        ]
+        one, two = (future.result() for future in building)
+    assert one.name == two.name == pyz.path.name
+    assert one.read_bytes() == two.read_bytes()
+    assert one.with_name(one.name + ".sha256").read_bytes() == (
+        two.with_name(two.name + ".sha256").read_bytes()
+    )
+    # Nothing in it names the machine: not the checkout, not the interpreter that built it.
+    archive = zipfile.ZipFile(one)
+    machine = [str(first).encode(), sys.prefix.encode(), sys.base_prefix.encode()]
+    leaks = [name for name in archive.namelist() if any(m in archive.read(name) for m in machine)]
+    assert leaks == []
