@@ -81,12 +81,6 @@ def test_stress_test():
     assert TaskRun.objects.count() == 30
 
 
-@pytest.mark.django_db
-def test_install_says_it_is_not_available():
-    with pytest.raises(CommandError, match="not available yet"):
-        manage("install")
-
-
 @pytest.mark.django_db(transaction=True)
 def test_check_and_migrate_worker_use_the_cli():
     out, _ = manage("check")

@@ -25,22 +25,12 @@ from django.tasks import task_backends
 from django.utils import timezone
 from psycopg import conninfo
 
+from reproq_django import binary
+from reproq_django.binary import worker_command
 from reproq_django.db import default_db_alias, queue_db_aliases
 from reproq_django.schema import TABLES
 
-BIN_ENV = "REPROQ_WORKER_BIN"
 PASSTHROUGH = ("worker", "beat", "schedule", "config", "doctor")
-LOCAL_BIN = Path(".reproq") / "bin" / "reproq"
-
-
-def worker_command() -> list[str]:
-    """How to run the CLI: REPROQ_WORKER_BIN, else ./.reproq/bin/reproq, else this Python's."""
-    explicit = getattr(settings, BIN_ENV, None) or os.environ.get(BIN_ENV)
-    if explicit:
-        return [str(explicit)]
-    if LOCAL_BIN.exists():
-        return [str(LOCAL_BIN)]
-    return [sys.executable, "-m", "reproq_cli"]
 
 
 def database_dsn(alias: str | None = None) -> str | None:
@@ -261,8 +251,21 @@ class Command(BaseCommand):
         p.add_argument("--dry-run", action="store_true")
         p.add_argument("--if-supported", action="store_true")
         p.add_argument("--database", default=None)
-        for name in ("install", "upgrade"):
-            sub.add_parser(name, help=f"{name} the reproq.pyz binary (not available yet)")
+        for name, helptext in (
+            ("install", "download, verify and install the reproq.pyz for this machine"),
+            ("upgrade", "install, then migrate-worker"),
+        ):
+            p = sub.add_parser(name, help=helptext)
+            p.add_argument("--tag", default=None, help="release tag (default: v<this version>)")
+            p.add_argument("--source", default=None, help="a .pyz URL or path instead of a tag")
+            p.add_argument("--build", action="store_true", help="build it with build/shiv.sh")
+            p.add_argument(
+                "--insecure-skip-verify",
+                action="store_true",
+                help="install without checking the published .sha256",
+            )
+        p.add_argument("--skip-worker-migrate", action="store_true")
+        p.add_argument("--database", default=None)
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         """Flags this command does not know are passed on to the CLI for worker/beat/config."""
@@ -345,20 +348,45 @@ class Command(BaseCommand):
         self._run_cli(["config", *options.get("cli_args", [])], self._cli_env(options["database"]))
 
     def handle_doctor(self, options: dict[str, Any]) -> None:
-        self._run_cli(["doctor", *options.get("cli_args", [])], self._cli_env(options["database"]))
+        cli_args = options.get("cli_args", [])
+        # Same line format as `reproq doctor`; kept off stdout when that prints JSON.
+        report = self.stderr if "--json" in cli_args else self.stdout
+        command = worker_command()
+        try:
+            version = binary.version_of(command)
+        except CommandError as exc:
+            report.write(f"FAIL binary: {exc}")
+            raise CommandError(
+                "the reproq binary does not run; run `python manage.py reproq install` or fix "
+                "REPROQ_WORKER_BIN"
+            ) from None
+        mismatch = binary.version_mismatch(version)
+        if mismatch:
+            report.write(f"WARN binary: {' '.join(command)}: {mismatch}")
+        else:
+            report.write(f"OK   binary: {' '.join(command)} ({version})")
+        self._run_cli(["doctor", *cli_args], self._cli_env(options["database"]))
+        if mismatch and "--strict" in cli_args:
+            raise CommandError(f"doctor --strict: {mismatch}")
 
     def handle_migrate_worker(self, options: dict[str, Any]) -> None:
         extra = ["--check"] if options["check"] else []
         self._run_cli(["migrate", *extra], self._cli_env(options["database"]))
 
     def handle_install(self, options: dict[str, Any]) -> None:
-        raise CommandError(
-            "`manage.py reproq install` is not available yet: the reproq.pyz release assets "
-            "are not published. Use the `reproq` command installed with this package "
-            "(pip install reproq), or point REPROQ_WORKER_BIN at a reproq binary."
+        target, version = binary.install(
+            tag=options["tag"],
+            source=options["source"],
+            build_here=options["build"],
+            verify=not options["insecure_skip_verify"],
+            log=self.stderr.write,
         )
+        self.stdout.write(f"Installed {version} at {target.resolve()}")
 
-    handle_upgrade = handle_install
+    def handle_upgrade(self, options: dict[str, Any]) -> None:
+        self.handle_install(options)
+        if not options["skip_worker_migrate"]:
+            self._run_cli(["migrate"], self._cli_env(options["database"]))
 
     def _task_target(self, options: dict[str, Any]) -> tuple[str, str]:
         from reproq_django.db import parse_result_id
@@ -738,13 +766,15 @@ class Command(BaseCommand):
         problems = 0
         command = worker_command()
         try:
-            version = subprocess.run(
-                [*command, "--version"], capture_output=True, text=True, check=True, timeout=60
-            ).stdout.strip()
-            self.stdout.write(f"OK   worker binary: {' '.join(command)} ({version})")
-        except (OSError, subprocess.SubprocessError) as exc:
+            version = binary.version_of(command)
+        except CommandError as exc:
             problems += 1
-            self.stderr.write(f"FAIL worker binary {' '.join(command)}: {exc}")
+            self.stderr.write(f"FAIL worker binary: {exc}")
+        else:
+            self.stdout.write(f"OK   worker binary: {' '.join(command)} ({version})")
+            mismatch = binary.version_mismatch(version)
+            if mismatch:
+                self.stdout.write(f"WARN worker binary: {mismatch}")
         alias = options["database"] or default_db_alias()
         connection = connections[alias]
         try:
