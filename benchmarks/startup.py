@@ -1,0 +1,86 @@
+"""Start-up time of the zipapp: `reproq.pyz --help` and `--version`, cold and warm.
+
+    python benchmarks/startup.py [PYZ] [--runs N]
+
+PYZ defaults to the dist/ build for this machine (build/shiv.sh makes it). Each command runs
+under a plain interpreter (this Python outside any virtualenv) with only PATH and SHIV_ROOT
+set, as a user's shell would run it. "Cold" is the first run after download, which unpacks
+the zipapp into SHIV_ROOT; "warm" is every run after that. For comparison, the same commands
+through `python -m reproq_cli` of this environment. Prints a Markdown table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_pyz() -> Path:
+    v = sys.version_info
+    name = f"reproq-{platform.system().lower()}-{platform.machine().lower()}-py{v[0]}{v[1]}.pyz"
+    return ROOT / "dist" / name
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def summary(samples: list[float]) -> str:
+    ms = sorted(s * 1000 for s in samples)
+    return f"{statistics.median(ms):.0f} ms | {ms[0]:.0f} ms | {ms[-1]:.0f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pyz", nargs="?", type=Path, default=default_pyz())
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args()
+    if not args.pyz.is_file():
+        sys.exit(f"error: {args.pyz} does not exist; build it with build/shiv.sh")
+    python = getattr(sys, "_base_executable", "") or sys.executable
+    rows = []
+    with tempfile.TemporaryDirectory() as cwd:
+        cold = []
+        for _ in range(5):
+            with tempfile.TemporaryDirectory() as shiv_root:
+                env = {"PATH": os.environ.get("PATH", os.defpath), "SHIV_ROOT": shiv_root}
+                cold.append(timed([python, str(args.pyz), "--help"], env, cwd))
+        rows.append(("pyz `--help`, cold (first run unpacks)", summary(cold)))
+        with tempfile.TemporaryDirectory() as shiv_root:
+            env = {"PATH": os.environ.get("PATH", os.defpath), "SHIV_ROOT": shiv_root}
+            timed([python, str(args.pyz), "--help"], env, cwd)
+            for flag in ("--help", "--version"):
+                samples = [timed([python, str(args.pyz), flag], env, cwd) for _ in range(args.runs)]
+                rows.append((f"pyz `{flag}`, warm", summary(samples)))
+        env = dict(os.environ)
+        for flag in ("--help", "--version"):
+            samples = [
+                timed([sys.executable, "-m", "reproq_cli", flag], env, cwd)
+                for _ in range(args.runs)
+            ]
+            rows.append((f"`python -m reproq_cli {flag}` (installed package)", summary(samples)))
+        bare = [timed([python, "-c", "pass"], env, cwd) for _ in range(args.runs)]
+        rows.append(("`python -c pass` (interpreter alone)", summary(bare)))
+    print(
+        f"{args.pyz.name}, Python {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, {args.runs} runs (cold: 5)\n"
+    )
+    print("| command | median | min | max |")
+    print("|---|---|---|---|")
+    for name, values in rows:
+        print(f"| {name} | {values} |")
+
+
+if __name__ == "__main__":
+    main()
