@@ -19,7 +19,7 @@ from django.core.management.base import CommandError
 from django.tasks import TaskResultStatus
 
 from reproq_cli import __version__
-from reproq_django.binary import asset_name
+from reproq_django.binary import asset_name, release_url
 from tests.django.sampleapp import tasks
 from tests.support.pyz import executor_python
 
@@ -190,6 +190,26 @@ def test_install_from_a_local_file(project, pyz, tmp_path):
     assert out.startswith(f"Installed reproq {__version__}")
     with pytest.raises(CommandError, match="no such file"):
         manage("install", "--source", str(tmp_path / "missing.pyz"))
+    with pytest.raises(CommandError, match=r"^--build needs a source checkout of reproq, and "):
+        manage("install", "--build", "--source", str(tmp_path))
+
+
+def test_release_url_template(settings, monkeypatch):
+    monkeypatch.setenv("REPROQ_RELEASE_URL", "https://env.example/{tag}/{asset}")
+    assert release_url("v1", "a.pyz") == "https://env.example/v1/a.pyz"
+    settings.REPROQ_RELEASE_URL = "https://setting.example/r/{tag}/{asset}"  # the setting wins
+    assert release_url("v1", "a.pyz") == "https://setting.example/r/v1/a.pyz"
+    settings.REPROQ_RELEASE_URL = "https://setting.example/latest.pyz"
+    with pytest.raises(CommandError, match=r"has no \{asset\} placeholder"):
+        release_url("v1", "a.pyz")
+    del settings.REPROQ_RELEASE_URL
+    monkeypatch.delenv("REPROQ_RELEASE_URL")
+    assert (
+        release_url("v1", "a.pyz") == "https://github.com/reproq/reproq/releases/download/v1/a.pyz"
+    )
+    assert release_url("latest", "a.pyz") == (
+        "https://github.com/reproq/reproq/releases/latest/download/a.pyz"
+    )
 
 
 @pytest.mark.django_db(transaction=True)
