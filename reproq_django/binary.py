@@ -4,8 +4,8 @@
 made by ``build/shiv.sh``) at ``REPROQ_WORKER_BIN`` or ``./.reproq/bin/reproq``; worker, beat
 and the other CLI-driven subcommands run it from there, or else the ``reproq_cli`` installed
 in this environment. Every failure is a one-line ``CommandError`` naming the input and the fix,
-and no failure leaves a file behind: the download goes to a temporary file next to the target
-that replaces it only once its checksum and ``--version`` are good.
+and no failure leaves a file behind: the download goes to a temporary directory next to the
+target and replaces it only once its checksum and ``--version`` are good.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def version_mismatch(line: str) -> str | None:
 
 
 def release_url(tag: str, asset: str) -> str:
-    template = _setting("REPROQ_RELEASE_URL")
+    template = _setting(RELEASE_URL_ENV)
     if template is None:
         template = LATEST_RELEASE_URL if tag == "latest" else DEFAULT_RELEASE_URL
     if "{asset}" not in template:
