@@ -29,6 +29,7 @@ DSN_ENV = "DATABASE_URL"
 EMBEDDED_ENV = "REPROQ_EMBEDDED"
 DEFAULT_EXECUTOR_MODULE = "reproq_django.executor"
 PAYLOAD_MODES: tuple[str, ...] = ("stdin", "file", "inline")
+EXECUTOR_KINDS: tuple[str, ...] = ("spawn", "pool")
 DEFAULT_ALLOWED_TASK_MODULES: tuple[str, ...] = ("myapp.tasks.", "tasks.")
 
 
@@ -170,6 +171,33 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
         flag="--payload-mode",
         choices=PAYLOAD_MODES,
         help="how the spec reaches the executor: stdin, file or inline",
+    ),
+    _s(
+        "worker.executor",
+        "str",
+        "spawn",
+        env="REPROQ_EXECUTOR",
+        flag="--executor",
+        choices=EXECUTOR_KINDS,
+        help="spawn: a new process per task (as Go); pool: warm processes, recycled",
+    ),
+    _s(
+        "worker.pool_max_tasks",
+        "int",
+        1000,
+        env="REPROQ_POOL_MAX_TASKS",
+        flag="--pool-max-tasks",
+        minimum=1,
+        help="pool: tasks a process runs before it is replaced",
+    ),
+    _s(
+        "worker.pool_max_memory_mb",
+        "int",
+        512,
+        env="REPROQ_POOL_MAX_MEMORY_MB",
+        flag="--pool-max-memory-mb",
+        minimum=0,
+        help="pool: replace a process whose RSS exceeds this after a task (0: no limit)",
     ),
     _s("worker.max_payload_bytes", "int", 1048576, minimum=1, help="largest spec sent to a task"),
     _s("worker.max_stdout_bytes", "int", 1048576, minimum=1, help="stdout kept per attempt"),

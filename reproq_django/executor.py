@@ -41,7 +41,7 @@ def _failure(exc: BaseException, *, exception_class: str | None = None) -> dict[
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reproq_django.executor")
-    mode = parser.add_mutually_exclusive_group(required=True)
+    mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--payload-stdin", action="store_true", help="read the spec from stdin")
     mode.add_argument("--payload-file", metavar="PATH", help="read the spec from a file")
     mode.add_argument("--payload-json", metavar="TEXT", help="the spec itself")
@@ -49,12 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--settings", help="Django settings module")
     parser.add_argument("--result-id", default="", help="the task_runs row being run")
     parser.add_argument("--attempt", type=int, default=1, help="attempt number (1 = first)")
+    parser.add_argument(
+        "--serve", action="store_true", help="pool mode: run tasks from stdin, one per line"
+    )
     return parser
 
 
 def _read_payload(args: argparse.Namespace) -> str:
     if args.payload_stdin:
         return sys.stdin.read()
+    if args.payload_json is None and not args.payload_file:
+        raise ValueError("one of --payload-stdin, --payload-file or --payload-json is required")
     if args.payload_file:
         with open(args.payload_file, encoding="utf-8") as handle:
             return handle.read()
@@ -76,19 +81,8 @@ def _load_metadata(result_id: str, alias: str) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
-def execute(argv: list[str] | None = None) -> int:
-    """Run one task; returns the exit code (0 success, 1 failure)."""
-    args = _parser().parse_args(argv)
-    out = sys.stdout
-    try:
-        spec = json.loads(_read_payload(args))
-        if not isinstance(spec, dict):
-            raise ValueError("the spec must be a JSON object")
-    except (OSError, ValueError) as exc:
-        _emit(out, _failure(exc, exception_class="PayloadError"))
-        return 1
-
-    settings_module = args.settings or (spec.get("django") or {}).get("settings_module")
+def _setup_django(settings_module: str | None) -> str | None:
+    """Set Django up; returns a failure envelope (JSON text) when it cannot be."""
     if settings_module:
         os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
     try:
@@ -96,40 +90,38 @@ def execute(argv: list[str] | None = None) -> int:
 
         django.setup()
     except Exception as exc:
-        _emit(out, _failure(exc, exception_class="ImproperlyConfigured"))
-        return 1
+        return json.dumps(_failure(exc, exception_class="ImproperlyConfigured"))
+    return None
 
-    from django.utils.module_loading import import_string
 
-    from reproq_django import signals
-    from reproq_django.context import TaskContext
-    from reproq_django.db import resolve_queue_db
-    from reproq_django.serialization import decode_args_kwargs
+def _parse_spec(text: str) -> dict[str, Any]:
+    spec = json.loads(text)
+    if not isinstance(spec, dict):
+        raise ValueError("the spec must be a JSON object")
+    return spec
 
-    task_path = args.task_path or spec.get("task_path") or ""
+
+def _spec_settings(spec: dict[str, Any]) -> str | None:
+    django_part = spec.get("django")
+    return django_part.get("settings_module") if isinstance(django_part, dict) else None
+
+
+def execute(argv: list[str] | None = None) -> int:
+    """Run one task; returns the exit code (0 success, 1 failure)."""
+    args = _parser().parse_args(argv)
+    if args.serve:
+        return serve(args.settings)
+    out = sys.stdout
     try:
-        obj = import_string(task_path)
-    except Exception as exc:
-        _emit(
-            out,
-            _failure(
-                ImportError(f"Failed to import task {task_path!r}: {exc}"),
-                exception_class="ImportError",
-            ),
-        )
+        spec = _parse_spec(_read_payload(args))
+    except (OSError, ValueError) as exc:
+        _emit(out, _failure(exc, exception_class="PayloadError"))
         return 1
-    func = getattr(obj, "func", None) or getattr(obj, "run", None) or obj
-    queue_name = spec.get("queue_name") or "default"
-    alias = resolve_queue_db(queue_name)
-    context = TaskContext(
-        result_id=str(args.result_id),
-        attempt=args.attempt,
-        task_path=task_path,
-        queue_name=queue_name,
-        priority=int(spec.get("priority") or 0),
-        db_alias=alias,
-        metadata=_load_metadata(str(args.result_id), alias) if args.result_id else {},
-    )
+    problem = _setup_django(args.settings or _spec_settings(spec))
+    if problem is not None:
+        out.write(problem + "\n")
+        out.flush()
+        return 1
 
     def on_signal(signum: int, _frame: Any) -> NoReturn:
         _emit(
@@ -145,7 +137,43 @@ def execute(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    ok, text = run_spec(
+        spec, result_id=str(args.result_id), attempt=args.attempt, task_path=args.task_path
+    )
+    out.write(text + "\n")
+    out.flush()
+    return 0 if ok else 1
 
+
+def run_spec(
+    spec: dict[str, Any], *, result_id: str, attempt: int, task_path: str | None = None
+) -> tuple[bool, str]:
+    """Run one task in this (set-up) process: (ok, the envelope as one line of JSON)."""
+    from django.utils.module_loading import import_string
+
+    from reproq_django import signals
+    from reproq_django.context import TaskContext
+    from reproq_django.db import resolve_queue_db
+    from reproq_django.serialization import decode_args_kwargs
+
+    task_path = task_path or spec.get("task_path") or ""
+    try:
+        obj = import_string(task_path)
+    except Exception as exc:
+        failure = ImportError(f"Failed to import task {task_path!r}: {exc}")
+        return False, json.dumps(_failure(failure, exception_class="ImportError"))
+    func = getattr(obj, "func", None) or getattr(obj, "run", None) or obj
+    queue_name = spec.get("queue_name") or "default"
+    alias = resolve_queue_db(queue_name)
+    context = TaskContext(
+        result_id=result_id,
+        attempt=attempt,
+        task_path=task_path,
+        queue_name=queue_name,
+        priority=int(spec.get("priority") or 0),
+        db_alias=alias,
+        metadata=_load_metadata(result_id, alias) if result_id else {},
+    )
     captured = io.StringIO()
     try:
         try:
@@ -167,14 +195,71 @@ def execute(argv: list[str] | None = None) -> int:
         _report_prints(captured)
         _save_metadata(context)
         _send(signals.task_finished, task_context=context, ok=False, error=exc)
-        _emit(out, _failure(exc))
-        return 1
+        return False, json.dumps(_failure(exc))
     _report_prints(captured)
     _save_metadata(context)
     _send(signals.task_finished, task_context=context, ok=True)
-    out.write(text + "\n")
-    out.flush()
+    return True, text
+
+
+def serve(settings_module: str | None = None) -> int:
+    """``--serve``: a pool process for ``reproq worker --executor pool``.
+
+    Django is set up once. Requests arrive on stdin, one JSON line each
+    (``{"result_id", "attempt", "spec"}``); each answer is one line on the original stdout,
+    ``{"result": <envelope>, "stderr": "..."}``. Everything else that reaches file descriptor
+    1 (a C library, a child process) is sent to stderr so it cannot corrupt an answer.
+    """
+    protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    loaded = settings_module or os.environ.get("DJANGO_SETTINGS_MODULE")
+    setup_problem = _setup_django(loaded) if loaded else None
+    protocol.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    protocol.flush()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        task_stderr = io.StringIO()
+        with contextlib.redirect_stderr(task_stderr):
+            text = _serve_one(line, loaded, setup_problem)
+            if loaded is None:
+                loaded = os.environ.get("DJANGO_SETTINGS_MODULE")
+        stderr_json = json.dumps(task_stderr.getvalue())
+        protocol.write(f'{{"result": {text}, "stderr": {stderr_json}}}\n')
+        protocol.flush()
     return 0
+
+
+def _serve_one(line: str, loaded: str | None, setup_problem: str | None) -> str:
+    try:
+        request = json.loads(line)
+        spec = _parse_spec(request["spec"])
+        result_id, attempt = str(request.get("result_id") or ""), int(request.get("attempt") or 1)
+    except (ValueError, KeyError, TypeError) as exc:
+        return json.dumps(_failure(exc, exception_class="PayloadError"))
+    wanted = _spec_settings(spec)
+    if loaded is None:
+        # No settings in the environment: the first task's spec names them.
+        problem = _setup_django(wanted)
+        if problem is not None:
+            return problem
+    elif setup_problem is not None:
+        return setup_problem
+    elif wanted and wanted != loaded:
+        mismatch = RuntimeError(
+            f"this pool process runs settings {loaded!r} but the task asks for {wanted!r}; "
+            "run a separate worker for it or use --executor spawn"
+        )
+        return json.dumps(_failure(mismatch, exception_class="ImproperlyConfigured"))
+    from django.db import close_old_connections, reset_queries
+
+    # What Django does around a request: no connection or query log carries over between tasks.
+    close_old_connections()
+    reset_queries()
+    try:
+        return run_spec(spec, result_id=result_id, attempt=attempt)[1]
+    finally:
+        close_old_connections()
 
 
 async def _await(value: Any) -> Any:

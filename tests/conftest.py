@@ -225,12 +225,20 @@ def conn(db_dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
         yield connection
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests that start workers run once per executor named by their ``executors`` marker
+    (default: spawn only), so one test body checks every executor the same way."""
+    if "executor_kind" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("executors")
+        metafunc.parametrize("executor_kind", marker.args if marker else ("spawn",))
+
+
 @pytest.fixture
-def workers(db_dsn: str, tmp_path: Path) -> Iterator[object]:
+def workers(db_dsn: str, tmp_path: Path, executor_kind: str) -> Iterator[object]:
     """Start real `reproq worker` processes against this test's database."""
     from tests.support.harness import WorkerFactory
 
-    factory = WorkerFactory(db_dsn, tmp_path)
+    factory = WorkerFactory(db_dsn, tmp_path, executor=executor_kind)
     yield factory
     factory.cleanup()
 

@@ -185,7 +185,7 @@ def _drain(stream: IO[bytes], buffer: BoundedBuffer) -> None:
     stream.close()
 
 
-def _kill_group(pid: int, sig: int) -> None:
+def kill_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
 
@@ -316,7 +316,7 @@ def _supervise(
     returncode = proc.returncode
     if returncode not in (0, None) and not timed_out:
         # Go appends the wait error to stderr: "exit status 1" / "signal: killed".
-        err.write(_wait_error(returncode).encode())
+        err.write(wait_error(returncode).encode())
     stdout_text = out.text(with_marker=False).strip()
     result = ExecResult(
         stdout=stdout_text,
@@ -332,14 +332,14 @@ def _supervise(
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    _kill_group(proc.pid, signal.SIGTERM)
+    kill_group(proc.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=KILL_GRACE_SECONDS)
-    _kill_group(proc.pid, signal.SIGKILL)
+    kill_group(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
-def _wait_error(returncode: int) -> str:
+def wait_error(returncode: int) -> str:
     if returncode < 0:
         try:
             name = signal.Signals(-returncode).name.removeprefix("SIG").lower()

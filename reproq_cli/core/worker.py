@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from reproq_cli import __version__
@@ -35,8 +36,9 @@ from reproq_cli.core.httpserver import HttpSettings, start_http
 from reproq_cli.core.logs import Logger
 from reproq_cli.core.memory import start_memory_logger
 from reproq_cli.core.metrics import FAILURE, SUCCESS, Collector, Metrics, timed
+from reproq_cli.core.pool import ExecutorPool
 from reproq_cli.db.tasks import FencingError, TaskStore
-from reproq_cli.errors import DatabaseError
+from reproq_cli.errors import ConfigError, DatabaseError
 from reproq_cli.models import ClaimedTask, Failure
 
 REGISTRY_INTERVAL = 30.0
@@ -67,6 +69,9 @@ class WorkerSettings:
     burst: bool = False
     max_tasks: int = 0
     low_memory: bool = False
+    executor: str = "spawn"
+    pool_max_tasks: int = 1000
+    pool_max_memory_mb: int = 512
 
     @classmethod
     def from_config(
@@ -100,6 +105,9 @@ class WorkerSettings:
             burst=burst,
             max_tasks=max_tasks,
             low_memory=is_truthy(env.get("LOW_MEMORY_MODE")),
+            executor=w["executor"],
+            pool_max_tasks=w["pool_max_tasks"],
+            pool_max_memory_mb=w["pool_max_memory_mb"],
         )
 
 
@@ -111,7 +119,23 @@ def run_worker(
         log.warn("Low memory mode enabled; metrics/health/events disabled", env="LOW_MEMORY_MODE")
     metrics = Metrics()
     broker = EventBroker() if http is not None and not settings.low_memory else None
-    worker = Worker(settings, store, log, metrics=metrics, events=broker)
+    pool = None
+    if settings.executor == "pool":
+        pool = ExecutorPool(
+            settings.exec_spec,
+            size=settings.concurrency,
+            max_tasks=settings.pool_max_tasks,
+            max_memory_mb=settings.pool_max_memory_mb,
+            on_replace=lambda pid, why: log.info("Executor process replaced", pid=pid, reason=why),
+        )
+        try:
+            pool.start()
+        except InfraError as exc:
+            raise ConfigError(
+                f"cannot start the executor pool: {exc}",
+                hint="check worker.python_bin (--python-bin) and worker.executor_module",
+            ) from None
+    worker = Worker(settings, store, log, metrics=metrics, events=broker, pool=pool)
 
     def healthy() -> bool:
         try:
@@ -136,6 +160,8 @@ def run_worker(
         stop_collector.set()
         if server is not None:
             server.stop()
+        if pool is not None:
+            pool.close()
 
 
 class Worker:
@@ -147,8 +173,10 @@ class Worker:
         *,
         metrics: Metrics | None = None,
         events: EventSink | None = None,
+        pool: ExecutorPool | None = None,
     ) -> None:
         self.settings = settings
+        self.pool = pool
         self.store = store
         self.log = log
         # Runner metrics are kept even without an HTTP server, as in the Go worker.
@@ -379,8 +407,8 @@ class Worker:
         limit = policy.effective_timeout(task, s.exec_timeout)
         started = time.perf_counter()
         try:
-            result = run_attempt(
-                s.exec_spec,
+            run = self.pool.run_attempt if self.pool else partial(run_attempt, s.exec_spec)
+            result = run(
                 result_id=task.result_id,
                 attempt=task.attempts,
                 payload=task.spec_text,

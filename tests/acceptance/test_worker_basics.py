@@ -12,6 +12,10 @@ import pytest
 
 from tests.support.harness import enqueue, row, wait_for
 
+# Every executor must behave the same; tests about spawn-only details say so themselves.
+pytestmark = pytest.mark.executors("spawn", "pool")
+SPAWN_ONLY = pytest.mark.executors("spawn")
+
 
 def test_success_and_registry(conn, workers):
     rid = enqueue(conn, "add", 2, 3)
@@ -92,6 +96,7 @@ def test_retry_then_success(conn, workers):
     assert len(task["errors_json"]) == 1
 
 
+@SPAWN_ONLY
 def test_invalid_spec_is_failed_with_reason(conn, workers):
     # Only rows from before the check constraint can lack a task_path; make one.
     conn.execute("ALTER TABLE task_runs DROP CONSTRAINT task_runs_task_path_not_empty")
@@ -108,6 +113,7 @@ def test_invalid_spec_is_failed_with_reason(conn, workers):
     assert "Invalid task spec" in run.messages()
 
 
+@SPAWN_ONLY
 def test_garbage_spec_json_is_recorded_not_lost(conn, workers):
     rid = conn.execute(
         "INSERT INTO task_runs (spec_json, spec_hash, task_path, max_attempts)"
@@ -120,6 +126,7 @@ def test_garbage_spec_json_is_recorded_not_lost(conn, workers):
     assert "list indices" in task["last_error"]
 
 
+@SPAWN_ONLY
 def test_disallowed_module_never_runs(conn, workers, tmp_path):
     marker = tmp_path / "ran"
     rid = enqueue(conn, "tests.support.tasks.touch", str(marker))
@@ -136,12 +143,14 @@ def test_disallowed_module_never_runs(conn, workers, tmp_path):
     assert "Task rejected by validator" in run.messages()
 
 
+@SPAWN_ONLY
 def test_prefix_is_not_a_module_boundary_bypass(conn, workers):
     rid = enqueue(conn, "tests.support.tasks.add", 1, 1)
     workers.run(allowed_task_modules=["tests.support.tasks_"])
     assert row(conn, rid)["errors_json"][0]["kind"] == "security_violation"
 
 
+@SPAWN_ONLY
 def test_oversized_payload_fails_without_running(conn, workers, tmp_path):
     marker = tmp_path / "ran"
     rid = enqueue(conn, "touch", str(marker), "x" * 500)
@@ -218,6 +227,7 @@ def test_cancellation_stops_the_task(conn, workers):
     assert workers.finish(proc).returncode == 0
 
 
+@SPAWN_ONLY
 @pytest.mark.parametrize("mode", ["stdin", "file", "inline"])
 def test_payload_modes(conn, workers, tmp_path, mode):
     rid = enqueue(conn, "echo", 1, "two", kwargs={"three": 3})
@@ -239,6 +249,7 @@ def test_payload_modes(conn, workers, tmp_path, mode):
         )
 
 
+@SPAWN_ONLY
 def test_inline_rejected_in_production(conn, workers):
     run = workers.run("--payload-mode", "inline", env={"REPROQ_PRODUCTION": "1"})
     assert run.returncode == 1
@@ -277,6 +288,7 @@ def test_child_killed_by_signal(conn, workers):
     assert task["last_error"] == "terminated by signal 9 (SIGKILL)"
 
 
+@SPAWN_ONLY
 def test_invalid_envelope(conn, workers):
     rid = enqueue(conn, "corrupt_stdout", columns={"max_attempts": 1})
     workers.run()
@@ -285,6 +297,7 @@ def test_invalid_envelope(conn, workers):
     )
 
 
+@SPAWN_ONLY
 def test_missing_python_is_an_infra_error_that_stops_retrying(conn, workers):
     rid = enqueue(conn, "add", 1, 2, columns={"max_attempts": 2})
     workers.run(python_bin="/nonexistent/python")
@@ -307,6 +320,7 @@ def test_max_tasks(conn, workers):
     assert statuses.count("READY") == 3
 
 
+@SPAWN_ONLY
 def test_help_lists_every_go_flag_with_defaults():
     result = subprocess.run(
         [sys.executable, "-m", "reproq_cli", "worker", "--help"],
@@ -350,6 +364,7 @@ def test_help_lists_every_go_flag_with_defaults():
         assert fragment in segment, (flag, segment)
 
 
+@SPAWN_ONLY
 def test_bad_flag_value_is_a_usage_error(workers):
     run = workers.run("--concurrency", "0")
     assert run.returncode == 2
@@ -359,6 +374,7 @@ def test_bad_flag_value_is_a_usage_error(workers):
     assert "stdin, file, inline" in run.stderr
 
 
+@SPAWN_ONLY
 def test_low_memory_mode_and_memory_logger(conn, workers):
     enqueue(conn, "add", 1, 1)
     run = workers.run(env={"LOW_MEMORY_MODE": "yes", "REPROQ_MEMORY_LOG_INTERVAL": "30s"})
@@ -368,12 +384,14 @@ def test_low_memory_mode_and_memory_logger(conn, workers):
     assert memory["rss_bytes"] > 10_000_000
 
 
+@SPAWN_ONLY
 def test_invalid_memory_log_interval_is_reported(conn, workers):
     run = workers.run(env={"REPROQ_MEMORY_LOG_INTERVAL": "soon"})
     assert "Invalid REPROQ_MEMORY_LOG_INTERVAL; skipping memory logger" in run.messages()
     assert "reproq memory usage" not in run.messages()
 
 
+@SPAWN_ONLY
 def test_text_log_format(conn, workers):
     enqueue(conn, "add", 1, 1)
     run = workers.run("--log-format", "text")
@@ -382,6 +400,7 @@ def test_text_log_format(conn, workers):
     assert " INFO  Task successful  worker_id=" in run.stdout
 
 
+@SPAWN_ONLY
 def test_unreachable_database_is_one_line(workers):
     workers.dsn = "postgresql://u:pw@127.0.0.1:1/none"
     run = workers.run()
@@ -390,6 +409,7 @@ def test_unreachable_database_is_one_line(workers):
     assert "Traceback" not in run.stderr
 
 
+@SPAWN_ONLY
 def test_unmigrated_database_is_one_line(workers, empty_db_dsn):
     workers.dsn = empty_db_dsn
     run = workers.run()
@@ -398,6 +418,7 @@ def test_unmigrated_database_is_one_line(workers, empty_db_dsn):
     assert "hint: run `reproq migrate`" in run.stderr
 
 
+@SPAWN_ONLY
 def test_burst_gives_up_when_every_poll_fails(conn, workers):
     enqueue(conn, "add", 1, 1)
     # tables exist (the start-up check passes) but the claim statement cannot run

@@ -9,6 +9,8 @@ import pytest
 
 from tests.support.harness import enqueue, row, wait_for
 
+pytestmark = pytest.mark.executors("spawn", "pool")
+
 
 def _all_done(conn, count: int) -> bool:
     done = conn.execute("SELECT count(*) FROM task_runs WHERE status = 'SUCCESSFUL'").fetchone()[0]

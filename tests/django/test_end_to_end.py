@@ -14,12 +14,12 @@ from reproq_django.workflows import chain, chord, group
 from tests.django.sampleapp import tasks
 from tests.support.harness import WorkerFactory
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.executors("spawn", "pool")]
 
 
 @pytest.fixture
-def django_workers(tmp_path):
-    factory = WorkerFactory(os.environ["REPROQ_TEST_DJANGO_DSN"], tmp_path)
+def django_workers(tmp_path, executor_kind):
+    factory = WorkerFactory(os.environ["REPROQ_TEST_DJANGO_DSN"], tmp_path, executor=executor_kind)
     yield factory
     factory.cleanup()
 

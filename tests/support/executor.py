@@ -20,7 +20,50 @@ import sys
 import traceback
 
 
+def run(spec_text: str, result_id: int, attempt: int, payload_mode: str) -> tuple[bool, str]:
+    """Run the spec's task: (ok, envelope JSON). Task prints go to stderr."""
+    os.environ["REPROQ_ATTEMPT"] = str(attempt)
+    os.environ["REPROQ_RESULT_ID"] = str(result_id)
+    os.environ["REPROQ_PAYLOAD_MODE"] = payload_mode
+    os.environ["REPROQ_PAYLOAD_RAW"] = spec_text
+    try:
+        spec = json.loads(spec_text)
+        module_name, _, func_name = spec["task_path"].rpartition(".")
+        func = getattr(importlib.import_module(module_name), func_name)
+        with contextlib.redirect_stdout(io.StringIO()) as captured:
+            value = func(*spec.get("args", []), **spec.get("kwargs", {}))
+        sys.stderr.write(captured.getvalue())
+        return True, json.dumps({"ok": True, "return": value})
+    except BaseException as exc:  # the envelope reports everything, SystemExit included
+        return False, json.dumps(
+            {
+                "ok": False,
+                "exception_class": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                "message": str(exc),
+                "traceback": traceback.format_exc(),
+            }
+        )
+
+
+def serve() -> int:
+    """The pool protocol of reproq_django.executor --serve, without Django."""
+    protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    protocol.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    protocol.flush()
+    for line in sys.stdin:
+        request = json.loads(line)
+        task_stderr = io.StringIO()
+        with contextlib.redirect_stderr(task_stderr):
+            _, text = run(request["spec"], request["result_id"], request["attempt"], "pool")
+        protocol.write(f'{{"result": {text}, "stderr": {json.dumps(task_stderr.getvalue())}}}\n')
+        protocol.flush()
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:] == ["--serve"]:
+        return serve()
     parser = argparse.ArgumentParser()
     parser.add_argument("--result-id", type=int, required=True)
     parser.add_argument("--attempt", type=int, required=True)
@@ -40,35 +83,9 @@ def main() -> int:
     else:
         raw = args.payload_json
         payload_mode = "inline"
-    os.environ["REPROQ_ATTEMPT"] = str(args.attempt)
-    os.environ["REPROQ_RESULT_ID"] = str(args.result_id)
-    os.environ["REPROQ_PAYLOAD_MODE"] = payload_mode
-    os.environ["REPROQ_PAYLOAD_RAW"] = raw
-
-    real_stdout = sys.stdout
-    try:
-        spec = json.loads(raw)
-        module_name, _, func_name = spec["task_path"].rpartition(".")
-        func = getattr(importlib.import_module(module_name), func_name)
-        # Task prints must not corrupt the envelope: they go to stderr, as in reproq_django.
-        with contextlib.redirect_stdout(io.StringIO()) as captured:
-            value = func(*spec.get("args", []), **spec.get("kwargs", {}))
-        sys.stderr.write(captured.getvalue())
-    except BaseException as exc:  # the envelope reports everything, SystemExit included
-        real_stdout.write(
-            json.dumps(
-                {
-                    "ok": False,
-                    "exception_class": f"{type(exc).__module__}.{type(exc).__qualname__}",
-                    "message": str(exc),
-                    "traceback": traceback.format_exc(),
-                }
-            )
-            + "\n"
-        )
-        return 1
-    real_stdout.write(json.dumps({"ok": True, "return": value}) + "\n")
-    return 0
+    ok, text = run(raw, args.result_id, args.attempt, payload_mode)
+    sys.stdout.write(text + "\n")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -137,9 +137,10 @@ def parse_logs(stdout: str) -> list[dict[str, Any]]:
 class WorkerFactory:
     """Runs `reproq worker` processes against one test database."""
 
-    def __init__(self, dsn: str, workdir: Path) -> None:
+    def __init__(self, dsn: str, workdir: Path, *, executor: str = "spawn") -> None:
         self.dsn = dsn
         self.workdir = workdir
+        self.executor = executor
         self.processes: list[subprocess.Popen[str]] = []
         # Output goes to files, never to pipes nobody reads: a full pipe would block the
         # worker's logging and stall it.
@@ -152,6 +153,7 @@ class WorkerFactory:
             "allowed_task_modules": ["tests.support."],
             "poll_min_backoff": "10ms",
             "poll_max_backoff": "50ms",
+            "executor": self.executor,
             **worker,
         }
         path = self.workdir / "reproq.yaml"

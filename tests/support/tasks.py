@@ -87,3 +87,18 @@ def touch(path: str) -> str:
     with open(path, "a") as handle:
         handle.write(os.environ["REPROQ_RESULT_ID"] + "\n")
     return path
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+_HELD: list[bytearray] = []
+
+
+def hold_memory(megabytes: int) -> int:
+    """Keeps ``megabytes`` alive in this process after the task returns (a leak)."""
+    block = bytearray(megabytes * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])  # touch every page so it counts in RSS
+    _HELD.append(block)
+    return os.getpid()

@@ -1,0 +1,357 @@
+"""Warm executor processes (``--executor pool``): Django starts once, tasks stay isolated.
+
+Each pool process is ``<python_bin> -m <executor_module> --serve`` in its own session. It
+speaks JSON lines:
+
+- it announces itself with ``{"ready": true, "pid": N}`` once set up;
+- the worker sends one request per task, ``{"result_id": N, "attempt": A, "spec": "<text>"}``;
+- it answers ``{"result": <envelope>, "stderr": "<what the task wrote>"}``.
+
+A process runs one task at a time. The isolation rules: a process is replaced after
+``pool_max_tasks`` tasks or when its RSS passes ``pool_max_memory_mb`` after a task; a task
+that times out, is cancelled or is stopped by shutdown has its process group killed and the
+process replaced; a process that dies fails only the task it was running, with the signal or
+exit status as the reason. Results, errors, retries and leases are the worker's business and
+behave exactly as with a fresh process per task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from reproq_cli.core.executor import (
+    KILL_GRACE_SECONDS,
+    PIPE_DRAIN_SECONDS,
+    TICK_SECONDS,
+    BoundedBuffer,
+    ExecResult,
+    ExecSpec,
+    InfraError,
+    kill_group,
+    parse_envelope,
+    wait_error,
+)
+
+# Django set-up in a fresh process; a process that is not ready by then is considered broken.
+STARTUP_TIMEOUT = 120.0
+RETIRE_GRACE = 5.0
+
+
+class PoolProcess:
+    def __init__(
+        self, spec: ExecSpec, env: dict[str, str] | None = None, cwd: str | None = None
+    ) -> None:
+        self.spec = spec
+        try:
+            self.proc = subprocess.Popen(
+                [spec.python_bin, "-m", spec.executor_module, "--serve"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # its own process group: a kill reaches grandchildren
+                env=env,
+                cwd=cwd,
+            )
+        except OSError as exc:
+            raise InfraError(f"cannot start {spec.python_bin!r}: {exc.strerror or exc}") from None
+        self.tasks = 0
+        self.ready = False
+        self._lines: queue.Queue[bytes | None] = queue.Queue()
+        self._err = BoundedBuffer(spec.max_stderr_bytes)
+        self._err_lock = threading.Lock()
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        threading.Thread(target=self._read_lines, args=(self.proc.stdout,), daemon=True).start()
+        self._stderr_reader = threading.Thread(
+            target=self._read_stderr, args=(self.proc.stderr,), daemon=True
+        )
+        self._stderr_reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read_lines(self, stream: IO[bytes]) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for line in iter(stream.readline, b""):
+                self._lines.put(line)
+        self._lines.put(None)  # end of stream: the process is gone or going
+
+    def _read_stderr(self, stream: IO[bytes]) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for chunk in iter(lambda: stream.read1(65536), b""):
+                with self._err_lock:
+                    self._err.write(chunk)
+
+    def take_stderr(self, *, until_closed: bool = False) -> BoundedBuffer:
+        """What the process wrote to stderr since the last call (its task's stray output).
+
+        ``until_closed``: the process has ended; wait (briefly) for its last words first.
+        """
+        if until_closed:
+            self._stderr_reader.join(timeout=PIPE_DRAIN_SECONDS)
+        with self._err_lock:
+            taken, self._err = self._err, BoundedBuffer(self.spec.max_stderr_bytes)
+        return taken
+
+    def next_line(
+        self, deadline: float, tick: Callable[[], str | None] | None
+    ) -> tuple[bytes | None, bool, str | None]:
+        """(line or None at end of stream, timed out, stopped_for) — whichever comes first."""
+        while True:
+            try:
+                return self._lines.get(timeout=TICK_SECONDS), False, None
+            except queue.Empty:
+                pass
+            if time.monotonic() >= deadline:
+                return None, True, None
+            reason = tick() if tick is not None else None
+            if reason:
+                return None, False, reason
+
+    def send(self, request: dict[str, object]) -> bool:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(request).encode("utf-8") + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+        return True
+
+    def rss_bytes(self) -> int:
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return 0
+
+    def kill(self) -> int:
+        """SIGTERM the process group, SIGKILL after the grace; returns the exit status."""
+        kill_group(self.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=KILL_GRACE_SECONDS)
+        kill_group(self.pid, signal.SIGKILL)
+        return self.proc.wait()
+
+    def retire(self) -> None:
+        """Ask politely (end of input ends the serve loop), then insist."""
+        with contextlib.suppress(OSError, ValueError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=RETIRE_GRACE)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+
+
+class ExecutorPool:
+    """``size`` warm processes; ``run_attempt`` matches executor.run_attempt's contract."""
+
+    def __init__(
+        self,
+        spec: ExecSpec,
+        *,
+        size: int,
+        max_tasks: int,
+        max_memory_mb: int,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        on_replace: Callable[[int, str], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.size = size
+        self.max_tasks = max_tasks
+        self.max_memory = max_memory_mb * 1024 * 1024
+        self.env = env
+        self.cwd = cwd
+        self.on_replace = on_replace
+        self.replaced = 0
+        self._idle: queue.LifoQueue[PoolProcess | None] = queue.LifoQueue()
+        self._closed = False
+
+    def start(self) -> None:
+        """Start every process now; they set up in parallel while the worker begins claiming.
+
+        A process that cannot even be started (no such interpreter) is reported here, once,
+        rather than on every task.
+        """
+        for _ in range(self.size):
+            self._idle.put(PoolProcess(self.spec, self.env, self.cwd))
+
+    def _checkout(self) -> PoolProcess:
+        while True:
+            process = self._idle.get()
+            if process is None:  # a slot whose replacement could not be started
+                return PoolProcess(self.spec, self.env, self.cwd)
+            if process.proc.poll() is None:
+                return process
+            self._replace(process, "exited while idle", kill=False)
+
+    def _checkin(self, process: PoolProcess) -> None:
+        if self._closed:
+            process.retire()
+            return
+        self._idle.put(process)
+
+    def _replace(self, process: PoolProcess, reason: str, *, kill: bool) -> None:
+        """Put a fresh process in this one's place; the old one is stopped in the background."""
+        self.replaced += 1
+        if self.on_replace is not None:
+            self.on_replace(process.pid, reason)
+        if kill:
+            process.kill()
+        else:
+            threading.Thread(target=process.retire, daemon=True).start()
+        if self._closed:
+            return
+        try:
+            self._idle.put(PoolProcess(self.spec, self.env, self.cwd))
+        except InfraError:
+            self._idle.put(None)  # try again at the next checkout
+
+    def run_attempt(
+        self,
+        *,
+        result_id: int,
+        attempt: int,
+        payload: str,
+        timeout: float,
+        tick: Callable[[], str | None] | None = None,
+    ) -> ExecResult:
+        if len(payload.encode("utf-8")) > self.spec.max_payload_bytes:
+            size = len(payload.encode("utf-8"))
+            raise InfraError(
+                f"payload size {size} exceeds limit {self.spec.max_payload_bytes}", retryable=False
+            )
+        process = self._checkout()
+        started = time.monotonic()
+        deadline = started + timeout
+        if not process.ready:
+            line, timed_out, stopped_for = process.next_line(
+                min(deadline, started + STARTUP_TIMEOUT), tick
+            )
+            if timed_out and time.monotonic() < deadline:
+                process.kill()
+                self._replace(process, "not ready in time", kill=False)
+                raise InfraError(f"executor pool process was not ready within {STARTUP_TIMEOUT:g}s")
+            if line is None or timed_out or stopped_for:
+                return self._lost(process, started, timed_out, stopped_for, during_startup=True)
+            process.ready = True  # the line is the ready announcement
+            process.take_stderr()  # set-up chatter belongs to no task
+        if not process.send({"result_id": result_id, "attempt": attempt, "spec": payload}):
+            return self._lost(process, started, False, None, during_startup=False)
+        line, timed_out, stopped_for = process.next_line(deadline, tick)
+        if line is None:
+            return self._lost(process, started, timed_out, stopped_for, during_startup=False)
+        duration = time.monotonic() - started
+        err = process.take_stderr()
+        result_text, task_stderr = _decode_response(line)
+        err.write(task_stderr.encode("utf-8"))
+        envelope = parse_envelope(result_text)
+        process.tasks += 1
+        self._recycle_or_keep(process)
+        result = ExecResult(
+            stdout=result_text,
+            stderr=err.text(),
+            returncode=0 if envelope.ok else 1,
+            duration=duration,
+        )
+        result.envelope = envelope
+        return result
+
+    def _recycle_or_keep(self, process: PoolProcess) -> None:
+        if process.tasks >= self.max_tasks:
+            self._replace(process, f"ran {process.tasks} tasks", kill=False)
+        elif self.max_memory and (rss := process.rss_bytes()) > self.max_memory:
+            self._replace(process, f"RSS {rss // (1024 * 1024)} MB over the limit", kill=False)
+        else:
+            self._checkin(process)
+
+    def _lost(
+        self,
+        process: PoolProcess,
+        started: float,
+        timed_out: bool,
+        stopped_for: str | None,
+        *,
+        during_startup: bool,
+    ) -> ExecResult:
+        """The process cannot go on: stopped by us (timeout, cancel, shutdown) or died."""
+        if timed_out or stopped_for:
+            returncode = process.kill()
+            reason = "timed out" if timed_out else stopped_for or "stopped"
+        else:
+            try:
+                returncode = process.proc.wait(timeout=KILL_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:  # stdout closed but still alive: make sure
+                returncode = process.kill()
+            reason = "died during start-up" if during_startup else "died"
+        err = process.take_stderr(until_closed=True)
+        last_words = _last_line(err.text(with_marker=False))
+        self._replace(process, reason, kill=False)
+        if not (timed_out or stopped_for) and returncode != 0:
+            err.write(wait_error(returncode).encode())
+        result = ExecResult(
+            stdout="",
+            stderr=err.text(),
+            returncode=returncode,
+            duration=time.monotonic() - started,
+            timed_out=timed_out,
+            stopped_for=stopped_for,
+        )
+        if not timed_out and stopped_for is None:
+            if during_startup:
+                raise InfraError(
+                    "executor pool process exited before it was ready: "
+                    + (last_words or wait_error(returncode))
+                )
+            result.envelope = parse_envelope("")
+        return result
+
+    def close(self) -> None:
+        """Retire idle processes; busy ones are finished by their task threads."""
+        self._closed = True
+        retiring = []
+        while True:
+            try:
+                process = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if process is not None:
+                thread = threading.Thread(target=process.retire, daemon=True)
+                thread.start()
+                retiring.append(thread)
+        for thread in retiring:
+            thread.join(timeout=RETIRE_GRACE + KILL_GRACE_SECONDS + 1)
+
+
+def _decode_response(line: bytes) -> tuple[str, str]:
+    """(the envelope as JSON text, the task's stderr); a garbled line fails the envelope."""
+    try:
+        response = json.loads(line)
+    except ValueError:
+        return line.decode("utf-8", errors="replace"), ""
+    if not isinstance(response, dict) or "result" not in response:
+        return line.decode("utf-8", errors="replace"), ""
+    stderr = response.get("stderr")
+    return json.dumps(response["result"]), stderr if isinstance(stderr, str) else ""
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else ""

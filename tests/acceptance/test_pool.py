@@ -1,0 +1,94 @@
+"""`reproq worker --executor pool`: warm processes, and the rules that keep tasks isolated.
+
+The behaviour shared with spawn mode (results, retries, timeouts, cancellation, signals,
+leases, locks) is covered by test_worker_basics and test_worker_reliability, which run in
+both modes; this file covers what only a pool has.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.harness import enqueue, row
+
+pytestmark = pytest.mark.executors("pool")
+
+
+def _pids(conn, ids: list[int]) -> list[int]:
+    return [row(conn, rid)["return_json"] for rid in ids]
+
+
+def test_a_process_serves_many_tasks(conn, workers):
+    ids = [enqueue(conn, "pid", unique=str(n)) for n in range(6)]
+    run = workers.run("--concurrency", "1")
+    assert run.returncode == 0, run.stderr
+    assert len(set(_pids(conn, ids))) == 1
+
+
+def test_processes_are_recycled_after_max_tasks(conn, workers):
+    ids = [enqueue(conn, "pid", unique=str(n)) for n in range(5)]
+    run = workers.run("--concurrency", "1", "--pool-max-tasks", "2")
+    pids = _pids(conn, ids)
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+    replaced = [e for e in run.logs if e["msg"] == "Executor process replaced"]
+    assert [e["reason"] for e in replaced[:2]] == ["ran 2 tasks", "ran 2 tasks"]
+
+
+def test_processes_are_recycled_above_the_memory_limit(conn, workers):
+    big = enqueue(conn, "hold_memory", 120)
+    after = enqueue(conn, "pid", columns={"priority": -1})  # runs second
+    run = workers.run("--concurrency", "1", "--pool-max-memory-mb", "100")
+    assert row(conn, big)["status"] == "SUCCESSFUL"
+    assert row(conn, after)["return_json"] != row(conn, big)["return_json"]
+    reasons = [e["reason"] for e in run.logs if e["msg"] == "Executor process replaced"]
+    assert any(r.startswith("RSS ") and r.endswith("MB over the limit") for r in reasons), reasons
+
+
+def test_a_crash_fails_only_its_task(conn, workers):
+    crash = enqueue(conn, "kill_self", 9, columns={"max_attempts": 1})
+    ids = [enqueue(conn, "pid", unique=str(n), columns={"priority": -1}) for n in range(3)]
+    run = workers.run("--concurrency", "1")
+    task = row(conn, crash)
+    assert task["status"] == "FAILED"
+    assert task["last_error"] == "terminated by signal 9 (SIGKILL)"
+    assert all(row(conn, rid)["status"] == "SUCCESSFUL" for rid in ids)
+    assert any(e["msg"] == "Executor process replaced" for e in run.logs)
+
+
+def test_a_timeout_replaces_the_process(conn, workers):
+    slow = enqueue(conn, "sleep", 30, columns={"timeout_seconds": 1, "max_attempts": 1})
+    before = enqueue(conn, "pid", columns={"priority": 5})
+    after = enqueue(conn, "pid", unique="after", columns={"priority": -5})
+    workers.run("--concurrency", "1")
+    assert row(conn, slow)["errors_json"][0]["kind"] == "timeout"
+    assert row(conn, before)["return_json"] != row(conn, after)["return_json"]
+
+
+def test_writes_to_file_descriptor_1_cannot_corrupt_the_protocol(conn, workers, tmp_path):
+    # In spawn mode the same task fails with "Invalid JSON on stdout" (test_worker_basics).
+    rid = enqueue(conn, "corrupt_stdout")
+    logs = tmp_path / "logs"
+    workers.run("--logs-dir", str(logs))
+    task = row(conn, rid)
+    assert task["status"] == "SUCCESSFUL"
+    assert "this is not json" in (logs / f"task-{rid}-attempt-1.log").read_text()
+
+
+def test_an_interpreter_that_cannot_start_stops_the_worker(conn, workers):
+    rid = enqueue(conn, "add", 1, 2)
+    run = workers.run(python_bin="/nonexistent/python")
+    assert run.returncode == 1
+    first = run.stderr.strip().splitlines()[0]
+    assert first.startswith("error: cannot start the executor pool: cannot start '/nonexistent")
+    assert row(conn, rid)["status"] == "READY"  # nothing claimed, nothing lost
+
+
+def test_an_executor_that_dies_at_start_up_is_an_infra_error(conn, workers):
+    rid = enqueue(conn, "add", 1, 2, columns={"max_attempts": 1})
+    workers.run(executor_module="tests.support.no_such_module")
+    task = row(conn, rid)
+    assert task["status"] == "FAILED"
+    (error,) = task["errors_json"]
+    assert error["kind"] == "infra_error"
+    assert error["message"].startswith("executor pool process exited before it was ready: ")
+    assert "No module named tests.support.no_such_module" in error["message"]

@@ -1,0 +1,95 @@
+"""`python -m reproq_django.executor --serve`: the pool protocol, spoken directly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.django.support import sqlite_env
+
+
+class Server:
+    def __init__(self, **env: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reproq_django.executor", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=sqlite_env(**env),
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.ready = json.loads(self.proc.stdout.readline())
+
+    def ask(self, spec: dict | str, result_id: int = 0, attempt: int = 1) -> dict:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        text = spec if isinstance(spec, str) else json.dumps(spec)
+        request = {"result_id": result_id, "attempt": attempt, "spec": text}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> tuple[int, str]:
+        assert self.proc.stdin is not None and self.proc.stderr is not None
+        self.proc.stdin.close()
+        code = self.proc.wait(timeout=30)
+        return code, self.proc.stderr.read()
+
+
+def task(name: str, *args, **extra) -> dict:
+    return {"task_path": f"tests.django.sampleapp.tasks.{name}", "args": list(args), **extra}
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    if s.proc.poll() is None:
+        s.proc.kill()
+        s.proc.wait()
+
+
+def test_ready_then_one_answer_per_request(server):
+    assert server.ready == {"ready": True, "pid": server.proc.pid}
+    assert server.ask(task("add", 2, 3)) == {"result": {"ok": True, "return": 5}, "stderr": ""}
+    failed = server.ask(task("explode", "bad"))["result"]
+    assert failed["ok"] is False
+    assert failed["exception_class"] == "builtins.ValueError"
+    assert failed["message"] == "bad"
+    # the same process goes on after a failure
+    assert server.ask(task("add", 1, 1))["result"] == {"ok": True, "return": 2}
+    assert server.close()[0] == 0  # end of input ends the loop
+
+
+def test_task_output_is_returned_with_its_task(server):
+    answer = server.ask(task("shout", "hi"))
+    assert answer["result"] == {"ok": True, "return": "HI"}
+    assert "Task wrote" in answer["stderr"] and "suppressed" in answer["stderr"]
+    assert server.ask(task("add", 0, 0))["stderr"] == ""
+
+
+def test_bad_requests_get_failed_envelopes(server):
+    assert server.ask("not json")["result"]["exception_class"] == "PayloadError"
+    assert server.ask("[1, 2]")["result"]["exception_class"] == "PayloadError"
+    missing = server.ask(task("nope"))["result"]
+    assert missing["exception_class"] == "ImportError"
+    other = server.ask(task("add", 1, 2, django={"settings_module": "other.settings"}))
+    assert other["result"]["exception_class"] == "ImproperlyConfigured"
+    assert "'tests.django.settings'" in other["result"]["message"]
+    assert server.ask(task("add", 1, 2))["result"]["ok"] is True
+
+
+def test_broken_settings_fail_each_task_with_the_reason():
+    server = Server(DJANGO_SETTINGS_MODULE="no.such.settings")
+    try:
+        assert server.ready["ready"] is True
+        for _ in range(2):
+            result = server.ask(task("add", 1, 2))["result"]
+            assert result["ok"] is False
+            assert result["exception_class"] == "ImproperlyConfigured"
+            assert result["message"] == "No module named 'no'"
+    finally:
+        server.close()
