@@ -75,33 +75,66 @@ SELECT pg_advisory_unlock(%(key)s) AS unlocked;
 -- before committing (claim_key_lock, claim_key_recheck), closing the race two concurrent
 -- claimers would otherwise have.
 -- Params: queue, aging (seconds per +1 priority; <= 0 disables aging), lease_seconds, worker_id.
-WITH candidate AS (
-    -- Claimable: READY in this queue, due, queue not paused, its lock_key not held by a
-    -- RUNNING row, its concurrency_key below the row's limit. Highest (aged) priority first,
-    -- then oldest; rows another claimer has locked are skipped, never waited for.
+WITH RECURSIVE levels AS (
+    -- The distinct priorities of the queue's READY rows, highest first, by walking
+    -- idx_task_runs_claim: one index probe per level instead of sorting the whole backlog,
+    -- so a claim costs the same with a million READY rows as with ten.
+    (SELECT t.priority FROM task_runs t
+     WHERE t.status = 'READY' AND t.queue_name = %(queue)s
+     ORDER BY t.priority DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.priority FROM task_runs t
+            WHERE t.status = 'READY' AND t.queue_name = %(queue)s AND t.priority < l.priority
+            ORDER BY t.priority DESC LIMIT 1)
+    FROM levels l
+    WHERE l.priority IS NOT NULL
+),
+heads AS (
+    -- Per priority level, the oldest claimable rows: due (run_after passed), queue not
+    -- paused, lock_key not held by a RUNNING row, concurrency_key below the row's limit.
+    -- Aging adds age/aging to the priority, which grows with age, so the best row of the
+    -- whole queue is always among these heads; 64 per level leaves room for rows that
+    -- concurrent claimers hold.
+    SELECT h.result_id
+    FROM levels l
+    CROSS JOIN LATERAL (
+        SELECT t.result_id
+        FROM task_runs t
+        WHERE t.status = 'READY'
+          AND t.queue_name = %(queue)s
+          AND t.priority = l.priority
+          AND COALESCE(t.run_after, '-infinity'::timestamptz) <= now()
+          AND (
+              t.lock_key IS NULL
+              OR NOT EXISTS (
+                  SELECT 1 FROM task_runs r WHERE r.status = 'RUNNING' AND r.lock_key = t.lock_key
+              )
+          )
+          AND (
+              t.concurrency_key IS NULL OR t.concurrency_key = ''
+              OR COALESCE(t.concurrency_limit, 0) <= 0
+              OR (
+                  SELECT count(*) FROM task_runs r
+                  WHERE r.status = 'RUNNING' AND r.concurrency_key = t.concurrency_key
+              ) < t.concurrency_limit
+          )
+        ORDER BY t.enqueued_at
+        LIMIT 64
+    ) h
+    WHERE l.priority IS NOT NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM reproq_queue_controls qc WHERE qc.queue_name = %(queue)s AND qc.paused
+      )
+),
+candidate AS (
+    -- Highest score first, then oldest; rows another claimer has locked are skipped, never
+    -- waited for, and a row claimed since our snapshot fails the status re-check. The heads
+    -- are looked up by primary key (an array, so the planner cannot pick a hash join over
+    -- the whole table).
     SELECT t.result_id, t.task_path
     FROM task_runs t
-    WHERE t.status = 'READY'
-      AND t.queue_name = %(queue)s
-      AND COALESCE(t.run_after, '-infinity'::timestamptz) <= now()
-      AND NOT EXISTS (
-          SELECT 1 FROM reproq_queue_controls qc
-          WHERE qc.queue_name = t.queue_name AND qc.paused
-      )
-      AND (
-          t.lock_key IS NULL
-          OR NOT EXISTS (
-              SELECT 1 FROM task_runs r WHERE r.status = 'RUNNING' AND r.lock_key = t.lock_key
-          )
-      )
-      AND (
-          t.concurrency_key IS NULL OR t.concurrency_key = ''
-          OR COALESCE(t.concurrency_limit, 0) <= 0
-          OR (
-              SELECT count(*) FROM task_runs r
-              WHERE r.status = 'RUNNING' AND r.concurrency_key = t.concurrency_key
-          ) < t.concurrency_limit
-      )
+    WHERE t.result_id = ANY (ARRAY(SELECT h.result_id FROM heads h))
+      AND t.status = 'READY'
     ORDER BY
         t.priority + CASE
             WHEN %(aging)s::float8 > 0

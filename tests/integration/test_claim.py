@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import uuid
 
@@ -75,6 +76,48 @@ def test_priority_aging(conn, store):
     assert claim(store, aging=0).result_id == fresh_high
     conn.execute("UPDATE task_runs SET status = 'READY' WHERE result_id = %s", (fresh_high,))
     assert claim(store, aging=10).result_id == old_low
+
+
+def test_claim_order_matches_the_aged_score_across_levels(conn, store):
+    """The per-level walk must pick exactly what a full sort by aged score would."""
+    rng = random.Random(7)
+    expected = []
+    # distinct aged scores, so the expected order has no ties to argue about
+    for n, score in enumerate(rng.sample(range(10, 600), 60)):
+        priority = rng.choice([-2, 0, 3, 7])
+        age_minutes = score - priority
+        rid = enqueue(conn, "add", n, 0, unique=str(n), columns={"priority": priority})
+        conn.execute(
+            "UPDATE task_runs SET enqueued_at = now() - make_interval(mins => %s) "
+            "WHERE result_id = %s",
+            (age_minutes, rid),
+        )
+        # aging 60 s per point: one point per minute of age
+        expected.append((-score, rid))
+    for n in range(5):  # higher priority but not due: never claimed
+        enqueue(
+            conn,
+            "add",
+            n,
+            1,
+            unique=f"later{n}",
+            columns={"priority": 99, "run_after": "2999-01-01T00:00:00Z"},
+        )
+    got = [claim(store, aging=60).result_id for _ in range(60)]
+    assert got == [rid for _, rid in sorted(expected)]
+    assert claim(store, aging=60) is None
+
+
+def test_claim_looks_past_blocked_heads(conn, store):
+    holder = enqueue(conn, "add", 0, 0, columns={"lock_key": "L", "priority": 9})
+    assert claim(store).result_id == holder  # RUNNING now, holding L
+    for n in range(70):  # older than anything else at this level, all blocked by L
+        enqueue(conn, "add", n, 1, unique=str(n), columns={"lock_key": "L", "priority": 9})
+    free = enqueue(conn, "add", 1, 2, columns={"priority": 9})
+    low = enqueue(conn, "add", 1, 3, columns={"priority": 0})
+    assert claim(store).result_id == free
+    assert claim(store).result_id == low
+    assert claim(store) is None
 
 
 def test_run_after_in_the_future_waits(conn, store):
