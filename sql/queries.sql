@@ -198,6 +198,122 @@ RETURNING t.result_id, t.queue_name, t.priority, t.spec_json::text AS spec_text,
           t.enqueued_at, t.attempts, t.max_attempts, t.timeout_seconds, t.lock_key,
           t.concurrency_key, t.concurrency_limit, t.leased_until, t.task_path, t.workflow_id;
 
+-- name: claim_batch
+-- Lease up to %(n)s tasks of one queue in one autocommit statement, in claim order, but only
+-- "plain" ones: no lock_key, no concurrency limit and no active rate limit. Claiming stops
+-- at the first row that is not plain (claim_task takes that one, with its rechecks and its
+-- token), so the batch never jumps ahead of it and never weakens its rules.
+-- Params: queue, aging, n, lease_seconds, worker_id.
+WITH RECURSIVE levels AS (
+    (SELECT t.priority FROM task_runs t
+     WHERE t.status = 'READY' AND t.queue_name = %(queue)s
+     ORDER BY t.priority DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.priority FROM task_runs t
+            WHERE t.status = 'READY' AND t.queue_name = %(queue)s AND t.priority < l.priority
+            ORDER BY t.priority DESC LIMIT 1)
+    FROM levels l
+    WHERE l.priority IS NOT NULL
+),
+heads AS (
+    -- As in claim_task: per level, the oldest claimable rows (see there).
+    SELECT h.result_id
+    FROM levels l
+    CROSS JOIN LATERAL (
+        SELECT t.result_id
+        FROM task_runs t
+        WHERE t.status = 'READY'
+          AND t.queue_name = %(queue)s
+          AND t.priority = l.priority
+          AND COALESCE(t.run_after, '-infinity'::timestamptz) <= now()
+          AND (
+              t.lock_key IS NULL
+              OR NOT EXISTS (
+                  SELECT 1 FROM task_runs r WHERE r.status = 'RUNNING' AND r.lock_key = t.lock_key
+              )
+          )
+          AND (
+              t.concurrency_key IS NULL OR t.concurrency_key = ''
+              OR COALESCE(t.concurrency_limit, 0) <= 0
+              OR (
+                  SELECT count(*) FROM task_runs r
+                  WHERE r.status = 'RUNNING' AND r.concurrency_key = t.concurrency_key
+              ) < t.concurrency_limit
+          )
+        ORDER BY t.enqueued_at
+        LIMIT %(n)s + 64
+    ) h
+    WHERE l.priority IS NOT NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM reproq_queue_controls qc WHERE qc.queue_name = %(queue)s AND qc.paused
+      )
+),
+ranked AS (
+    -- The heads in claim order, each marked plain or not. The rate limit that applies is the
+    -- most specific existing row (task: > queue: > global), as in claim_task.
+    SELECT t.result_id,
+           row_number() OVER (
+               ORDER BY
+                   t.priority + CASE
+                       WHEN %(aging)s::float8 > 0
+                       THEN GREATEST(extract(epoch FROM now() - t.enqueued_at)::float8, 0)
+                            / %(aging)s::float8
+                       ELSE 0
+                   END DESC,
+                   t.enqueued_at ASC
+           ) AS position,
+           t.lock_key IS NULL
+           AND (t.concurrency_key IS NULL OR t.concurrency_key = ''
+                OR COALESCE(t.concurrency_limit, 0) <= 0)
+           AND NOT COALESCE(
+               (SELECT k.tokens_per_second > 0 AND k.burst_size > 0
+                FROM rate_limits k WHERE k.key = 'task:' || t.task_path),
+               (SELECT k.tokens_per_second > 0 AND k.burst_size > 0
+                FROM rate_limits k WHERE k.key = 'queue:' || %(queue)s),
+               (SELECT k.tokens_per_second > 0 AND k.burst_size > 0
+                FROM rate_limits k WHERE k.key = 'global'),
+               false
+           ) AS plain
+    FROM task_runs t
+    WHERE t.result_id = ANY (ARRAY(SELECT h.result_id FROM heads h))
+),
+chosen AS (
+    -- The plain rows before the first row that is not plain, at most n of them.
+    SELECT r.result_id, r.position
+    FROM ranked r
+    WHERE r.position < COALESCE((SELECT min(x.position) FROM ranked x WHERE NOT x.plain), 2147483647)
+    ORDER BY r.position
+    LIMIT %(n)s
+),
+locked AS (
+    -- Rows another claimer holds are skipped; one claimed since our snapshot fails the
+    -- status re-check.
+    SELECT t.result_id
+    FROM task_runs t
+    WHERE t.result_id = ANY (ARRAY(SELECT c.result_id FROM chosen c))
+      AND t.status = 'READY'
+    FOR UPDATE OF t SKIP LOCKED
+)
+UPDATE task_runs t
+SET status = 'RUNNING',
+    started_at = COALESCE(t.started_at, now()),
+    last_attempted_at = now(),
+    attempts = t.attempts + 1,
+    leased_until = now() + make_interval(secs => %(lease_seconds)s),
+    leased_by = %(worker_id)s,
+    worker_ids = COALESCE(t.worker_ids, '[]'::jsonb) || jsonb_build_array(%(worker_id)s::text),
+    updated_at = now()
+FROM locked
+WHERE t.result_id = locked.result_id
+RETURNING t.result_id, t.queue_name, t.priority, t.spec_json::text AS spec_text, t.spec_hash,
+          t.enqueued_at, t.attempts, t.max_attempts, t.timeout_seconds, t.lock_key,
+          t.concurrency_key, t.concurrency_limit, t.leased_until, t.task_path, t.workflow_id;
+
+-- name: prefer_generic_plans
+-- The worker runs a handful of statements thousands of times; planning them anew for each
+-- execution costs more than running them. Affects only this session's prepared statements.
+SET plan_cache_mode = force_generic_plan;
+
 -- name: claim_key_lock
 -- Serializes claimers of one lock_key or concurrency_key until their transaction ends.
 SELECT pg_advisory_xact_lock(hashtextextended(%(name)s, 0));
@@ -224,59 +340,77 @@ WHERE result_id = %(result_id)s AND leased_by = %(worker_id)s AND status = 'RUNN
 RETURNING cancel_requested;
 
 -- name: complete_success
--- Fenced: only the lease holder completes a RUNNING row.
-UPDATE task_runs
-SET status = 'SUCCESSFUL',
-    finished_at = now(),
-    return_json = %(return_json)s::jsonb,
-    last_error = NULL,
-    failed_at = NULL,
-    leased_until = NULL,
-    leased_by = NULL,
-    logs_uri = COALESCE(%(logs_uri)s, logs_uri),
-    updated_at = now()
-WHERE result_id = %(result_id)s AND leased_by = %(worker_id)s AND status = 'RUNNING'
-RETURNING workflow_id;
-
--- name: release_chain_children
--- A chain child waits for its parent; the parent's success releases it.
-UPDATE task_runs
-SET wait_count = wait_count - 1,
-    status = CASE WHEN wait_count - 1 <= 0 THEN 'READY' ELSE 'WAITING' END,
-    updated_at = now()
-WHERE parent_id = %(result_id)s AND status = 'WAITING';
-
--- name: workflow_member_succeeded
--- Chord bookkeeping for a successful task: the callback's success ends the workflow; a
--- member's success counts and, with the last member, releases the callback. Unlike the Go
--- worker, members of a workflow without a callback are counted too (IS DISTINCT FROM).
-WITH callback_done AS (
-    UPDATE workflow_runs
+-- Everything a success changes, in one statement (one round trip). Fenced: only the lease
+-- holder completes a RUNNING row, and every other change hangs off that row ("done"):
+--   children: a chain child waits for its parent; the parent's success releases it;
+--   callback_done: the chord callback's own success ends its workflow;
+--   member: a member's success is counted (unlike the Go worker, also in workflows without a
+--     callback: IS DISTINCT FROM) and, with the last member, the workflow waits for its
+--     callback, which `callback` releases. The two workflow updates match disjoint rows.
+WITH done AS (
+    UPDATE task_runs
+    SET status = 'SUCCESSFUL',
+        finished_at = now(),
+        return_json = %(return_json)s::jsonb,
+        last_error = NULL,
+        failed_at = NULL,
+        leased_until = NULL,
+        leased_by = NULL,
+        logs_uri = COALESCE(%(logs_uri)s, logs_uri),
+        updated_at = now()
+    WHERE result_id = %(result_id)s AND leased_by = %(worker_id)s AND status = 'RUNNING'
+    RETURNING result_id, workflow_id
+),
+children AS (
+    UPDATE task_runs c
+    SET wait_count = c.wait_count - 1,
+        status = CASE WHEN c.wait_count - 1 <= 0 THEN 'READY' ELSE 'WAITING' END,
+        updated_at = now()
+    FROM done
+    WHERE c.parent_id = done.result_id AND c.status = 'WAITING'
+    RETURNING c.result_id
+),
+callback_done AS (
+    UPDATE workflow_runs w
     SET status = 'SUCCESSFUL', updated_at = now()
-    WHERE workflow_id = %(workflow_id)s AND callback_result_id = %(result_id)s
-    RETURNING workflow_id
+    FROM done
+    WHERE w.workflow_id = done.workflow_id AND w.callback_result_id = done.result_id
+    RETURNING w.workflow_id
 ),
 member AS (
-    UPDATE workflow_runs
-    SET success_count = success_count + 1,
+    UPDATE workflow_runs w
+    SET success_count = w.success_count + 1,
         status = CASE
-            WHEN success_count + 1 >= expected_count AND failure_count = 0 THEN 'WAITING_CALLBACK'
-            ELSE status
+            WHEN w.success_count + 1 >= w.expected_count AND w.failure_count = 0
+            THEN 'WAITING_CALLBACK'
+            ELSE w.status
         END,
         updated_at = now()
-    WHERE workflow_id = %(workflow_id)s
-      AND status <> 'FAILED'
-      AND callback_result_id IS DISTINCT FROM %(result_id)s
-    RETURNING callback_result_id, status, success_count, expected_count, failure_count
+    FROM done
+    WHERE w.workflow_id = done.workflow_id
+      AND w.status <> 'FAILED'
+      AND w.callback_result_id IS DISTINCT FROM done.result_id
+    RETURNING w.callback_result_id, w.status, w.success_count, w.expected_count, w.failure_count
+),
+callback AS (
+    UPDATE task_runs t
+    SET status = 'READY', wait_count = 0, updated_at = now()
+    FROM member m
+    WHERE t.result_id = m.callback_result_id
+      AND m.status = 'WAITING_CALLBACK'
+      AND m.failure_count = 0
+      AND m.success_count >= m.expected_count
+      AND t.status = 'WAITING'
+    RETURNING t.result_id
 )
-UPDATE task_runs t
-SET status = 'READY', wait_count = 0, updated_at = now()
-FROM member m
-WHERE t.result_id = m.callback_result_id
-  AND m.status = 'WAITING_CALLBACK'
-  AND m.failure_count = 0
-  AND m.success_count >= m.expected_count
-  AND t.status = 'WAITING';
+SELECT result_id, workflow_id FROM done;
+
+-- name: tx_begin
+-- Explicit transaction bounds, for statements sent together in one pipeline round trip.
+BEGIN;
+
+-- name: tx_commit
+COMMIT;
 
 -- name: complete_failure
 -- Record a failed attempt; fenced. retry: back to READY after delay seconds; else FAILED.

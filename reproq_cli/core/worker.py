@@ -278,12 +278,13 @@ class Worker:
                 return
             if not self._slots.acquire(timeout=0.2):
                 continue
+            slots = 1 + self._reserve_free_slots()
             with self._running_lock:
                 finished_before = self._finished
             try:
-                task = self._poll()
+                tasks = self._poll(slots)
             except DatabaseError as exc:
-                self._slots.release()
+                self._release_slots(slots)
                 self.log.error("Polling error", error=str(exc))
                 self._poll_errors += 1
                 if s.burst and self._poll_errors >= BURST_MAX_POLL_ERRORS:
@@ -292,13 +293,28 @@ class Worker:
                 self._sleep_backoff()
                 continue
             self._poll_errors = 0
-            if task is not None:
+            self._release_slots(slots - len(tasks))
+            for task in tasks:
                 self._start(task)
+            if tasks:
                 continue
-            self._slots.release()
             if s.burst and self._idle_since(finished_before):
                 return
             self._sleep_backoff()
+
+    def _reserve_free_slots(self) -> int:
+        """Take every other free slot too, so one statement can claim a task for each."""
+        limit = self.settings.concurrency - 1
+        if self.settings.max_tasks:
+            limit = min(limit, self.settings.max_tasks - self.claimed - 1)
+        taken = 0
+        while taken < limit and self._slots.acquire(blocking=False):
+            taken += 1
+        return taken
+
+    def _release_slots(self, count: int) -> None:
+        for _ in range(count):
+            self._slots.release()
 
     def _idle_since(self, finished_before: int) -> bool:
         """Nothing runs and no task finished since the empty poll began: a task finishing
@@ -306,25 +322,36 @@ class Worker:
         with self._running_lock:
             return not self._running and self._finished == finished_before
 
-    def _poll(self) -> ClaimedTask | None:
-        """One claim attempt per queue, round-robin from where the last success left off."""
+    def _poll(self, slots: int) -> list[ClaimedTask]:
+        """Claim up to ``slots`` tasks from the first queue that has any, trying the queues
+        round-robin from where the last success left off."""
         queues = self.settings.queues
         start = self._round_robin % len(queues)
         for offset in range(len(queues)):
             index = (start + offset) % len(queues)
             queue = queues[index]
-            task = timed(
+            tasks = timed(
                 lambda seconds, q=queue: self.metrics.observe_claim(q, seconds),
-                lambda q=queue: self.store.claim(
-                    q, aging_factor=self.settings.priority_aging_factor
-                ),
+                lambda q=queue: self._claim_from(q, slots),
             )
-            if task is not None:
+            if tasks:
                 self._round_robin = index + 1
-                self.metrics.task_claimed(queue, _age(task.enqueued_at))
-                return task
+                for task in tasks:
+                    self.metrics.task_claimed(queue, _age(task.enqueued_at))
+                return tasks
         self._round_robin = start + 1
-        return None
+        return []
+
+    def _claim_from(self, queue: str, slots: int) -> list[ClaimedTask]:
+        """Plain tasks in one batch when several slots are free; otherwise, or when the next
+        task has a lock_key, a concurrency limit or a rate limit, one claim with its checks."""
+        aging = self.settings.priority_aging_factor
+        if slots > 1:
+            batch = self.store.claim_batch(queue, slots, aging_factor=aging)
+            if batch:
+                return batch
+        task = self.store.claim(queue, aging_factor=aging)
+        return [task] if task is not None else []
 
     def _sleep_backoff(self) -> None:
         low, high = self.settings.poll_min_backoff, self.settings.poll_max_backoff

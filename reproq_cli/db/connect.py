@@ -74,8 +74,17 @@ def cannot_connect(dsn: str, exc: Exception) -> DatabaseError:
     )
 
 
+def _prefer_generic_plans(conn: psycopg.Connection[dict[str, Any]]) -> None:
+    conn.execute(query("prefer_generic_plans"))
+
+
 def create_pool(
-    dsn: str, *, min_size: int = 2, max_size: int = 20, timeout: float = 30.0
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 20,
+    timeout: float = 30.0,
+    generic_plans: bool = False,
 ) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
     """A psycopg pool sized like the Go worker's (min 2, max 20), checked at start."""
     # One direct attempt first: it fails fast with libpq's own reason, where the pool would
@@ -96,6 +105,7 @@ def create_pool(
         timeout=timeout,
         open=False,
         name="reproq",
+        configure=_prefer_generic_plans if generic_plans else None,
     )
     try:
         pool.open(wait=True, timeout=DEFAULT_CONNECT_TIMEOUT + 5)

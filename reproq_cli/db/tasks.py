@@ -110,6 +110,24 @@ class TaskStore:
             raise psycopg.Rollback(tx)  # leaves the block quietly, undoing the claim
         return None
 
+    @_translate_errors
+    def claim_batch(self, queue: str, n: int, *, aging_factor: float) -> list[ClaimedTask]:
+        """Lease up to ``n`` plain tasks (no lock_key, concurrency limit or rate limit) of
+        ``queue`` in one statement; stops before the first task that is not plain, which
+        ``claim`` must take. Empty when the queue's next task is not plain."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                query("claim_batch"),
+                {
+                    "queue": queue,
+                    "aging": aging_factor,
+                    "n": n,
+                    "lease_seconds": self.lease_seconds,
+                    "worker_id": self.worker_id,
+                },
+            ).fetchall()
+        return [ClaimedTask(**row) for row in rows]
+
     # --- leases -----------------------------------------------------------------------------
 
     @_translate_errors
@@ -147,25 +165,22 @@ class TaskStore:
     def complete_success(
         self, task: ClaimedTask, return_json: str | None, logs_uri: str | None
     ) -> None:
-        with self.pool.connection() as conn, conn.transaction():
-            _bound_statements(conn, COMPLETION_TIMEOUT)
-            row = conn.execute(
-                query("complete_success"),
-                {
-                    "result_id": task.result_id,
-                    "worker_id": self.worker_id,
-                    "return_json": return_json,
-                    "logs_uri": logs_uri,
-                },
-            ).fetchone()
-            if row is None:
+        params = {
+            "result_id": task.result_id,
+            "worker_id": self.worker_id,
+            "return_json": return_json,
+            "logs_uri": logs_uri,
+        }
+        with self.pool.connection() as conn:
+            # BEGIN, the timeout, the statement and COMMIT travel together: one round trip.
+            with conn.pipeline() as pipeline:
+                conn.execute(query("tx_begin"))
+                _bound_statements(conn, COMPLETION_TIMEOUT)
+                cursor = conn.execute(query("complete_success"), params)
+                conn.execute(query("tx_commit"))
+                pipeline.sync()
+            if cursor.fetchone() is None:
                 raise FencingError("fencing failure or task not running")
-            conn.execute(query("release_chain_children"), {"result_id": task.result_id})
-            if row["workflow_id"] is not None:
-                conn.execute(
-                    query("workflow_member_succeeded"),
-                    {"workflow_id": row["workflow_id"], "result_id": task.result_id},
-                )
 
     @_translate_errors
     def complete_failure(self, task: ClaimedTask, failure: Failure, logs_uri: str | None) -> None:

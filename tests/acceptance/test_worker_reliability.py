@@ -144,33 +144,60 @@ def test_shutdown_timeout_stops_tasks(conn, workers):
     assert row(conn, rid)["errors_json"][0]["kind"] == "worker_shutdown"
 
 
-def test_chain_of_three_runs_in_order(conn, workers):
-    a = enqueue(conn, "add", 1, 1)
-    b = enqueue(conn, "add", 2, 2, columns={"status": "WAITING", "parent_id": a, "wait_count": 1})
-    c = enqueue(conn, "add", 3, 3, columns={"status": "WAITING", "parent_id": b, "wait_count": 1})
+# Order is judged by the executions' own clocks (the `record` task), not by the rows' now()
+# timestamps: now() is taken when a statement arrives, which on a busy server can be before
+# the snapshot that first sees the parent's commit.
+
+
+def _ran(log) -> dict[int, tuple[float, float]]:
+    return {rid: (start, end) for rid, start, end in _executions(log)}
+
+
+def test_chain_of_three_runs_in_order(conn, workers, tmp_path):
+    log = tmp_path / "runs.log"
+    a = enqueue(conn, "record", str(log), 0.05)
+    b = enqueue(
+        conn,
+        "record",
+        str(log),
+        0.05,
+        columns={"status": "WAITING", "parent_id": a, "wait_count": 1},
+    )
+    c = enqueue(
+        conn,
+        "record",
+        str(log),
+        0.05,
+        columns={"status": "WAITING", "parent_id": b, "wait_count": 1},
+    )
     run = workers.run()
     assert run.returncode == 0
-    rows = [row(conn, i) for i in (a, b, c)]
-    assert [r["status"] for r in rows] == ["SUCCESSFUL"] * 3
-    assert rows[0]["finished_at"] <= rows[1]["started_at"]
-    assert rows[1]["finished_at"] <= rows[2]["started_at"]
+    assert [row(conn, i)["status"] for i in (a, b, c)] == ["SUCCESSFUL"] * 3
+    ran = _ran(log)
+    assert ran[a][1] <= ran[b][0]
+    assert ran[b][1] <= ran[c][0]
 
 
-def test_chord_of_five_then_callback(conn, workers):
+def test_chord_of_five_then_callback(conn, workers, tmp_path):
+    log = tmp_path / "runs.log"
     wf = str(uuid.uuid4())
-    callback = enqueue(conn, "add", 0, 0, columns={"status": "WAITING", "workflow_id": wf})
-    members = [enqueue(conn, "add", i, i, columns={"workflow_id": wf}) for i in range(1, 6)]
+    callback = enqueue(
+        conn, "record", str(log), 0.01, columns={"status": "WAITING", "workflow_id": wf}
+    )
+    members = [
+        enqueue(conn, "record", str(log), 0.05 * i, unique=str(i), columns={"workflow_id": wf})
+        for i in range(1, 6)
+    ]
     conn.execute(
         "INSERT INTO workflow_runs (workflow_id, expected_count, callback_result_id)"
         " VALUES (%s, 5, %s)",
         (wf, callback),
     )
     workers.run("--concurrency", "5")
-    member_rows = [row(conn, i) for i in members]
-    assert [r["status"] for r in member_rows] == ["SUCCESSFUL"] * 5
-    cb = row(conn, callback)
-    assert cb["status"] == "SUCCESSFUL"
-    assert cb["started_at"] >= max(r["finished_at"] for r in member_rows)
+    assert [row(conn, i)["status"] for i in members] == ["SUCCESSFUL"] * 5
+    assert row(conn, callback)["status"] == "SUCCESSFUL"
+    ran = _ran(log)
+    assert ran[callback][0] >= max(ran[m][1] for m in members)
     assert conn.execute(
         "SELECT success_count, failure_count, status FROM workflow_runs"
     ).fetchone() == (5, 0, "SUCCESSFUL")

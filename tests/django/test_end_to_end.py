@@ -94,16 +94,26 @@ def test_chain_group_chord(django_workers):
         (tasks.add, (3, 3)),
         callback=(tasks.shout, ("done",)),
     ).enqueue()
+    ordered = chain((tasks.stamp, ("first",), {}), (tasks.stamp, ("second",), {})).enqueue()
+    stamp_members, stamp_callback = chord(
+        (tasks.stamp, ("m1",)),
+        (tasks.stamp, ("m2",)),
+        (tasks.stamp, ("m3",)),
+        callback=(tasks.stamp, ("callback",)),
+    ).enqueue()
     assert [s.raw_status for s in steps] == ["READY", "WAITING", "WAITING"]
     assert callback.raw_status == "WAITING"
     run_worker(django_workers, "--concurrency", "3")
-    for result in [*steps, *parallel, *members, callback]:
+    for result in [*steps, *parallel, *members, callback, *ordered, *stamp_members, stamp_callback]:
         result.refresh()
         assert result.status == TaskResultStatus.SUCCESSFUL, (result.id, result.errors_json)
     assert [s.return_value for s in steps] == [3, 7, "tests.django.settings"]
-    assert steps[0].data.finished_at <= steps[1].data.started_at
     assert callback.return_value == "DONE"
-    assert callback.data.started_at >= max(m.data.finished_at for m in members)
+    # order, by the task bodies' own clocks
+    first, second = [r.return_value for r in ordered]
+    assert first["end"] <= second["start"]
+    stamped = [m.return_value for m in stamp_members]
+    assert stamp_callback.return_value["start"] >= max(m["end"] for m in stamped)
     wf = WorkflowRun.objects.get(workflow_id=callback.data.workflow_id)
     assert (wf.success_count, wf.status) == (3, "SUCCESSFUL")
 

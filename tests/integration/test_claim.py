@@ -244,9 +244,9 @@ def test_round_robin(conn, store):
     q1 = enqueue(conn, "add", 1, 1, columns={"queue_name": "q1"})
     q2 = enqueue(conn, "add", 2, 2, columns={"queue_name": "q2"})
     worker = Worker(_settings(["q1", "q2", "q3"]), store, Logger())
-    assert worker._poll().result_id == q1
-    assert worker._poll().result_id == q2
-    assert worker._poll() is None
+    assert [t.result_id for t in worker._poll(1)] == [q1]
+    assert [t.result_id for t in worker._poll(1)] == [q2]
+    assert worker._poll(1) == []
     assert worker._round_robin == 3  # the next poll starts at q3
 
 
@@ -336,3 +336,79 @@ def test_reclaim(conn, pool, store):
     assert r1["errors_json"][0]["kind"] == "lease_expiry"
     assert r2["status"] == "FAILED"
     assert r2["last_error"] == "lease_expiry: Worker heartbeat lost or process crashed"
+
+
+def _batch(store, n, queue="default", aging=0.0):
+    return sorted(t.result_id for t in store.claim_batch(queue, n, aging_factor=aging))
+
+
+def test_batch_claims_plain_tasks_in_claim_order(conn, store):
+    ids = [enqueue(conn, "add", n, 0, unique=str(n), columns={"priority": n % 3}) for n in range(9)]
+    by_priority = sorted(ids, key=lambda rid: (-(ids.index(rid) % 3), rid))
+    assert _batch(store, 4) == sorted(by_priority[:4])
+    statuses = {rid: row(conn, rid)["status"] for rid in ids}
+    assert sorted(r for r, st in statuses.items() if st == "RUNNING") == sorted(by_priority[:4])
+    task = store.claim_batch("default", 100, aging_factor=0)
+    assert len(task) == 5
+    assert task[0].attempts == 1 and task[0].leased_until is not None
+    assert store.claim_batch("default", 100, aging_factor=0) == []
+
+
+def test_batch_stops_at_the_first_task_that_needs_checks(conn, store):
+    first = enqueue(conn, "add", 1, 0, columns={"priority": 9})
+    keyed = enqueue(conn, "add", 2, 0, columns={"priority": 8, "lock_key": "k"})
+    later = enqueue(conn, "add", 3, 0, columns={"priority": 7})
+    assert _batch(store, 10) == [first]  # not `later`: it must not jump the keyed task
+    assert _batch(store, 10) == []  # the head needs claim_task
+    assert claim(store).result_id == keyed
+    assert _batch(store, 10) == [later]
+
+
+def test_batch_leaves_limited_tasks_to_claim(conn, store):
+    capped = enqueue(conn, "add", 1, 0, columns={"concurrency_key": "c", "concurrency_limit": 1})
+    assert _batch(store, 5) == []
+    assert claim(store).result_id == capped
+    conn.execute(
+        "INSERT INTO rate_limits (key, tokens_per_second, burst_size, current_tokens) VALUES ('queue:default', 1, 1, 1)"
+    )
+    limited = enqueue(conn, "add", 2, 0)
+    assert _batch(store, 5) == []  # an active queue limit: tokens are taken one by one
+    assert claim(store).result_id == limited
+    # a task: row shadows the queue: row; an inactive one means unlimited
+    conn.execute(
+        "INSERT INTO rate_limits (key, tokens_per_second, burst_size, current_tokens) VALUES ('task:tests.support.tasks.touch', 0, 0, 0)"
+    )
+    free = enqueue(conn, "touch", "x")
+    assert _batch(store, 5) == [free]
+
+
+def test_batch_respects_pause_run_after_and_running_lock_keys(conn, store):
+    holder = enqueue(conn, "add", 0, 0, columns={"lock_key": "L"})
+    assert claim(store).result_id == holder
+    blocked = enqueue(conn, "add", 1, 0, columns={"lock_key": "L", "priority": 5})
+    enqueue(conn, "add", 2, 0, columns={"run_after": "2999-01-01T00:00:00Z"})
+    plain = enqueue(conn, "add", 3, 0)
+    assert _batch(store, 5) == [plain]  # the blocked row is not claimable, so not a head
+    conn.execute("INSERT INTO reproq_queue_controls (queue_name, paused) VALUES ('default', true)")
+    enqueue(conn, "add", 4, 0)
+    assert _batch(store, 5) == []
+    assert row(conn, blocked)["status"] == "READY"
+
+
+def test_concurrent_batches_never_share_a_task(conn, pool):
+    ids = {enqueue(conn, "add", n, 0, unique=str(n)) for n in range(300)}
+    got: list[list[int]] = [[] for _ in range(4)]
+
+    def claimer(index: int) -> None:
+        s = TaskStore(pool, f"w{index}", lease_seconds=300)
+        while batch := s.claim_batch("default", 7, aging_factor=0):
+            got[index].extend(t.result_id for t in batch)
+
+    threads = [threading.Thread(target=claimer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    claimed = [rid for part in got for rid in part]
+    assert len(claimed) == len(set(claimed)) == 300
+    assert set(claimed) == ids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from django.tasks import task
 
@@ -43,6 +44,15 @@ async def async_double(value: int) -> int:
 @task()
 def per_account(account: int) -> int:
     return account
+
+
+@task()
+def stamp(label: str) -> dict:
+    """When the task body ran, by this machine's clock: ordering checks that do not depend
+    on the rows' now() timestamps."""
+    started = time.time()
+    time.sleep(0.02)
+    return {"label": label, "start": started, "end": time.time()}
 
 
 @task()
