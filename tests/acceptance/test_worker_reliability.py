@@ -70,6 +70,31 @@ def test_four_workers_never_overlap_one_lock_key(conn, workers, tmp_path):
 
 
 @pytest.mark.slow
+def test_batched_claims_interleaved_with_keyed_tasks(conn, workers, tmp_path):
+    """Plain tasks are claimed in batches, keyed ones one by one: mixed in one queue, every
+    task runs exactly once and the keyed ones never overlap."""
+    log = tmp_path / "executions.log"
+    keyed = set()
+    for i in range(300):
+        columns = {"lock_key": "account:9"} if i % 3 == 0 else {}
+        rid = enqueue(conn, "record", str(log), 0.005, unique=str(i), columns=columns)
+        if columns:
+            keyed.add(rid)
+    procs = [
+        workers.start("--concurrency", "6", "--worker-id", f"w-{i}", "--heartbeat-seconds", "0")
+        for i in range(4)
+    ]
+    wait_for(lambda: _all_done(conn, 300), timeout=300, interval=0.5, what="300 tasks")
+    _stop(workers, procs)
+    executions = _executions(log)
+    assert sorted(rid for rid, _, _ in executions) == sorted(
+        r[0] for r in conn.execute("SELECT result_id FROM task_runs").fetchall()
+    )
+    assert _max_overlap([e for e in executions if e[0] in keyed]) == 1
+    assert _max_overlap(executions) > 1  # the plain ones did run side by side
+
+
+@pytest.mark.slow
 def test_four_workers_respect_a_concurrency_limit_of_two(conn, workers, tmp_path):
     executions = _four_workers(
         conn, workers, tmp_path / "executions.log", seconds=0.05,
