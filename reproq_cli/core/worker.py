@@ -24,6 +24,7 @@ from typing import Any
 from reproq_cli import __version__
 from reproq_cli.config import Config, is_truthy
 from reproq_cli.core import policy
+from reproq_cli.core.completions import SuccessWriter
 from reproq_cli.core.events import DiscardEvents, Event, EventBroker, EventSink, Level
 from reproq_cli.core.executor import (
     ExecResult,
@@ -177,6 +178,7 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.pool = pool
+        self._successes = SuccessWriter(store)
         self.store = store
         self.log = log
         # Runner metrics are kept even without an HTTP server, as in the Go worker.
@@ -257,8 +259,11 @@ class Worker:
             version=__version__,
             burst=s.burst,
         )
-        self._claim_loop()
-        self._drain()
+        try:
+            self._claim_loop()
+            self._drain()
+        finally:
+            self._successes.close()
         self._background_stop.set()
         try:
             self.store.unregister()
@@ -546,7 +551,7 @@ class Worker:
                     "mark success",
                     lambda: self._timed_db(
                         "complete_success",
-                        lambda: self.store.complete_success(task, envelope.return_raw, logs_uri),
+                        lambda: self._successes.write(task, envelope.return_raw, logs_uri),
                     ),
                 )
             except FencingError as exc:

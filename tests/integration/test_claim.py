@@ -6,6 +6,7 @@ import random
 import threading
 import uuid
 
+import psycopg
 import pytest
 
 from reproq_cli.core.logs import Logger
@@ -13,7 +14,7 @@ from reproq_cli.core.worker import Worker
 from reproq_cli.db.connect import create_pool
 from reproq_cli.db.tasks import FencingError, TaskStore
 from reproq_cli.models import Failure
-from tests.support.harness import enqueue, row
+from tests.support.harness import enqueue, row, wait_for
 
 
 @pytest.fixture
@@ -412,3 +413,46 @@ def test_concurrent_batches_never_share_a_task(conn, pool):
     claimed = [rid for part in got for rid in part]
     assert len(claimed) == len(set(claimed)) == 300
     assert set(claimed) == ids
+
+
+def test_success_writer_batches_what_arrives_while_it_writes(conn, pool, store, db_dsn):
+    from reproq_cli.core.completions import SuccessWriter
+
+    ids = [enqueue(conn, "add", n, 0, unique=str(n)) for n in range(21)]
+    tasks = store.claim_batch("default", 21, aging_factor=0)
+    assert len(tasks) == 21
+    first, rest = tasks[0], tasks[1:]
+    lost = rest[-1]
+    conn.execute(
+        "UPDATE task_runs SET leased_by = 'someone-else' WHERE result_id = %s", (lost.result_id,)
+    )
+    writer = SuccessWriter(store)
+    blocker = psycopg.connect(db_dsn)  # holds the first row: the writer's first batch waits
+    blocker.execute("SELECT 1 FROM task_runs WHERE result_id = %s FOR UPDATE", (first.result_id,))
+    outcomes: dict[int, str] = {}
+
+    def write(task) -> None:
+        try:
+            writer.write(task, "1", None)
+            outcomes[task.result_id] = "ok"
+        except FencingError:
+            outcomes[task.result_id] = "fenced"
+
+    threads = [threading.Thread(target=write, args=(first,))]
+    threads[0].start()
+    wait_for(lambda: writer.batches == 1, what="the first batch to start")
+    threads += [threading.Thread(target=write, args=(t,)) for t in rest]
+    for t in threads[1:]:
+        t.start()
+    wait_for(lambda: writer._queue.qsize() == 20, what="20 successes queued behind it")
+    blocker.rollback()
+    blocker.close()
+    for t in threads:
+        t.join(timeout=30)
+    writer.close()
+    assert writer.batches == 2
+    assert outcomes[lost.result_id] == "fenced"
+    assert [outcomes[t.result_id] for t in tasks[:-1]] == ["ok"] * 20
+    statuses = [row(conn, rid)["status"] for rid in ids]
+    assert statuses.count("SUCCESSFUL") == 20
+    assert row(conn, lost.result_id)["status"] == "RUNNING"

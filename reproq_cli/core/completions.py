@@ -1,0 +1,71 @@
+"""Group commit for successes: task threads hand their result to one writer, which marks
+every success that has arrived meanwhile in one transaction.
+
+Nothing waits on purpose: while one batch is being written, the next one gathers, so a busy
+worker commits (and its server flushes the WAL) once per batch rather than once per task,
+and an idle one writes each success at once. Each task thread still learns its own outcome
+(written, or lease lost), so retries and logging work exactly as with single writes.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+
+from reproq_cli.db.tasks import FencingError, TaskStore
+from reproq_cli.models import ClaimedTask
+
+MAX_BATCH = 100
+
+_Item = tuple[ClaimedTask, str | None, str | None, Future[bool]]
+
+
+class SuccessWriter:
+    def __init__(self, store: TaskStore, max_batch: int = MAX_BATCH) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self.batches = 0
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="reproq-successes", daemon=True)
+        self._thread.start()
+
+    def write(self, task: ClaimedTask, return_json: str | None, logs_uri: str | None) -> None:
+        """Returns once the success is committed. Raises FencingError when the lease was
+        lost, DatabaseError when the batch could not be written (the caller retries)."""
+        future: Future[bool] = Future()
+        self._queue.put((task, return_json, logs_uri, future))
+        if not future.result():
+            raise FencingError("fencing failure or task not running")
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._write(batch)
+                    return
+                batch.append(more)
+            self._write(batch)
+
+    def _write(self, batch: list[_Item]) -> None:
+        self.batches += 1
+        try:
+            written = self.store.complete_successes([(t, r, u) for t, r, u, _ in batch])
+        except Exception as exc:  # every waiter sees it and retries on its own
+            for *_, future in batch:
+                future.set_exception(exc)
+            return
+        for (*_, future), ok in zip(batch, written, strict=True):
+            future.set_result(ok)
