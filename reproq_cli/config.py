@@ -121,6 +121,20 @@ def is_truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def parse_bool(text: str) -> bool:
+    """A bool setting's text: the truthy words, or ``0``, ``false``, ``no``, ``off``.
+
+    Stricter than ``is_truthy`` (which the Go worker's own switches use): a typo in a setting
+    reproq added is reported instead of silently meaning false.
+    """
+    word = text.strip().lower()
+    if word in {"1", "true", "yes", "on"}:
+        return True
+    if word in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{text!r} is not a boolean")
+
+
 # --- masking -----------------------------------------------------------------------------------
 
 MASK = "****"
@@ -297,6 +311,8 @@ def _coerce_text(setting: Setting, text: str) -> Any:
         return value
     if setting.kind == "duration":
         return parse_duration(text.strip())
+    if setting.kind == "bool":
+        return parse_bool(text)
     if setting.kind == "list":
         return parse_list(text)
     return parse_queues(text)
@@ -305,6 +321,12 @@ def _coerce_text(setting: Setting, text: str) -> Any:
 def _coerce_file(setting: Setting, value: Any) -> Any:
     """Type-check a value read from YAML/TOML."""
     kind = setting.kind
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return parse_bool(value)
+        raise ValueError(f"{json.dumps(value, default=str)} is not a boolean")
     if isinstance(value, bool):
         raise ValueError(f"{json.dumps(value)} is a boolean, expected {_expected(kind)}")
     if kind == "str":
@@ -342,6 +364,7 @@ def _expected(kind: str) -> str:
         "int": "an integer",
         "float": "a number",
         "duration": "a duration such as 5s",
+        "bool": "true or false",
     }.get(kind, "a list of strings")
 
 

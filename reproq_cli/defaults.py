@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Kind = Literal["str", "int", "float", "duration", "list", "queues"]
+Kind = Literal["str", "int", "float", "duration", "list", "queues", "bool"]
 Mode = Literal["worker", "beat"]
 
 CONFIG_ENV = "REPROQ_CONFIG"
@@ -28,6 +28,9 @@ CONFIG_FILENAMES: tuple[str, ...] = (
 DSN_ENV = "DATABASE_URL"
 EMBEDDED_ENV = "REPROQ_EMBEDDED"
 DEFAULT_EXECUTOR_MODULE = "reproq_django.executor"
+# Replaces the built-in python3 default only (a config file, env or flag still wins): set by
+# `manage.py reproq worker` so tasks run in the interpreter that runs the project.
+DEFAULT_PYTHON_BIN_ENV = "REPROQ_DEFAULT_PYTHON_BIN"
 PAYLOAD_MODES: tuple[str, ...] = ("stdin", "file", "inline")
 EXECUTOR_KINDS: tuple[str, ...] = ("spawn", "pool")
 DEFAULT_ALLOWED_TASK_MODULES: tuple[str, ...] = ("myapp.tasks.", "tasks.")
@@ -157,7 +160,20 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
         minimum=0,
         help="longest sleep between empty polls",
     ),
-    _s("worker.python_bin", "str", "python3", help="Python interpreter for the executor"),
+    _s(
+        "worker.no_listen",
+        "bool",
+        False,
+        env="REPROQ_NO_LISTEN",
+        flag="--no-listen",
+        help="poll only, without LISTEN for new tasks (for PgBouncer transaction pooling)",
+    ),
+    _s(
+        "worker.python_bin",
+        "str",
+        lambda: os.environ.get(DEFAULT_PYTHON_BIN_ENV) or "python3",
+        help="Python interpreter for the executor (manage.py reproq worker: its own Python)",
+    ),
     _s(
         "worker.executor_module",
         "str",

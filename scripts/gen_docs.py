@@ -144,6 +144,8 @@ def _default_text(setting: Setting) -> str:
         return "`<hostname>-<pid>`"
     if setting.kind == "duration":
         return f"`{format_duration(setting.default)}`"
+    if setting.kind == "bool":
+        return "`true`" if setting.default else "`false`"
     if isinstance(setting.default, list):
         return "`[" + ", ".join(setting.default) + "]`"
     return '""' if setting.default == "" else f"`{setting.default}`"

@@ -37,17 +37,19 @@ WHERE n.nspname = current_schema()
   AND c.relname ~ '^idx_(task_runs|periodic_tasks|workflow_runs)_';
 
 -- name: schema_objects
--- Whether the trigger function, the trigger and the task_path check constraint exist.
+-- Which of the expected functions and task_runs triggers exist, and whether the task_path
+-- check constraint does.
 SELECT
-    EXISTS (
-        SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-        WHERE p.proname = %(function)s AND n.nspname = current_schema()
-    ) AS has_function,
-    EXISTS (
-        SELECT 1 FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
+    ARRAY(
+        SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE p.proname = ANY(%(functions)s) AND n.nspname = current_schema()
+    ) AS functions,
+    ARRAY(
+        SELECT tg.tgname::text FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE tg.tgname = %(trigger)s AND c.relname = 'task_runs' AND n.nspname = current_schema()
-    ) AS has_trigger,
+        WHERE tg.tgname = ANY(%(triggers)s) AND c.relname = 'task_runs'
+          AND n.nspname = current_schema()
+    ) AS triggers,
     EXISTS (
         SELECT 1 FROM pg_constraint co JOIN pg_class c ON c.oid = co.conrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -57,6 +59,11 @@ SELECT
 
 -- name: schema_global_rate_limit
 SELECT key FROM rate_limits WHERE key = 'global';
+
+-- name: drop_notify_ready
+-- Undo sql/migrations/0002_notify_ready.sql (Django's reverse migration); CASCADE takes the
+-- trigger that calls the function with it.
+DROP FUNCTION IF EXISTS reproq_notify_ready() CASCADE;
 
 -- name: migration_try_lock
 -- Session advisory lock that serializes `reproq migrate` runs (key: reproq_cli.db.schema).
@@ -331,6 +338,10 @@ SELECT
         SELECT count(*) FROM task_runs
         WHERE status = 'RUNNING' AND concurrency_key = %(concurrency_key)s
     ) AS running_with_key;
+
+-- name: listen_ready
+-- The worker's wake-up channel (sql/migrations/0002_notify_ready.sql); payload: queue name.
+LISTEN reproq_ready;
 
 -- name: heartbeat
 -- Extend this worker's lease; fenced. Returns whether cancellation was requested.

@@ -22,6 +22,8 @@ def _help(setting: Setting) -> str:
     default = display_value(setting, setting.default_value())
     if setting.key == "worker.worker_id":
         default = "<hostname>-<pid>"
+    elif isinstance(default, bool):
+        default = str(default).lower()
     elif isinstance(default, list):
         default = ",".join(default)
     env = f"; env: {setting.env}" if setting.env else ""
@@ -35,6 +37,16 @@ def setting_options(settings: tuple[Setting, ...]) -> Any:
     def decorate(func: Any) -> Any:
         for setting in reversed(settings):
             if setting.flag is None:
+                continue
+            if setting.kind == "bool":
+                # A switch: given means true; absent stays None so env and file decide.
+                func = click.option(
+                    setting.flag,
+                    setting.key.replace(".", "__"),
+                    is_flag=True,
+                    default=None,
+                    help=_help(setting),
+                )(func)
                 continue
             func = click.option(
                 setting.flag,
@@ -50,11 +62,11 @@ def setting_options(settings: tuple[Setting, ...]) -> Any:
 
 
 def given_flags(params: dict[str, Any]) -> dict[str, Any]:
-    return {
-        name.replace("__", "."): value
-        for name, value in params.items()
-        if "__" in name and value is not None
-    }
+    """Setting key -> value for the setting flags given (``worker__queues`` -> worker.queues).
+
+    Every name in ``params`` is a setting's, the root ``dsn`` included.
+    """
+    return {name.replace("__", "."): value for name, value in params.items() if value is not None}
 
 
 @click.command(name="worker")

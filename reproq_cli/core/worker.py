@@ -34,6 +34,7 @@ from reproq_cli.core.executor import (
     signal_description,
 )
 from reproq_cli.core.httpserver import HttpSettings, start_http
+from reproq_cli.core.listener import start_listener
 from reproq_cli.core.logs import Logger
 from reproq_cli.core.memory import start_memory_logger
 from reproq_cli.core.metrics import FAILURE, SUCCESS, Collector, Metrics, timed
@@ -70,6 +71,7 @@ class WorkerSettings:
     burst: bool = False
     max_tasks: int = 0
     low_memory: bool = False
+    listen: bool = True  # LISTEN for NOTIFY wake-ups (off: --no-listen)
     executor: str = "spawn"
     pool_max_tasks: int = 1000
     pool_max_memory_mb: int = 512
@@ -106,6 +108,7 @@ class WorkerSettings:
             burst=burst,
             max_tasks=max_tasks,
             low_memory=is_truthy(env.get("LOW_MEMORY_MODE")),
+            listen=not w["no_listen"],
             executor=w["executor"],
             pool_max_tasks=w["pool_max_tasks"],
             pool_max_memory_mb=w["pool_max_memory_mb"],
@@ -155,9 +158,21 @@ def run_worker(
     if server is not None:
         Collector(metrics, store, log).start(stop_collector)
     worker.install_signal_handlers()
+    listener = None
+    # A --burst run exits once idle; its own completions already cut its backoff short.
+    if settings.listen and not settings.burst:
+        listener = start_listener(
+            store.pool.conninfo,
+            worker_id=settings.worker_id,
+            queues=settings.queues,
+            wake=worker.wake,
+            log=log,
+        )
     try:
         worker.run()
     finally:
+        if listener is not None:
+            listener.stop()
         stop_collector.set()
         if server is not None:
             server.stop()
@@ -228,6 +243,10 @@ class Worker:
     def running_count(self) -> int:
         with self._running_lock:
             return len(self._running)
+
+    def wake(self) -> None:
+        """Poll now instead of at the end of the current backoff (new work is READY)."""
+        self._wake.set()
 
     # --- main loop ------------------------------------------------------------------------------
 

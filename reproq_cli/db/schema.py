@@ -234,8 +234,9 @@ EXPECTED_INDEXES: dict[str, tuple[str, bool]] = {
     "idx_periodic_tasks_next_run": ("periodic_tasks", False),
     "idx_workflow_runs_callback": ("workflow_runs", False),
 }
-EXPECTED_FUNCTION = "reproq_task_path_from_spec"
-EXPECTED_TRIGGER = "trg_task_runs_task_path"
+EXPECTED_FUNCTIONS = ("reproq_task_path_from_spec", "reproq_notify_ready")
+# on task_runs; trg_task_runs_notify_ready (0002) sends the workers' LISTEN/NOTIFY wake-ups
+EXPECTED_TRIGGERS = ("trg_task_runs_task_path", "trg_task_runs_notify_ready")
 EXPECTED_CONSTRAINT = "task_runs_task_path_not_empty"
 
 _TEXT_TYPES = {"text", "character varying", "character"}
@@ -281,16 +282,18 @@ def check(conn: psycopg.Connection[Any]) -> list[str]:
     objects = conn.execute(
         query("schema_objects"),
         {
-            "function": EXPECTED_FUNCTION,
-            "trigger": EXPECTED_TRIGGER,
+            "functions": list(EXPECTED_FUNCTIONS),
+            "triggers": list(EXPECTED_TRIGGERS),
             "constraint": EXPECTED_CONSTRAINT,
         },
     ).fetchone()
     assert objects is not None
-    if not objects["has_function"]:
-        problems.append(f"function {EXPECTED_FUNCTION}() is missing")
-    if not objects["has_trigger"]:
-        problems.append(f"trigger {EXPECTED_TRIGGER} on task_runs is missing")
+    for function in EXPECTED_FUNCTIONS:
+        if function not in objects["functions"]:
+            problems.append(f"function {function}() is missing")
+    for trigger in EXPECTED_TRIGGERS:
+        if trigger not in objects["triggers"]:
+            problems.append(f"trigger {trigger} on task_runs is missing")
     if not objects["has_constraint"]:
         problems.append(f"check constraint {EXPECTED_CONSTRAINT} on task_runs is missing")
     if "rate_limits" in columns:

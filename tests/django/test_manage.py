@@ -103,13 +103,19 @@ def test_worker_runs_the_projects_tasks(tmp_path, monkeypatch):
         yaml.safe_dump(
             {
                 "worker": {
-                    "python_bin": sys.executable,
                     "poll_min_backoff": "10ms",
                     "poll_max_backoff": "50ms",
                 }
             }
         )
     )
+    # A python3 on PATH that is not this environment: tasks must still run in ours.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "python3").write_text("#!/bin/sh\nexit 3\n")
+    (fake_bin / "python3").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("REPROQ_DEFAULT_PYTHON_BIN", raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "tests.django.settings")
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -230,16 +230,30 @@ def run_script(conn: psycopg.Connection, path) -> None:
         conn.execute(statement)
 
 
+MIGRATIONS = ["0001_baseline.sql", "0002_notify_ready.sql"]
+# Ours on top of the Go baseline (additive: the Go worker never LISTENs).
+NOTIFY_TRIGGER = (
+    "trg_task_runs_notify_ready",
+    "CREATE TRIGGER trg_task_runs_notify_ready AFTER INSERT OR UPDATE OF status ON "
+    "public.task_runs FOR EACH ROW WHEN ((new.status = 'READY'::text)) "
+    "EXECUTE FUNCTION reproq_notify_ready()",
+)
+
+
 def test_empty_database_gets_exactly_the_baseline(empty_db_dsn, conn_for):
-    assert migrate(empty_db_dsn) == ["0001_baseline.sql"]
+    assert migrate(empty_db_dsn) == MIGRATIONS
     snapshot = catalog(conn_for(empty_db_dsn))
     assert snapshot["columns"] == EXPECTED_COLUMNS
     assert snapshot["indexes"] == EXPECTED_INDEXES
-    assert [name for name, _ in snapshot["triggers"]] == ["trg_task_runs_task_path"]
-    assert snapshot["triggers"][0][1] == (
-        "CREATE TRIGGER trg_task_runs_task_path BEFORE INSERT OR UPDATE OF spec_json, task_path "
-        "ON public.task_runs FOR EACH ROW EXECUTE FUNCTION reproq_task_path_from_spec()"
-    )
+    assert snapshot["triggers"] == [
+        NOTIFY_TRIGGER,
+        (
+            "trg_task_runs_task_path",
+            "CREATE TRIGGER trg_task_runs_task_path BEFORE INSERT OR UPDATE OF spec_json, "
+            "task_path ON public.task_runs FOR EACH ROW EXECUTE FUNCTION "
+            "reproq_task_path_from_spec()",
+        ),
+    ]
     checks = {
         name: (kind, validated, text) for name, kind, validated, text in snapshot["constraints"]
     }
@@ -257,7 +271,10 @@ def test_empty_database_gets_exactly_the_baseline(empty_db_dsn, conn_for):
         ["task_runs_task_path_not_empty", "task_runs_parent_id_fkey"]
         + [f"{t}_pkey" for t in EXPECTED_COLUMNS]
     )
-    assert [name for name, _ in snapshot["functions"]] == ["reproq_task_path_from_spec"]
+    assert sorted(name for name, _ in snapshot["functions"]) == [
+        "reproq_notify_ready",
+        "reproq_task_path_from_spec",
+    ]
     assert snapshot["rate_limits"] == [("global", 0.0, 1, 0.0)]
     assert problems(empty_db_dsn) == []
 
@@ -271,7 +288,7 @@ def test_second_run_changes_nothing_and_keeps_operator_data(db_dsn, conn_for):
         "INSERT INTO task_runs (spec_json, spec_hash) VALUES ('{\"task_path\": \"a.b\"}', 'h1')"
     )
     before = catalog(conn)
-    assert migrate(db_dsn) == ["0001_baseline.sql"]
+    assert migrate(db_dsn) == MIGRATIONS
     assert catalog(conn) == before
     assert before["rate_limits"] == [("global", 5.0, 10, 0.0)]
     assert conn.execute("SELECT count(*) FROM task_runs").fetchone() == (1,)
@@ -286,9 +303,14 @@ def test_go_baseline_database_upgrades_cleanly(empty_db_dsn, conn_for):
     assert problems(empty_db_dsn) == []
     assert after["columns"] == EXPECTED_COLUMNS
     assert after["indexes"] == EXPECTED_INDEXES
-    # The Go baseline already is our baseline; only the function's source text is rewritten.
+    # The Go baseline already is our baseline; the function's source text is rewritten and
+    # 0002's NOTIFY trigger and its function are added, nothing else.
     before.pop("functions")
-    assert [name for name, _ in after.pop("functions")] == ["reproq_task_path_from_spec"]
+    assert sorted(name for name, _ in after.pop("functions")) == [
+        "reproq_notify_ready",
+        "reproq_task_path_from_spec",
+    ]
+    assert after.pop("triggers") == sorted([*before.pop("triggers"), NOTIFY_TRIGGER])
     assert after == before
 
 
@@ -316,6 +338,7 @@ def test_check_lists_what_is_missing(db_dsn, conn_for):
     conn.execute("DROP INDEX idx_task_runs_spec_unique")
     conn.execute("ALTER TABLE task_runs DROP COLUMN failed_at")
     conn.execute("DROP TRIGGER trg_task_runs_task_path ON task_runs")
+    conn.execute("DROP FUNCTION reproq_notify_ready() CASCADE")
     conn.execute("DELETE FROM rate_limits WHERE key = 'global'")
     conn.execute("DROP TABLE workflow_runs")
     assert problems(db_dsn) == [
@@ -324,7 +347,9 @@ def test_check_lists_what_is_missing(db_dsn, conn_for):
         "index idx_task_runs_spec_unique on task_runs is missing",
         "index idx_task_runs_failed_at on task_runs is missing",  # dropped with its column
         "index idx_workflow_runs_callback on workflow_runs is missing",
+        "function reproq_notify_ready() is missing",
         "trigger trg_task_runs_task_path on task_runs is missing",
+        "trigger trg_task_runs_notify_ready on task_runs is missing",
         "rate_limits row 'global' is missing",
     ]
     migrate(db_dsn)

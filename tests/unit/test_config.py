@@ -456,3 +456,49 @@ def test_flag_errors_are_usage_errors(tmp_path):
         resolve("beat", env={}, cwd=tmp_path, flags={"beat.interval": "0s"})
     with pytest.raises(ConfigError, match="--metrics-auth-window"):
         resolve("worker", env={}, cwd=tmp_path, flags={"metrics.auth_window": "xyz"})
+
+
+# --- bool settings (worker.no_listen) -------------------------------------------------------------
+
+
+def test_no_listen_defaults_off_and_follows_file_env_flag(tmp_path):
+    assert resolve("worker", env={}, cwd=tmp_path).get("worker.no_listen") is False
+    (tmp_path / "reproq.yaml").write_text("worker:\n  no_listen: true\n")
+    config = resolve("worker", env={}, cwd=tmp_path)
+    assert config.get("worker.no_listen") is True
+    assert config.values["worker.no_listen"].origin == "reproq.yaml: worker.no_listen"
+    # an explicit false in the environment beats the file ("not set" is only the empty string)
+    config = resolve("worker", env={"REPROQ_NO_LISTEN": "off"}, cwd=tmp_path)
+    assert config.get("worker.no_listen") is False
+    assert config.values["worker.no_listen"].origin == "env REPROQ_NO_LISTEN"
+    config = resolve(
+        "worker", env={"REPROQ_NO_LISTEN": "0"}, cwd=tmp_path, flags={"worker.no_listen": True}
+    )
+    assert config.get("worker.no_listen") is True
+    assert config.display()["worker"]["no_listen"] is True
+
+
+@pytest.mark.parametrize("word", ["1", "true", "YES", " on "])
+def test_bool_env_true_words(tmp_path, word):
+    config = resolve("worker", env={"REPROQ_NO_LISTEN": word}, cwd=tmp_path)
+    assert config.get("worker.no_listen") is True
+
+
+def test_bool_errors_name_the_input(tmp_path):
+    with pytest.raises(ConfigError, match="invalid REPROQ_NO_LISTEN: 'maybe' is not a boolean"):
+        resolve("worker", env={"REPROQ_NO_LISTEN": "maybe"}, cwd=tmp_path)
+    err = _error(tmp_path, "worker:\n  no_listen: 1\n")
+    assert err.message == "invalid worker.no_listen in reproq.yaml: 1 is not a boolean"
+    assert err.hint == "give true or false in reproq.yaml"
+    err = _error(tmp_path, 'worker:\n  no_listen: "sometimes"\n')
+    assert "'sometimes' is not a boolean" in err.message
+
+
+def test_default_python_bin_is_replaceable_but_below_the_file(tmp_path, monkeypatch):
+    assert resolve("worker", env={}, cwd=tmp_path).get("worker.python_bin") == "python3"
+    monkeypatch.setenv("REPROQ_DEFAULT_PYTHON_BIN", "/venv/bin/python")
+    config = resolve("worker", env={}, cwd=tmp_path)
+    assert config.get("worker.python_bin") == "/venv/bin/python"
+    (tmp_path / "reproq.yaml").write_text("worker:\n  python_bin: /opt/py/bin/python3\n")
+    config = resolve("worker", env={}, cwd=tmp_path)
+    assert config.get("worker.python_bin") == "/opt/py/bin/python3"

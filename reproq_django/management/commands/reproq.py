@@ -25,6 +25,7 @@ from django.tasks import task_backends
 from django.utils import timezone
 from psycopg import conninfo
 
+from reproq_cli.defaults import DEFAULT_PYTHON_BIN_ENV
 from reproq_django import binary
 from reproq_django.binary import worker_command
 from reproq_django.db import default_db_alias, queue_db_aliases
@@ -295,6 +296,9 @@ class Command(BaseCommand):
             env["DATABASE_URL"] = dsn  # in the environment, not argv: keeps the password private
         if os.environ.get("DJANGO_SETTINGS_MODULE") is None and settings.SETTINGS_MODULE:
             env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
+        # Tasks need this project's packages: run the executor with this interpreter unless
+        # the worker's config says otherwise (python3 on PATH may be another environment).
+        env.setdefault(DEFAULT_PYTHON_BIN_ENV, sys.executable)
         return env
 
     def _run_cli(self, cli_args: list[str], env: dict[str, str]) -> None:
