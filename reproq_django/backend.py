@@ -3,6 +3,8 @@
 Enqueueing builds the task's spec (reproq-django.md §1.4), hashes its canonical JSON with
 ``reproq_cli.spec`` and inserts a READY row; with ``DEDUP_ACTIVE`` an identical READY or
 RUNNING spec is returned instead of inserted twice. The worker (`reproq worker`) runs it.
+On PostgreSQL one statement does this for one task or a whole batch (``pg_enqueue``); other
+databases go through the ORM.
 """
 
 from __future__ import annotations
@@ -21,8 +23,13 @@ from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.exceptions import TaskResultDoesNotExist
 from django.utils import timezone
 
-from reproq_django import signals
-from reproq_django.db import format_result_id, parse_result_id, resolve_queue_db
+from reproq_django import pg_enqueue, signals
+from reproq_django.db import (
+    format_result_id,
+    parse_result_id,
+    resolve_queue_db,
+    should_prefix_result_ids,
+)
 from reproq_django.models import TaskRun, TaskRunStatus
 from reproq_django.proxy import TaskResultProxy
 from reproq_django.serialization import encode_args_kwargs, normalize_and_hash, normalize_json
@@ -128,7 +135,10 @@ class ReproqBackend(BaseTaskBackend):
         spec, fields = self.build_spec(task, args, kwargs)
         normalized, digest = normalize_and_hash(spec)
         alias = resolve_queue_db(fields["queue_name"])
-        run = self._insert(alias, normalized, digest, fields)
+        if connections[alias].vendor == "postgresql":
+            run = pg_enqueue.insert_task(alias, normalized, digest, fields)
+        else:
+            run = self._insert(alias, normalized, digest, fields)
         result = self._result(run, alias)
         signals.task_enqueued.send(sender=type(self), task_result=result, spec=normalized)
         return result
@@ -177,27 +187,58 @@ class ReproqBackend(BaseTaskBackend):
     def bulk_enqueue(
         self, items: Iterable[tuple[Task, Sequence[Any], dict[str, Any]]]
     ) -> list[TaskResultProxy]:
-        """Enqueue many tasks with few round trips; results come back in input order."""
+        """Enqueue many tasks with few round trips; results come back in input order.
+
+        On PostgreSQL that is one statement per database (per 10,000 tasks).
+        """
         prepared: list[tuple[str, dict[str, Any], str, dict[str, Any]]] = []
+        queue_dbs: dict[str, str] = {}
         for task, args, kwargs in items:
             self.validate_task(task)
             self._validate_queue(self._queue_name(task))
             spec, fields = self.build_spec(task, args, dict(kwargs))
             normalized, digest = normalize_and_hash(spec)
-            prepared.append((resolve_queue_db(fields["queue_name"]), normalized, digest, fields))
+            queue = fields["queue_name"]
+            if queue not in queue_dbs:
+                queue_dbs[queue] = resolve_queue_db(queue)
+            prepared.append((queue_dbs[queue], normalized, digest, fields))
         runs: list[TaskRun | None] = [None] * len(prepared)
         by_alias: dict[str, list[int]] = {}
         for index, (alias, *_rest) in enumerate(prepared):
             by_alias.setdefault(alias, []).append(index)
         for alias, indexes in by_alias.items():
-            self._bulk_insert(alias, indexes, prepared, runs)
+            if connections[alias].vendor == "postgresql":
+                self._bulk_insert_pg(alias, indexes, prepared, runs)
+            else:
+                self._bulk_insert(alias, indexes, prepared, runs)
         results = []
+        prefix = should_prefix_result_ids()  # one settings lookup, not one per task
         for (alias, spec, _digest, _fields), run in zip(prepared, runs, strict=True):
             assert run is not None
-            result = self._result(run, alias)
+            result = self._result(run, alias, prefix=prefix)
             signals.task_enqueued.send(sender=type(self), task_result=result, spec=spec)
             results.append(result)
         return results
+
+    def _bulk_insert_pg(
+        self,
+        alias: str,
+        indexes: list[int],
+        prepared: list[tuple[str, dict[str, Any], str, dict[str, Any]]],
+        runs: list[TaskRun | None],
+    ) -> None:
+        # Each spec_hash is sent once: with dedup a repeat within the batch gets the first
+        # one's row; without, the nonce already makes every hash distinct.
+        first_of_hash: dict[str, int] = {}
+        for i in indexes:
+            first_of_hash.setdefault(prepared[i][2], i)
+        unique = list(first_of_hash.values())
+        created = pg_enqueue.insert_tasks(alias, [prepared[i][1:] for i in unique])
+        for i, run in zip(unique, created, strict=True):
+            runs[i] = run
+        for i in indexes:
+            if runs[i] is None:
+                runs[i] = runs[first_of_hash[prepared[i][2]]]
 
     def _bulk_insert(
         self,
@@ -253,9 +294,9 @@ class ReproqBackend(BaseTaskBackend):
 
     # --- results --------------------------------------------------------------------------------
 
-    def _result(self, run: TaskRun, alias: str) -> TaskResultProxy:
+    def _result(self, run: TaskRun, alias: str, prefix: bool | None = None) -> TaskResultProxy:
         return TaskResultProxy.from_row(
-            run, alias=alias, result_id=format_result_id(run.result_id, alias)
+            run, alias=alias, result_id=format_result_id(run.result_id, alias, prefix)
         )
 
     def get_result(self, result_id: int | str) -> TaskResultProxy:

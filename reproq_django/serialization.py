@@ -13,7 +13,7 @@ from typing import Any
 from django.apps import apps
 from django.db import models
 
-from reproq_cli.spec import canonical_json, spec_hash
+from reproq_cli.spec import canonical_json, sha256_hex, spec_hash
 
 TYPE_MARKER = "__reproq_type__"
 
@@ -100,8 +100,9 @@ def normalize_json(value: Any) -> Any:
 
 
 def normalize_and_hash(spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The spec as stored and its spec_hash, from one canonical encoding."""
     text = canonical_json(spec)
-    return json.loads(text), spec_hash(spec)
+    return json.loads(text), sha256_hex(text)
 
 
 def spec_hash_for(spec: dict[str, Any]) -> str:

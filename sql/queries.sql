@@ -773,3 +773,93 @@ SELECT count(*) AS blocked
 FROM task_runs t
 JOIN running r ON r.concurrency_key = t.concurrency_key
 WHERE t.status = 'READY' AND t.concurrency_limit > 0 AND r.n >= t.concurrency_limit;
+
+-- ---------------------------------------------------------------------------------------------
+-- reproq_django: enqueue (ReproqBackend on PostgreSQL)
+-- ---------------------------------------------------------------------------------------------
+
+-- name: django_enqueue_one
+-- ReproqBackend.enqueue: one task. A spec that already has an active (READY or RUNNING) row
+-- is not inserted (dedupe, idx_task_runs_spec_unique) and no row comes back; the caller then
+-- reads that row with django_active_task. ON CONFLICT instead of a unique violation: no error,
+-- so no savepoint inside a caller's transaction. The columns not named take server defaults.
+INSERT INTO task_runs (
+    backend_alias, queue_name, priority, run_after, spec_json, spec_hash, task_path, status,
+    enqueued_at, max_attempts, timeout_seconds, lock_key, concurrency_key, concurrency_limit,
+    expires_at, created_at, updated_at
+)
+VALUES (
+    %(backend_alias)s, %(queue_name)s, %(priority)s, %(run_after)s, %(spec_json)s::jsonb,
+    %(spec_hash)s, %(task_path)s, %(status)s, %(enqueued_at)s, %(max_attempts)s,
+    %(timeout_seconds)s, %(lock_key)s, %(concurrency_key)s, %(concurrency_limit)s,
+    %(expires_at)s, %(created_at)s, %(updated_at)s
+)
+ON CONFLICT (spec_hash) WHERE status IN ('READY', 'RUNNING') DO NOTHING
+RETURNING result_id;
+
+-- name: django_active_task
+-- The active row with this spec_hash, every column the model reads.
+SELECT t.result_id, t.backend_alias, t.queue_name, t.priority, t.run_after, t.spec_json,
+       t.spec_hash, t.task_path, t.status, t.enqueued_at, t.started_at, t.last_attempted_at,
+       t.finished_at, t.attempts, t.max_attempts, t.timeout_seconds, t.lock_key,
+       t.concurrency_key, t.concurrency_limit, t.worker_ids, t.return_json, t.errors_json,
+       t.metadata_json, t.last_error, t.failed_at, t.leased_until, t.leased_by, t.logs_uri,
+       t.artifacts_uri, t.expires_at, t.parent_id, t.workflow_id, t.wait_count, t.created_at,
+       t.updated_at, t.cancel_requested
+FROM task_runs t
+WHERE t.spec_hash = %(spec_hash)s AND t.status IN ('READY', 'RUNNING')
+ORDER BY t.result_id
+LIMIT 1;
+
+-- name: django_enqueue
+-- ReproqBackend.bulk_enqueue: any number of tasks in one statement, one round trip.
+-- %(rows)s is a JSON array, one object per task with the columns named in `input`; the other
+-- columns take their server defaults. The caller sends each spec_hash once.
+-- Returns one row per input row: new_id when it was inserted; otherwise the active row that
+-- has its spec_hash (every column, as the model reads them); both NULL when a concurrent
+-- enqueue committed that spec after this statement's snapshot (the caller runs it again).
+WITH input AS (
+    SELECT *
+    FROM jsonb_to_recordset(%(rows)s::jsonb) AS r (
+        backend_alias text, queue_name text, priority integer, run_after timestamptz,
+        spec_json jsonb, spec_hash character(64), task_path text, status text,
+        enqueued_at timestamptz, max_attempts integer, timeout_seconds integer,
+        lock_key text, concurrency_key text, concurrency_limit integer,
+        expires_at timestamptz, created_at timestamptz, updated_at timestamptz
+    )
+),
+inserted AS (
+    -- Dedupe invariant (idx_task_runs_spec_unique): at most one READY or RUNNING row per
+    -- spec_hash. A spec that already has one is skipped here, without an error, so the
+    -- statement needs no savepoint inside a caller's transaction.
+    INSERT INTO task_runs (
+        backend_alias, queue_name, priority, run_after, spec_json, spec_hash, task_path, status,
+        enqueued_at, max_attempts, timeout_seconds, lock_key, concurrency_key,
+        concurrency_limit, expires_at, created_at, updated_at
+    )
+    SELECT backend_alias, queue_name, priority, run_after, spec_json, spec_hash, task_path,
+           status, enqueued_at, max_attempts, timeout_seconds, lock_key, concurrency_key,
+           concurrency_limit, expires_at, created_at, updated_at
+    FROM input
+    ON CONFLICT (spec_hash) WHERE status IN ('READY', 'RUNNING') DO NOTHING
+    RETURNING result_id, spec_hash
+)
+SELECT i.spec_hash AS input_hash, n.result_id AS new_id, a.*
+FROM input i
+LEFT JOIN inserted n ON n.spec_hash = i.spec_hash
+LEFT JOIN LATERAL (
+    -- The active row that made the insert skip (visible to this statement's snapshot).
+    SELECT t.result_id, t.backend_alias, t.queue_name, t.priority, t.run_after, t.spec_json,
+           t.spec_hash, t.task_path, t.status, t.enqueued_at, t.started_at,
+           t.last_attempted_at, t.finished_at, t.attempts, t.max_attempts, t.timeout_seconds,
+           t.lock_key, t.concurrency_key, t.concurrency_limit, t.worker_ids, t.return_json,
+           t.errors_json, t.metadata_json, t.last_error, t.failed_at, t.leased_until,
+           t.leased_by, t.logs_uri, t.artifacts_uri, t.expires_at, t.parent_id, t.workflow_id,
+           t.wait_count, t.created_at, t.updated_at, t.cancel_requested
+    FROM task_runs t
+    WHERE n.result_id IS NULL
+      AND t.spec_hash = i.spec_hash
+      AND t.status IN ('READY', 'RUNNING')
+    ORDER BY t.result_id
+    LIMIT 1
+) a ON true;

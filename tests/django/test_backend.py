@@ -235,3 +235,123 @@ def test_schema_came_from_reproq_sql():
         indexes = [r[0] for r in cursor.fetchall()]
     assert "idx_task_runs_spec_unique" in indexes
     assert "idx_task_runs_claim_due" in indexes
+
+
+# --- round trips and races on PostgreSQL ----------------------------------------------------------
+
+
+def test_enqueue_is_one_statement_and_a_dedup_hit_two_without_savepoints():
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as new:
+        first = tasks.add.enqueue(40, 2)
+    with CaptureQueriesContext(connection) as hit:
+        second = tasks.add.enqueue(40, 2)
+    assert second.id == first.id
+    # This test runs inside Django's transaction: the ORM path needed a savepoint here.
+    assert [q["sql"].split()[0] for q in new.captured_queries] == ["INSERT"]
+    assert [q["sql"].split()[0] for q in hit.captured_queries] == ["INSERT", "SELECT"]
+    assert second.data.spec_json == first.data.spec_json  # the row read back, JSON parsed
+    assert second.data.worker_ids == [] and second.data.enqueued_at == first.data.enqueued_at
+
+
+def test_bulk_enqueue_is_one_statement():
+    from django.test.utils import CaptureQueriesContext
+
+    tasks.add.enqueue(0, 1)
+    with CaptureQueriesContext(connection) as ctx:
+        results = backend().bulk_enqueue([(tasks.add, (0, n), {}) for n in range(300)])
+    assert len(ctx.captured_queries) == 1
+    assert len({r.id for r in results}) == 300
+    assert TaskRun.objects.count() == 300  # (0, 1) was already active: deduplicated
+
+
+def test_returned_rows_match_what_was_stored():
+    when = timezone.now() + dt.timedelta(minutes=5)
+    backend().options["EXPIRES_IN"] = dt.timedelta(days=1)
+    try:
+        single = tasks.add.enqueue(8, 9, run_after=when, lock_key="k", priority=3)
+        (bulk,) = backend().bulk_enqueue([(tasks.shout, ("x",), {"concurrency_key": "c"})])
+    finally:
+        backend().options.pop("EXPIRES_IN")
+    for result in (single, bulk):
+        stored = TaskRun.objects.get(result_id=int(result.id))
+        fields = [f.attname for f in TaskRun._meta.concrete_fields]
+        assert {f: getattr(result.data, f) for f in fields} == {
+            f: getattr(stored, f) for f in fields
+        }
+        assert result.data._state.adding is False
+        assert result.data._state.db == "default"
+
+
+def _conflicting_enqueue(task, args, finish):
+    """Insert the spec ``task(*args)`` would get in another session, hold it uncommitted until
+    a session waits on it, then ``finish`` ("commit" or "rollback"). Returns (thread, ids)."""
+    import os
+    import threading
+
+    import psycopg
+
+    from reproq_django.serialization import normalize_and_hash
+
+    spec, _fields = backend().build_spec(task, args, {})
+    normalized, digest = normalize_and_hash(spec)
+    ids: list[int] = []
+    other = psycopg.connect(os.environ["REPROQ_TEST_DJANGO_DSN"])  # not autocommit
+    ids.append(
+        other.execute(
+            "INSERT INTO task_runs (spec_json, spec_hash, task_path) VALUES (%s, %s, %s) "
+            "RETURNING result_id",
+            (psycopg.types.json.Jsonb(normalized), digest, task.module_path),
+        ).fetchone()[0]
+    )
+    watcher = psycopg.connect(os.environ["REPROQ_TEST_DJANGO_DSN"], autocommit=True)
+
+    def release():
+        from tests.support.harness import wait_for
+
+        try:
+            wait_for(
+                lambda: watcher.execute(
+                    "SELECT 1 FROM pg_locks WHERE locktype = 'transactionid' AND NOT granted"
+                ).fetchone(),
+                what="an enqueue waiting on the uncommitted row",
+            )
+            other.commit() if finish == "commit" else other.rollback()
+        finally:
+            other.close()
+            watcher.close()
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    return thread, ids
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_identical_enqueue_returns_the_winners_row():
+    thread, ids = _conflicting_enqueue(tasks.add, (6, 6), "commit")
+    result = tasks.add.enqueue(6, 6)  # waits for the other session, then reads its row
+    thread.join()
+    assert int(result.id) == ids[0]
+    assert TaskRun.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_identical_enqueue_that_rolls_back_leaves_ours():
+    thread, ids = _conflicting_enqueue(tasks.add, (7, 7), "rollback")
+    result = tasks.add.enqueue(7, 7)
+    thread.join()
+    assert int(result.id) != ids[0]
+    assert list(TaskRun.objects.values_list("result_id", flat=True)) == [int(result.id)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_bulk_enqueue_racing_a_concurrent_enqueue_returns_its_row():
+    thread, ids = _conflicting_enqueue(tasks.add, (5, 5), "commit")
+    # The winner commits after this statement's snapshot: the statement neither inserts the
+    # spec nor sees the winner's row, and the batch asks again for that one spec.
+    results = backend().bulk_enqueue([(tasks.add, (5, 5), {}), (tasks.add, (5, 6), {})])
+    thread.join()
+    assert int(results[0].id) == ids[0]
+    assert results[0].raw_status == "READY"
+    assert TaskRun.objects.count() == 2
