@@ -9,8 +9,11 @@ Both are generated, never edited by hand; a test runs --check.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -18,7 +21,13 @@ import click
 from reproq_cli import __version__
 from reproq_cli.cli import COMMANDS, LazyGroup, root
 from reproq_cli.config import format_duration
-from reproq_cli.defaults import BEAT_SETTINGS, CONFIG_ENV, WORKER_SETTINGS, Setting
+from reproq_cli.defaults import (
+    BEAT_SETTINGS,
+    CONFIG_ENV,
+    DEFAULT_PYTHON_BIN_ENV,
+    WORKER_SETTINGS,
+    Setting,
+)
 from reproq_cli.errors import EXIT_CODES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,9 +148,23 @@ def render_command_page(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@contextlib.contextmanager
+def _without_env(name: str) -> Iterator[None]:
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
 def _default_text(setting: Setting) -> str:
-    if callable(setting.default):
+    if setting.key == "worker.worker_id":
         return "`<hostname>-<pid>`"
+    if callable(setting.default):
+        # Computed at resolve time from the environment; document the built-in value.
+        with _without_env(DEFAULT_PYTHON_BIN_ENV):
+            return f"`{setting.default()}`"
     if setting.kind == "duration":
         return f"`{format_duration(setting.default)}`"
     if setting.kind == "bool":

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import resource
 import signal
 import subprocess
 import tempfile
@@ -20,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 TRUNCATION_MARKER = "\n[TRUNCATED due to size limit]"
@@ -76,6 +79,7 @@ class ExecResult:
     duration: float
     timed_out: bool = False
     stopped_for: str | None = None  # why the worker stopped it: cancelled, shutdown, lease_lost
+    cpu_seconds: float = 0.0  # the child's CPU time when last sampled (only with a CPU cap)
     envelope: Envelope = field(default_factory=lambda: Envelope(ok=False))
 
     @property
@@ -91,6 +95,81 @@ class ExecSpec:
     max_payload_bytes: int
     max_stdout_bytes: int
     max_stderr_bytes: int
+    # Per-task caps set in the child before it runs anything (0: none).
+    task_memory_limit_mb: int = 0
+    task_cpu_limit: float = 0.0
+
+
+# --- per-task resource caps (RLIMIT_AS, RLIMIT_CPU) -------------------------------------------
+
+# Past the soft CPU limit the kernel sends SIGXCPU; a child that ignores it is killed at the
+# hard limit this many CPU seconds later.
+CPU_HARD_GRACE = 1
+# ExecResult.stopped_for when the pool stopped a task that ignored SIGXCPU.
+CPU_LIMIT = "cpu_limit"
+MEMORY_MARKERS = ("MemoryError", "Cannot allocate memory", "bad_alloc", "out of memory")
+
+
+def cpu_rlimit(used_seconds: float, limit: float) -> tuple[int, int]:
+    """(soft, hard) RLIMIT_CPU granting ``limit`` more CPU seconds to a process that has used
+    ``used_seconds`` (whole seconds only: the kernel counts in seconds)."""
+    soft = math.ceil(used_seconds) + max(math.ceil(limit), 1)
+    return soft, soft + CPU_HARD_GRACE
+
+
+def limits_preexec(spec: ExecSpec) -> Callable[[], None] | None:
+    """The function subprocess runs in the child between fork and exec, or None without caps.
+
+    It only calls setrlimit (no allocation, no locks), which is what makes preexec_fn safe in
+    a threaded worker; the limits then hold for the child and everything it starts.
+    """
+    memory = spec.task_memory_limit_mb * 1024 * 1024
+    cpu = cpu_rlimit(0, spec.task_cpu_limit) if spec.task_cpu_limit > 0 else None
+    if not memory and cpu is None:
+        return None
+
+    def apply() -> None:
+        if memory:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        if cpu is not None:
+            resource.setrlimit(resource.RLIMIT_CPU, cpu)
+
+    return apply
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process (Linux /proc), None when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def resource_limit_hit(spec: ExecSpec, result: ExecResult) -> str | None:
+    """Which cap ended the attempt: "cpu", "memory" or None.
+
+    CPU: the child died of SIGXCPU (the soft limit), or of SIGKILL after its last sampled CPU
+    time had reached the soft limit (it ignored SIGXCPU). Memory: with RLIMIT_AS an allocation
+    fails instead of the OOM killer striking, so Python raises MemoryError (reported in the
+    envelope) or a dying interpreter or C library says so on stderr.
+    """
+    if spec.task_cpu_limit > 0:
+        if result.stopped_for == CPU_LIMIT:
+            return "cpu"
+        signum = result.signal_number
+        if signum == signal.SIGXCPU:
+            return "cpu"
+        if signum == signal.SIGKILL and result.cpu_seconds >= spec.task_cpu_limit:
+            return "cpu"
+    if spec.task_memory_limit_mb > 0:
+        if result.envelope.exception_class.endswith("MemoryError"):
+            return "memory"
+        if result.returncode not in (0, None) and any(
+            marker in result.stderr for marker in MEMORY_MARKERS
+        ):
+            return "memory"
+    return None
 
 
 def build_argv(spec: ExecSpec, result_id: int, attempt: int) -> list[str]:
@@ -236,9 +315,12 @@ def run_attempt(
                 start_new_session=True,  # own process group, so the whole tree can be signalled
                 env=env,
                 cwd=cwd,
+                preexec_fn=limits_preexec(spec),
             )
         except OSError as exc:
             raise InfraError(f"cannot start {spec.python_bin!r}: {exc.strerror or exc}") from None
+        except subprocess.SubprocessError as exc:  # preexec_fn failed (a limit above the hard one)
+            raise InfraError(f"cannot apply task resource limits: {exc}") from None
         return _supervise(proc, spec, stdin_data, started, timeout, tick)
     finally:
         if payload_file is not None:
@@ -297,12 +379,15 @@ def _supervise(
     deadline = started + timeout
     timed_out = False
     stopped_for: str | None = None
+    used_cpu = 0.0
     while True:
         try:
             proc.wait(timeout=TICK_SECONDS)
             break
         except subprocess.TimeoutExpired:
             pass
+        if spec.task_cpu_limit > 0:
+            used_cpu = cpu_seconds(proc.pid) or used_cpu
         if time.monotonic() >= deadline:
             timed_out = True
         elif tick is not None:
@@ -325,6 +410,7 @@ def _supervise(
         duration=duration,
         timed_out=timed_out,
         stopped_for=stopped_for,
+        cpu_seconds=used_cpu,
     )
     if not timed_out and stopped_for is None:
         result.envelope = parse_envelope(stdout_text)

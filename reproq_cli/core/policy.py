@@ -143,3 +143,19 @@ def effective_timeout(task: ClaimedTask, exec_timeout: float) -> float:
     if task.timeout_seconds and task.timeout_seconds > 0:
         return min(float(task.timeout_seconds), exec_timeout)
     return exec_timeout
+
+
+def resource_limit(task: ClaimedTask, which: str, limit: str, worker_id: str) -> Failure:
+    """The task went past its --task-memory-limit or --task-cpu-limit. Not retried: with the
+    same caps it would most likely fail the same way (raise the cap, then `reproq triage
+    retry`)."""
+    names = {"memory": "memory limit", "cpu": "CPU time limit"}
+    error = _error(
+        "resource_limit",
+        f"task exceeded its {names.get(which, which)} of {limit}",
+        limit=which,
+        limit_value=limit,
+        attempt=task.attempts,
+        worker_id=worker_id,
+    )
+    return Failure(error, retry=False)

@@ -18,8 +18,10 @@ behave exactly as with a fresh process per task.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import queue
+import resource
 import signal
 import subprocess
 import threading
@@ -29,6 +31,8 @@ from pathlib import Path
 from typing import IO
 
 from reproq_cli.core.executor import (
+    CPU_HARD_GRACE,
+    CPU_LIMIT,
     KILL_GRACE_SECONDS,
     PIPE_DRAIN_SECONDS,
     TICK_SECONDS,
@@ -36,7 +40,10 @@ from reproq_cli.core.executor import (
     ExecResult,
     ExecSpec,
     InfraError,
+    cpu_rlimit,
+    cpu_seconds,
     kill_group,
+    limits_preexec,
     parse_envelope,
     wait_error,
 )
@@ -60,10 +67,18 @@ class PoolProcess:
                 start_new_session=True,  # its own process group: a kill reaches grandchildren
                 env=env,
                 cwd=cwd,
+                # The address-space cap holds for the process's life; CPU time accumulates
+                # over its tasks, so that cap is granted afresh before each one (limit_cpu).
+                preexec_fn=limits_preexec(dataclasses.replace(spec, task_cpu_limit=0.0)),
             )
         except OSError as exc:
             raise InfraError(f"cannot start {spec.python_bin!r}: {exc.strerror or exc}") from None
+        except subprocess.SubprocessError as exc:
+            raise InfraError(f"cannot apply task resource limits: {exc}") from None
         self.tasks = 0
+        self.cpu_at_start = 0.0  # CPU seconds used before the current task
+        self.cpu_sample = 0.0  # CPU seconds last seen while the current task ran
+        self.cpu_limited = False  # a task runs under --task-cpu-limit (set by limit_cpu)
         self.ready = False
         self._lines: queue.Queue[bytes | None] = queue.Queue()
         self._err = BoundedBuffer(spec.max_stderr_bytes)
@@ -112,6 +127,10 @@ class PoolProcess:
                 return self._lines.get(timeout=TICK_SECONDS), False, None
             except queue.Empty:
                 pass
+            if self.cpu_limited:
+                self.cpu_sample = cpu_seconds(self.pid) or self.cpu_sample
+                if self.task_cpu() >= self.spec.task_cpu_limit + CPU_HARD_GRACE:
+                    return None, False, CPU_LIMIT  # it ignored SIGXCPU
             if time.monotonic() >= deadline:
                 return None, True, None
             reason = tick() if tick is not None else None
@@ -126,6 +145,26 @@ class PoolProcess:
         except (BrokenPipeError, OSError, ValueError):
             return False
         return True
+
+    def limit_cpu(self) -> None:
+        """Give the next task ``task_cpu_limit`` CPU seconds on top of what the process has
+        used so far: the kernel sends SIGXCPU past that.
+
+        Only the soft limit moves: an unprivileged process may lower a hard limit but never
+        raise it again, so instead of a hard limit the pool stops a task that ignores SIGXCPU
+        itself (next_line), CPU_HARD_GRACE seconds later, as the kernel would.
+        """
+        if self.spec.task_cpu_limit <= 0:
+            return
+        used = cpu_seconds(self.pid) or 0.0
+        self.cpu_at_start = self.cpu_sample = used
+        self.cpu_limited = True
+        soft, _ = cpu_rlimit(used, self.spec.task_cpu_limit)
+        with contextlib.suppress(OSError, ValueError):  # the process is gone: it fails anyway
+            resource.prlimit(self.pid, resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))
+
+    def task_cpu(self) -> float:
+        return max(self.cpu_sample - self.cpu_at_start, 0.0)
 
     def rss_bytes(self) -> int:
         try:
@@ -253,18 +292,25 @@ class ExecutorPool:
                 return self._lost(process, started, timed_out, stopped_for, during_startup=True)
             process.ready = True  # the line is the ready announcement
             process.take_stderr()  # set-up chatter belongs to no task
+        process.limit_cpu()
         if not process.send({"result_id": result_id, "attempt": attempt, "spec": payload}):
             return self._lost(process, started, False, None, during_startup=False)
         line, timed_out, stopped_for = process.next_line(deadline, tick)
         if line is None:
             return self._lost(process, started, timed_out, stopped_for, during_startup=False)
         duration = time.monotonic() - started
+        process.cpu_limited = False
         err = process.take_stderr()
         result_text, task_stderr = _decode_response(line)
         err.write(task_stderr.encode("utf-8"))
         envelope = parse_envelope(result_text)
         process.tasks += 1
-        self._recycle_or_keep(process)
+        if self.spec.task_memory_limit_mb and envelope.exception_class.endswith("MemoryError"):
+            # The task hit the address-space cap; a heap left fragmented by it is not handed
+            # to the next task.
+            self._replace(process, "task hit the memory limit", kill=False)
+        else:
+            self._recycle_or_keep(process)
         result = ExecResult(
             stdout=result_text,
             stderr=err.text(),
@@ -313,6 +359,7 @@ class ExecutorPool:
             duration=time.monotonic() - started,
             timed_out=timed_out,
             stopped_for=stopped_for,
+            cpu_seconds=process.task_cpu(),
         )
         if not timed_out and stopped_for is None:
             if during_startup:

@@ -30,6 +30,7 @@ from reproq_cli.core.executor import (
     ExecResult,
     ExecSpec,
     InfraError,
+    resource_limit_hit,
     run_attempt,
     signal_description,
 )
@@ -102,6 +103,8 @@ class WorkerSettings:
             ),
             logs_dir=w["logs_dir"],
             exec_timeout=w["exec_timeout"],
+                task_memory_limit_mb=w["task_memory_limit"],
+                task_cpu_limit=w["task_cpu_limit"],
             max_attempts_default=w["max_attempts_default"],
             shutdown_timeout=w["shutdown_timeout"],
             priority_aging_factor=w["priority_aging_factor"],
@@ -599,6 +602,15 @@ class Worker:
             task_path,
             failure,
             logs_uri,
+        which = resource_limit_hit(s.exec_spec, result)
+        if which is not None:
+            spec = s.exec_spec
+            memory = f"{spec.task_memory_limit_mb} MiB"
+            cap = memory if which == "memory" else f"{spec.task_cpu_limit:g}s"
+            log.warn("Task exceeded a resource limit", limit=which, limit_value=cap)
+            failure = policy.resource_limit(task, which, cap, s.worker_id)
+            self._fail(log, task, task_path, failure, logs_uri, event=_failed_event(failure))
+            return
             event=_failed_event(failure),
             exception_class=envelope.exception_class,
             error_message=message,

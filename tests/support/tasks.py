@@ -102,3 +102,23 @@ def hold_memory(megabytes: int) -> int:
     block[::4096] = b"x" * len(block[::4096])  # touch every page so it counts in RSS
     _HELD.append(block)
     return os.getpid()
+
+
+def burn_cpu(seconds: float, ignore_sigxcpu: bool = False) -> float:
+    """Spins for ``seconds`` of CPU time (a --task-cpu-limit test); optionally ignores SIGXCPU
+    the way a careless C extension might, so only the hard limit's SIGKILL stops it."""
+    import signal
+
+    if ignore_sigxcpu:
+        signal.signal(signal.SIGXCPU, signal.SIG_IGN)
+    started = time.process_time()
+    while time.process_time() - started < seconds:
+        pass
+    return time.process_time() - started
+
+
+def allocate(megabytes: int) -> int:
+    """Allocates and touches ``megabytes`` (a --task-memory-limit test)."""
+    block = bytearray(megabytes * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])
+    return len(block)
