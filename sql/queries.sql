@@ -76,13 +76,11 @@ SELECT pg_advisory_unlock(%(key)s) AS unlocked;
 -- Worker: claim, lease, completion (go-worker.md §4, §6)
 -- ---------------------------------------------------------------------------------------------
 
--- name: claim_task
--- Lease the next task of one queue in one statement. Runs inside a transaction: when the row
--- has a lock_key or concurrency_key the caller re-checks those rules under advisory locks
--- before committing (claim_key_lock, claim_key_recheck), closing the race two concurrent
--- claimers would otherwise have.
--- Params: queue, aging (seconds per +1 priority; <= 0 disables aging), lease_seconds, worker_id.
-WITH RECURSIVE levels AS (
+-- name: fragment_claim_heads
+-- The claimable candidates of one queue, shared by claim_task and claim_batch (included as
+-- the first items of their WITH RECURSIVE list; it ends with a comma).
+-- Params: queue, heads (how many per priority level).
+levels AS (
     -- The distinct priorities of the queue's READY rows, highest first, by walking
     -- idx_task_runs_claim: one index probe per level instead of sorting the whole backlog,
     -- so a claim costs the same with a million READY rows as with ten.
@@ -100,8 +98,8 @@ heads AS (
     -- Per priority level, the oldest claimable rows: due (run_after passed), queue not
     -- paused, lock_key not held by a RUNNING row, concurrency_key below the row's limit.
     -- Aging adds age/aging to the priority, which grows with age, so the best row of the
-    -- whole queue is always among these heads; 64 per level leaves room for rows that
-    -- concurrent claimers hold.
+    -- whole queue is always among these heads. %(heads)s per level leaves room for rows
+    -- that concurrent claimers hold (and for a batch).
     SELECT h.result_id
     FROM levels l
     CROSS JOIN LATERAL (
@@ -126,13 +124,23 @@ heads AS (
               ) < t.concurrency_limit
           )
         ORDER BY t.enqueued_at
-        LIMIT 64
+        LIMIT %(heads)s
     ) h
     WHERE l.priority IS NOT NULL
       AND NOT EXISTS (
           SELECT 1 FROM reproq_queue_controls qc WHERE qc.queue_name = %(queue)s AND qc.paused
       )
 ),
+
+-- name: claim_task
+-- Lease the next task of one queue in one statement. Runs inside a transaction: when the row
+-- has a lock_key or concurrency_key the caller re-checks those rules under advisory locks
+-- before committing (claim_key_lock, claim_key_recheck), closing the race two concurrent
+-- claimers would otherwise have.
+-- Params: queue, heads, aging (seconds per +1 priority; <= 0 disables aging), lease_seconds,
+-- worker_id.
+WITH RECURSIVE
+-- include: fragment_claim_heads
 candidate AS (
     -- Highest score first, then oldest; rows another claimer has locked are skipped, never
     -- waited for, and a row claimed since our snapshot fails the status re-check. The heads
@@ -210,51 +218,9 @@ RETURNING t.result_id, t.queue_name, t.priority, t.spec_json::text AS spec_text,
 -- "plain" ones: no lock_key, no concurrency limit and no active rate limit. Claiming stops
 -- at the first row that is not plain (claim_task takes that one, with its rechecks and its
 -- token), so the batch never jumps ahead of it and never weakens its rules.
--- Params: queue, aging, n, lease_seconds, worker_id.
-WITH RECURSIVE levels AS (
-    (SELECT t.priority FROM task_runs t
-     WHERE t.status = 'READY' AND t.queue_name = %(queue)s
-     ORDER BY t.priority DESC LIMIT 1)
-    UNION ALL
-    SELECT (SELECT t.priority FROM task_runs t
-            WHERE t.status = 'READY' AND t.queue_name = %(queue)s AND t.priority < l.priority
-            ORDER BY t.priority DESC LIMIT 1)
-    FROM levels l
-    WHERE l.priority IS NOT NULL
-),
-heads AS (
-    -- As in claim_task: per level, the oldest claimable rows (see there).
-    SELECT h.result_id
-    FROM levels l
-    CROSS JOIN LATERAL (
-        SELECT t.result_id
-        FROM task_runs t
-        WHERE t.status = 'READY'
-          AND t.queue_name = %(queue)s
-          AND t.priority = l.priority
-          AND COALESCE(t.run_after, '-infinity'::timestamptz) <= now()
-          AND (
-              t.lock_key IS NULL
-              OR NOT EXISTS (
-                  SELECT 1 FROM task_runs r WHERE r.status = 'RUNNING' AND r.lock_key = t.lock_key
-              )
-          )
-          AND (
-              t.concurrency_key IS NULL OR t.concurrency_key = ''
-              OR COALESCE(t.concurrency_limit, 0) <= 0
-              OR (
-                  SELECT count(*) FROM task_runs r
-                  WHERE r.status = 'RUNNING' AND r.concurrency_key = t.concurrency_key
-              ) < t.concurrency_limit
-          )
-        ORDER BY t.enqueued_at
-        LIMIT %(n)s + 64
-    ) h
-    WHERE l.priority IS NOT NULL
-      AND NOT EXISTS (
-          SELECT 1 FROM reproq_queue_controls qc WHERE qc.queue_name = %(queue)s AND qc.paused
-      )
-),
+-- Params: queue, heads (n + 64), aging, n, lease_seconds, worker_id.
+WITH RECURSIVE
+-- include: fragment_claim_heads
 ranked AS (
     -- The heads in claim order, each marked plain or not. The rate limit that applies is the
     -- most specific existing row (task: > queue: > global), as in claim_task.

@@ -1,8 +1,10 @@
 """Named SQL blocks from ``sql/queries.sql``, loaded through importlib.resources.
 
 A block starts with ``-- name: <name>``; comment lines right after it document the query; the
-text up to the next block is the statement. Loading through importlib.resources keeps this
-working when reproq runs from a zipapp.
+text up to the next block is the statement. A line ``-- include: <name>`` inside a statement
+is replaced by that block's text, so statements can share a part (blocks named
+``fragment_…`` are such parts, not statements of their own). Loading through
+importlib.resources keeps this working when reproq runs from a zipapp.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+_INCLUDE_LINE = re.compile(r"^[ \t]*--\s*include:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
+FRAGMENT_PREFIX = "fragment_"
 
 
 @cache
@@ -50,7 +54,20 @@ def parse_queries(text: str) -> dict[str, str]:
         if not body:
             raise ValueError(f"queries.sql block {name!r} has no statement")
         queries[name] = body
-    return queries
+    return {name: _expand(name, queries, ()) for name in queries}
+
+
+def _expand(name: str, queries: dict[str, str], seen: tuple[str, ...]) -> str:
+    if name in seen:
+        raise ValueError(f"queries.sql includes {name!r} in itself")
+
+    def included(match: re.Match[str]) -> str:
+        target = match.group(1)
+        if target not in queries:
+            raise ValueError(f"queries.sql block {name!r} includes unknown {target!r}")
+        return _expand(target, queries, (*seen, name))
+
+    return _INCLUDE_LINE.sub(included, queries[name])
 
 
 @cache

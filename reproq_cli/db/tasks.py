@@ -29,6 +29,10 @@ _LOCK_KEY_NS = "reproq:lock_key:"
 _CONCURRENCY_NS = "reproq:concurrency_key:"
 
 
+# Candidates read per priority level: enough that concurrent claimers, each skipping the rows
+# the others hold, still find one.
+CLAIM_HEADS = 64
+
 # Go gives every completion write its own 10 s deadline; a statement that waits longer on a
 # lock fails and is retried by the worker instead of holding a task thread indefinitely.
 COMPLETION_TIMEOUT = 10.0
@@ -77,6 +81,7 @@ class TaskStore:
                 query("claim_task"),
                 {
                     "queue": queue,
+                    "heads": CLAIM_HEADS,
                     "aging": aging_factor,
                     "lease_seconds": self.lease_seconds,
                     "worker_id": self.worker_id,
@@ -120,6 +125,7 @@ class TaskStore:
                 query("claim_batch"),
                 {
                     "queue": queue,
+                    "heads": CLAIM_HEADS + n,
                     "aging": aging_factor,
                     "n": n,
                     "lease_seconds": self.lease_seconds,

@@ -29,6 +29,24 @@ def test_parse_queries_keeps_inner_comments_and_rejects_duplicates():
         queries.parse_queries("-- name: empty\n-- only a comment\n")
 
 
+def test_includes_are_expanded_and_checked():
+    text = (
+        "-- name: fragment_x\n-- doc\nx AS (SELECT 1),\n\n"
+        "-- name: a\nWITH\n-- include: fragment_x\ny AS (SELECT 2) SELECT * FROM x, y;\n"
+    )
+    parsed = queries.parse_queries(text)
+    assert parsed["a"] == "WITH\nx AS (SELECT 1),\ny AS (SELECT 2) SELECT * FROM x, y"
+    with pytest.raises(ValueError, match="includes unknown 'nope'"):
+        queries.parse_queries("-- name: a\nSELECT\n-- include: nope\n1;\n")
+    with pytest.raises(ValueError, match="includes 'a' in itself"):
+        queries.parse_queries("-- name: a\nSELECT\n-- include: a\n1;\n")
+    # the shipped claim statements share their candidate rules
+    heads = queries.query("fragment_claim_heads")
+    assert heads in queries.query("claim_task")
+    assert heads in queries.query("claim_batch")
+    assert "-- include:" not in queries.query("claim_task")
+
+
 def test_unknown_query_name():
     with pytest.raises(KeyError, match="no query named 'nope'"):
         queries.query("nope")
