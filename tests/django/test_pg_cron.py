@@ -59,7 +59,10 @@ def test_without_pg_cron():
     plan = manage("pg-cron", "--dry-run")
     assert "note: pg_cron is not available on this server" in plan
     assert "would schedule reproq_periodic_nightly '*/5 * * * *' -> nightly" in plan
-    assert "would drop function" in manage("pg-cron", "--remove", "--dry-run")
+    assert (
+        "would drop function reproq_enqueue_periodic_task(text) unless jobs under another prefix"
+        in manage("pg-cron", "--remove", "--dry-run")
+    )
     with pytest.raises(CommandError):
         manage("pg-cron", "--install", "--remove")
 

@@ -437,7 +437,10 @@ class Command(BaseCommand):
                 self.stdout.write("note: pg_cron is not available on this server")
             if options["remove"]:
                 self.stdout.write(f"would unschedule jobs named {prefix}_*")
-                self.stdout.write("would drop function reproq_enqueue_periodic_task(text)")
+                self.stdout.write(
+                    "would drop function reproq_enqueue_periodic_task(text)"
+                    " unless jobs under another prefix still call it"
+                )
                 return
             self.stdout.write("would create function reproq_enqueue_periodic_task(text)")
             for name, task in jobs.items():
