@@ -32,7 +32,7 @@ DEFAULT_EXECUTOR_MODULE = "reproq_django.executor"
 # `manage.py reproq worker` so tasks run in the interpreter that runs the project.
 DEFAULT_PYTHON_BIN_ENV = "REPROQ_DEFAULT_PYTHON_BIN"
 PAYLOAD_MODES: tuple[str, ...] = ("stdin", "file", "inline")
-EXECUTOR_KINDS: tuple[str, ...] = ("spawn", "pool")
+EXECUTOR_KINDS: tuple[str, ...] = ("spawn", "pool", "ray")
 DEFAULT_ALLOWED_TASK_MODULES: tuple[str, ...] = ("myapp.tasks.", "tasks.")
 
 
@@ -195,7 +195,23 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
         env="REPROQ_EXECUTOR",
         flag="--executor",
         choices=EXECUTOR_KINDS,
-        help="spawn: a new process per task (as Go); pool: warm processes, recycled",
+        help="spawn: a new process per task (as Go); pool: warm processes, recycled; "
+        "ray: Ray remote tasks on a cluster",
+    ),
+    _s(
+        "worker.ray_address",
+        "str",
+        "auto",
+        env="REPROQ_RAY_ADDRESS",
+        flag="--ray-address",
+        help="ray: the cluster (auto, host:port, ray://host:10001) or local (start one here)",
+    ),
+    _s(
+        "worker.ray_runtime_env",
+        "str",
+        "",
+        env="REPROQ_RAY_RUNTIME_ENV",
+        help="ray: runtime_env JSON for the tasks (pip, working_dir, env_vars ...)",
     ),
     _s(
         "worker.pool_max_tasks",

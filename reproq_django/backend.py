@@ -23,7 +23,7 @@ from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.exceptions import TaskResultDoesNotExist
 from django.utils import timezone
 
-from reproq_django import pg_enqueue, signals
+from reproq_django import pg_enqueue, raytask, signals
 from reproq_django.db import (
     format_result_id,
     parse_result_id,
@@ -34,7 +34,14 @@ from reproq_django.models import TaskRun, TaskRunStatus
 from reproq_django.proxy import TaskResultProxy
 from reproq_django.serialization import encode_args_kwargs, normalize_and_hash, normalize_json
 
-RESERVED_KWARGS = ("run_after", "lock_key", "priority", "concurrency_key", "concurrency_limit")
+RESERVED_KWARGS = (
+    "run_after",
+    "lock_key",
+    "priority",
+    "concurrency_key",
+    "concurrency_limit",
+    "ray_options",
+)
 DEDUP_CHUNK = 1000
 
 
@@ -77,6 +84,7 @@ class ReproqBackend(BaseTaskBackend):
         priority = kwargs.pop("priority", task.priority)
         concurrency_key = kwargs.pop("concurrency_key", concurrency_key_of(task))
         concurrency_limit = kwargs.pop("concurrency_limit", concurrency_limit_of(task))
+        ray = raytask.options_for(task, kwargs.pop("ray_options", None))
         priority = 0 if priority is None else int(priority)
         run_after = _normalize_run_after(run_after)
         if callable(concurrency_key):
@@ -107,6 +115,9 @@ class ReproqBackend(BaseTaskBackend):
                 "pip_lock_hash": options.get("PIP_LOCK_HASH"),
             },
         }
+        if ray:
+            # Only present when asked for, so every other spec (and its hash) is unchanged.
+            spec["ray"] = ray
         if not self._dedup():
             # Each enqueue is its own task: a nonce keeps the hash apart from identical specs,
             # which the partial unique index would otherwise refuse while one is active.

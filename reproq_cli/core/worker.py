@@ -40,6 +40,7 @@ from reproq_cli.core.logs import Logger
 from reproq_cli.core.memory import start_memory_logger
 from reproq_cli.core.metrics import FAILURE, SUCCESS, Collector, Metrics, timed
 from reproq_cli.core.pool import ExecutorPool
+from reproq_cli.core.rayexec import LOST, RayRunner, parse_runtime_env, ray_installed
 from reproq_cli.db.tasks import FencingError, TaskStore
 from reproq_cli.errors import ConfigError, DatabaseError
 from reproq_cli.models import ClaimedTask, Failure
@@ -76,6 +77,8 @@ class WorkerSettings:
     executor: str = "spawn"
     pool_max_tasks: int = 1000
     pool_max_memory_mb: int = 512
+    ray_address: str = "auto"
+    ray_runtime_env: str = ""
 
     @classmethod
     def from_config(
@@ -100,11 +103,11 @@ class WorkerSettings:
                 max_payload_bytes=w["max_payload_bytes"],
                 max_stdout_bytes=w["max_stdout_bytes"],
                 max_stderr_bytes=w["max_stderr_bytes"],
+                task_memory_limit_mb=w["task_memory_limit"],
+                task_cpu_limit=w["task_cpu_limit"],
             ),
             logs_dir=w["logs_dir"],
             exec_timeout=w["exec_timeout"],
-                task_memory_limit_mb=w["task_memory_limit"],
-                task_cpu_limit=w["task_cpu_limit"],
             max_attempts_default=w["max_attempts_default"],
             shutdown_timeout=w["shutdown_timeout"],
             priority_aging_factor=w["priority_aging_factor"],
@@ -115,7 +118,35 @@ class WorkerSettings:
             executor=w["executor"],
             pool_max_tasks=w["pool_max_tasks"],
             pool_max_memory_mb=w["pool_max_memory_mb"],
+            ray_address=w["ray_address"],
+            ray_runtime_env=w["ray_runtime_env"],
         )
+
+
+def _start_ray(settings: WorkerSettings, log: Logger) -> RayRunner:
+    if not ray_installed():
+        raise ConfigError(
+            "--executor ray needs Ray, which is not installed",
+            hint="pip install 'reproq[ray]'",
+        )
+    try:
+        runner = RayRunner(
+            settings.ray_address,
+            max_payload_bytes=settings.exec_spec.max_payload_bytes,
+            max_stderr_bytes=settings.exec_spec.max_stderr_bytes,
+            log=log,
+            local_cpus=min(settings.concurrency, os.cpu_count() or 1),
+            runtime_env=parse_runtime_env(settings.ray_runtime_env),
+            settings_module=os.environ.get("DJANGO_SETTINGS_MODULE"),
+        )
+        runner.start()
+    except (InfraError, ValueError) as exc:
+        raise ConfigError(
+            str(exc),
+            hint="check --ray-address (auto, host:port, ray://host:10001 or local) "
+            "and worker.ray_runtime_env",
+        ) from None
+    return runner
 
 
 def run_worker(
@@ -126,7 +157,7 @@ def run_worker(
         log.warn("Low memory mode enabled; metrics/health/events disabled", env="LOW_MEMORY_MODE")
     metrics = Metrics()
     broker = EventBroker() if http is not None and not settings.low_memory else None
-    pool = None
+    pool: ExecutorPool | RayRunner | None = None
     if settings.executor == "pool":
         pool = ExecutorPool(
             settings.exec_spec,
@@ -142,6 +173,8 @@ def run_worker(
                 f"cannot start the executor pool: {exc}",
                 hint="check worker.python_bin (--python-bin) and worker.executor_module",
             ) from None
+    if settings.executor == "ray":
+        pool = _start_ray(settings, log)
     worker = Worker(settings, store, log, metrics=metrics, events=broker, pool=pool)
 
     def healthy() -> bool:
@@ -192,7 +225,7 @@ class Worker:
         *,
         metrics: Metrics | None = None,
         events: EventSink | None = None,
-        pool: ExecutorPool | None = None,
+        pool: ExecutorPool | RayRunner | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
@@ -537,6 +570,11 @@ class Worker:
         if result.stopped_for == "lease_lost":
             log.error("Task stopped: lease lost; the row is left for reclaim")
             return
+        if result.stopped_for == LOST:
+            # The task may still be running on a cluster we cannot see: the lease, no
+            # longer renewed, decides when another attempt may start.
+            log.error("Task abandoned: executor connection lost; the row is left for reclaim")
+            return
         if result.stopped_for == "cancelled":
             log.warn("Task cancelled by request")
             self._fail(
@@ -563,6 +601,15 @@ class Worker:
         if result.timed_out:
             log.warn("Task timed out", timeout_seconds=limit)
             failure = policy.timeout(task, limit, s.worker_id)
+            self._fail(log, task, task_path, failure, logs_uri, event=_failed_event(failure))
+            return
+        which = resource_limit_hit(s.exec_spec, result)
+        if which is not None:
+            spec = s.exec_spec
+            memory = f"{spec.task_memory_limit_mb} MiB"
+            cap = memory if which == "memory" else f"{spec.task_cpu_limit:g}s"
+            log.warn("Task exceeded a resource limit", limit=which, limit_value=cap)
+            failure = policy.resource_limit(task, which, cap, s.worker_id)
             self._fail(log, task, task_path, failure, logs_uri, event=_failed_event(failure))
             return
         envelope = result.envelope
@@ -602,15 +649,6 @@ class Worker:
             task_path,
             failure,
             logs_uri,
-        which = resource_limit_hit(s.exec_spec, result)
-        if which is not None:
-            spec = s.exec_spec
-            memory = f"{spec.task_memory_limit_mb} MiB"
-            cap = memory if which == "memory" else f"{spec.task_cpu_limit:g}s"
-            log.warn("Task exceeded a resource limit", limit=which, limit_value=cap)
-            failure = policy.resource_limit(task, which, cap, s.worker_id)
-            self._fail(log, task, task_path, failure, logs_uri, event=_failed_event(failure))
-            return
             event=_failed_event(failure),
             exception_class=envelope.exception_class,
             error_message=message,
