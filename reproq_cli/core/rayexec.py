@@ -239,9 +239,6 @@ class _Bridge:
                 return False
         return True
 
-    def alive(self) -> bool:
-        return not self.gone.is_set() and self.proc.poll() is None
-
     def stop(self, wait: float) -> None:
         """Close its input (it cancels what it runs and disconnects), then insist."""
         with self.lock, contextlib.suppress(OSError, ValueError):
@@ -372,10 +369,6 @@ class RayRunner:
                 self._connected.set()
                 self.log.info("Reconnected to Ray", address=self.address)
                 break
-
-    def bridge_pid(self) -> int | None:
-        bridge = self._bridge
-        return bridge.proc.pid if bridge is not None else None
 
     # --- one attempt ----------------------------------------------------------------------
 
