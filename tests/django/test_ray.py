@@ -8,6 +8,7 @@ tasks themselves (``ray.is_initialized()`` inside them, pids and marker files th
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from django.tasks import TaskResultStatus
+from django.utils import timezone
 
 from reproq_django.distributed import parallel_map, parallel_starmap, scatter_gather
 from reproq_django.models import TaskRun
@@ -174,8 +176,13 @@ def test_failing_task_retries_then_succeeds_or_fails(shared_worker):
 
 def test_timeout_stops_the_ray_task(shared_worker, tmp_path):
     began = time.time()
-    slow = ray_tasks.sleeper.enqueue(str(tmp_path), 60)
-    TaskRun.objects.filter(result_id=int(slow.id)).update(timeout_seconds=3, max_attempts=1)
+    # Deferred until its row has the short timeout: the shared worker claims within
+    # milliseconds of an enqueue.
+    later = timezone.now() + dt.timedelta(hours=1)
+    slow = ray_tasks.sleeper.using(run_after=later).enqueue(str(tmp_path), 60)
+    TaskRun.objects.filter(result_id=int(slow.id)).update(
+        timeout_seconds=3, max_attempts=1, run_after=None
+    )
     _wait_status([slow], "FAILED")
     slow.refresh()
     (error,) = slow.errors_json
