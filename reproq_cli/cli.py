@@ -40,7 +40,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "replay": ("reproq_cli.commands.replay", "command", "Run a task again as a new row."),
     "stats": ("reproq_cli.commands.stats", "command", "Counts, workers and periodic tasks."),
     "top": ("reproq_cli.commands.top", "command", "Live view of queues and workers."),
+    "torture": (
+        "reproq_cli.commands.torture",
+        "command",
+        "Run a mixed workload with chaos; check it with verify.",
+    ),
     "triage": ("reproq_cli.commands.triage", "command", "Inspect and retry failed tasks."),
+    "verify": ("reproq_cli.commands.verify", "command", "Check the task tables' invariants."),
     "version": ("reproq_cli.commands.version", "command", "Print the version."),
     "worker": ("reproq_cli.commands.worker", "command", "Claim and run tasks."),
 }

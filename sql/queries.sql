@@ -829,3 +829,315 @@ LEFT JOIN LATERAL (
     ORDER BY t.result_id
     LIMIT 1
 ) a ON true;
+
+-- ===========================================================================================
+-- reproq torture / reproq verify (docs/reliability.md)
+-- ===========================================================================================
+
+-- name: torture_create_executions
+-- Torture's side table, not part of the product schema: one row per execution of a torture
+-- task body, written by the task itself (reproq_cli.db.torture_executor) on the database's
+-- clock, so overlaps are judged on one clock. finished_at stays NULL when the process died.
+CREATE TABLE IF NOT EXISTS reproq_torture_executions (
+    id bigserial PRIMARY KEY,
+    result_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    worker_id text NOT NULL DEFAULT '',
+    pid integer NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at timestamptz NULL,
+    outcome text NULL
+);
+
+-- name: torture_index_executions
+CREATE INDEX IF NOT EXISTS reproq_torture_executions_result_idx
+    ON reproq_torture_executions (result_id);
+
+-- name: torture_execution_start
+INSERT INTO reproq_torture_executions (result_id, attempt, worker_id, pid)
+VALUES (%(result_id)s, %(attempt)s, %(worker_id)s, %(pid)s)
+RETURNING id;
+
+-- name: torture_execution_end
+UPDATE reproq_torture_executions
+SET finished_at = clock_timestamp(), outcome = %(outcome)s
+WHERE id = %(id)s;
+
+-- name: torture_insert_task
+-- One planned torture task. metadata_json.torture carries the run, the expected final status
+-- and, for delayed tasks, not_before (the original run_after; retries move run_after).
+INSERT INTO task_runs (
+    queue_name, priority, run_after, spec_json, spec_hash, task_path, status, max_attempts,
+    timeout_seconds, lock_key, concurrency_key, concurrency_limit, parent_id, wait_count,
+    workflow_id, metadata_json
+)
+SELECT %(queue_name)s, %(priority)s, r.run_after, %(spec_json)s::jsonb, %(spec_hash)s,
+       %(task_path)s, %(status)s, %(max_attempts)s, %(timeout_seconds)s, %(lock_key)s,
+       %(concurrency_key)s, %(concurrency_limit)s, %(parent_id)s, %(wait_count)s,
+       %(workflow_id)s::uuid,
+       jsonb_build_object('torture', %(meta)s::jsonb || CASE
+           WHEN r.run_after IS NULL THEN '{}'::jsonb
+           ELSE jsonb_build_object('not_before', r.run_after) END)
+FROM (SELECT CASE WHEN %(delay)s::float8 > 0
+                  THEN now() + make_interval(secs => %(delay)s::float8) END AS run_after) r
+RETURNING result_id;
+
+-- name: torture_insert_workflow
+INSERT INTO workflow_runs (workflow_id, expected_count, callback_result_id)
+VALUES (%(workflow_id)s::uuid, %(expected_count)s, %(callback_result_id)s);
+
+-- name: torture_progress
+-- Status counts of one torture run's tasks.
+SELECT status, count(*) AS n
+FROM task_runs
+WHERE metadata_json -> 'torture' ->> 'run' = %(run)s
+GROUP BY status;
+
+-- name: torture_pick_row
+-- A random non-terminal row of the run for the row-lock chaos, RUNNING ones first, each row
+-- at most once (a row locked again and again would starve its reclaim forever: that is a
+-- different experiment).
+SELECT result_id FROM task_runs
+WHERE metadata_json -> 'torture' ->> 'run' = %(run)s AND status IN ('READY', 'RUNNING')
+  AND NOT (result_id = ANY(%(exclude)s::bigint[]))
+ORDER BY status DESC, random()
+LIMIT 1;
+
+-- name: torture_lock_row
+-- Chaos: take a row lock another session holds until its transaction ends.
+SELECT result_id FROM task_runs WHERE result_id = %(result_id)s FOR UPDATE;
+
+-- name: torture_execution_count
+SELECT count(*) AS n,
+       count(*) FILTER (WHERE finished_at IS NULL) AS unfinished
+FROM reproq_torture_executions;
+
+-- name: verify_has_executions
+SELECT to_regclass('reproq_torture_executions') IS NOT NULL AS present;
+
+-- name: verify_running_without_lease
+-- Invariant: a RUNNING row has a live lease (holder and an expiry in the future).
+SELECT result_id, leased_by, leased_until
+FROM task_runs
+WHERE status = 'RUNNING'
+  AND (leased_by IS NULL OR leased_until IS NULL OR leased_until < now())
+ORDER BY result_id;
+
+-- name: verify_pending_reasons
+-- Every row with the reason it is where it is; reason NULL = stranded (no documented reason).
+-- RUNNING rows are "running" here whatever their lease: verify_running_without_lease judges it.
+WITH classified AS (
+    SELECT t.result_id,
+           CASE
+               WHEN t.status IN ('SUCCESSFUL', 'FAILED', 'CANCELLED') THEN 'terminal'
+               WHEN t.status = 'RUNNING' THEN 'running'
+               WHEN t.status = 'READY' AND t.run_after > now() THEN 'scheduled'
+               WHEN t.status = 'READY' AND EXISTS (
+                   SELECT 1 FROM reproq_queue_controls q
+                   WHERE q.queue_name = t.queue_name AND q.paused
+               ) THEN 'queue_paused'
+               WHEN t.status = 'READY' THEN 'claimable'
+               WHEN t.status = 'WAITING' AND p.status IN ('READY', 'RUNNING', 'WAITING')
+                   THEN 'waiting_for_parent'
+               WHEN t.status = 'WAITING' AND t.parent_id IS NULL AND w.status = 'RUNNING'
+                   THEN 'waiting_for_chord'
+           END AS reason
+    FROM task_runs t
+    LEFT JOIN task_runs p ON p.result_id = t.parent_id
+    LEFT JOIN workflow_runs w ON w.callback_result_id = t.result_id
+)
+SELECT reason, count(*) AS n, (array_agg(result_id ORDER BY result_id))[1:5] AS examples
+FROM classified
+GROUP BY reason
+ORDER BY reason NULLS FIRST;
+
+-- name: verify_attempts_over_max
+-- Invariant: attempts <= max_attempts.
+SELECT result_id, attempts, max_attempts
+FROM task_runs
+WHERE attempts > max_attempts
+ORDER BY result_id;
+
+-- name: verify_errors_vs_attempts
+-- Invariant: every finished attempt that did not succeed left one error object. Not counted:
+-- worker_shutdown (the attempt is given back) and workflow_failed/parent_failed (recorded on
+-- rows that never ran). A SUCCESSFUL or RUNNING row has one attempt without an error.
+-- `reproq triage retry` resets attempts but keeps the history, so in general only "fewer
+-- errors than attempts" is a violation; torture rows (never triaged) must match exactly.
+WITH counted AS (
+    SELECT t.result_id, t.status, t.attempts,
+           t.metadata_json ? 'torture' AS exact,
+           (SELECT count(*)
+            FROM jsonb_array_elements(
+                CASE WHEN jsonb_typeof(t.errors_json) = 'array'
+                     THEN t.errors_json ELSE '[]'::jsonb END) e
+            WHERE COALESCE(e ->> 'kind', '')
+                  NOT IN ('worker_shutdown', 'workflow_failed', 'parent_failed')
+           ) AS attempt_errors,
+           t.attempts - CASE WHEN t.status IN ('SUCCESSFUL', 'RUNNING') THEN 1 ELSE 0 END
+               AS expected
+    FROM task_runs t
+)
+SELECT result_id, status, attempts, attempt_errors, expected
+FROM counted
+WHERE attempt_errors < expected OR (exact AND attempt_errors <> expected)
+ORDER BY result_id;
+
+-- name: verify_chains
+-- Invariant: a chain child runs only after its parent succeeded, is released when it did, and
+-- fails without running when the parent failed for good.
+SELECT c.result_id, c.status, c.attempts, p.result_id AS parent_id, p.status AS parent_status
+FROM task_runs c
+JOIN task_runs p ON p.result_id = c.parent_id
+WHERE (p.status = 'FAILED' AND (c.status <> 'FAILED' OR c.attempts > 0))
+   OR (c.status IN ('READY', 'RUNNING', 'SUCCESSFUL') AND p.status <> 'SUCCESSFUL')
+   OR (p.status = 'SUCCESSFUL' AND c.status = 'WAITING')
+ORDER BY c.result_id;
+
+-- name: verify_chords
+-- Invariant: a chord's counts match its members, its callback is released exactly when every
+-- member succeeded, and fails without running when a member failed for good.
+WITH members AS (
+    SELECT w.workflow_id, w.status, w.expected_count, w.success_count, w.callback_result_id,
+           count(t.result_id) FILTER (WHERE t.status = 'SUCCESSFUL') AS ok,
+           count(t.result_id) FILTER (WHERE t.status = 'FAILED') AS failed
+    FROM workflow_runs w
+    LEFT JOIN task_runs t
+        ON t.workflow_id = w.workflow_id AND t.result_id IS DISTINCT FROM w.callback_result_id
+    GROUP BY w.workflow_id
+),
+judged AS (
+    SELECT m.workflow_id, m.callback_result_id, cb.status AS callback_status,
+           CASE
+               -- A FAILED workflow stops counting, so only then may the count lag behind.
+               WHEN m.success_count > m.ok OR (m.status <> 'FAILED' AND m.success_count <> m.ok)
+                   THEN format('success_count %%s but %%s members succeeded', m.success_count, m.ok)
+               WHEN m.failed > 0 AND m.status <> 'FAILED'
+                   THEN format('a member failed but the workflow is %%s', m.status)
+               WHEN m.failed > 0 AND (cb.status <> 'FAILED' OR cb.attempts > 0)
+                   THEN format('a member failed but the callback is %%s after %%s attempts',
+                               cb.status, cb.attempts)
+               WHEN cb.status IN ('READY', 'RUNNING', 'SUCCESSFUL') AND m.ok < m.expected_count
+                   THEN 'callback released before every member succeeded'
+               WHEN cb.status = 'WAITING' AND m.failed = 0 AND m.ok >= m.expected_count
+                   THEN 'every member succeeded but the callback still waits'
+               WHEN cb.status = 'SUCCESSFUL' AND m.status <> 'SUCCESSFUL'
+                   THEN format('callback succeeded but the workflow is %%s', m.status)
+           END AS problem
+    FROM members m
+    LEFT JOIN task_runs cb ON cb.result_id = m.callback_result_id
+)
+SELECT workflow_id, callback_result_id, callback_status, problem
+FROM judged
+WHERE problem IS NOT NULL
+ORDER BY workflow_id;
+
+-- name: verify_executions_summary
+SELECT count(*) AS executions,
+       count(*) FILTER (WHERE finished_at IS NULL) AS unfinished,
+       count(DISTINCT result_id) AS tasks
+FROM reproq_torture_executions;
+
+-- name: verify_task_overlap
+-- Invariant: no task ran twice at the same time (executions of one result_id, by start time,
+-- each begins after every earlier one ended). Executions that never finished are not judged.
+WITH ordered AS (
+    SELECT result_id, id, started_at,
+           max(finished_at) OVER (
+               PARTITION BY result_id ORDER BY started_at, id
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+           ) AS earlier_end
+    FROM reproq_torture_executions
+    WHERE finished_at IS NOT NULL
+)
+SELECT result_id, started_at, earlier_end
+FROM ordered
+WHERE earlier_end > started_at
+ORDER BY result_id;
+
+-- name: verify_lock_key_overlap
+-- Invariant: executions of tasks sharing a lock_key never overlap.
+WITH ordered AS (
+    SELECT t.lock_key, x.result_id, x.id, x.started_at,
+           max(x.finished_at) OVER (
+               PARTITION BY t.lock_key ORDER BY x.started_at, x.id
+               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+           ) AS earlier_end
+    FROM reproq_torture_executions x
+    JOIN task_runs t ON t.result_id = x.result_id
+    WHERE t.lock_key IS NOT NULL AND x.finished_at IS NOT NULL
+)
+SELECT lock_key, result_id, started_at, earlier_end
+FROM ordered
+WHERE earlier_end > started_at
+ORDER BY lock_key, started_at;
+
+-- name: verify_concurrency_peaks
+-- Invariant: at no instant did more executions of one concurrency_key run than its limit.
+-- A sweep over start (+1) and end (-1) events; an end sorts before a start at the same instant.
+WITH runs AS (
+    SELECT t.concurrency_key, t.concurrency_limit, x.started_at, x.finished_at
+    FROM reproq_torture_executions x
+    JOIN task_runs t ON t.result_id = x.result_id
+    WHERE t.concurrency_key IS NOT NULL AND t.concurrency_limit > 0
+      AND x.finished_at IS NOT NULL
+),
+events AS (
+    SELECT concurrency_key, concurrency_limit, started_at AS at, 1 AS delta FROM runs
+    UNION ALL
+    SELECT concurrency_key, concurrency_limit, finished_at, -1 FROM runs
+),
+swept AS (
+    SELECT concurrency_key, concurrency_limit,
+           sum(delta) OVER (
+               PARTITION BY concurrency_key ORDER BY at, delta ROWS UNBOUNDED PRECEDING
+           ) AS running
+    FROM events
+)
+SELECT concurrency_key, max(running) AS peak, min(concurrency_limit) AS "limit"
+FROM swept
+GROUP BY concurrency_key
+ORDER BY concurrency_key;
+
+-- name: verify_workflow_order
+-- Invariant: a chain child started after its parent's executions ended, a chord callback
+-- after every member's.
+WITH first_start AS (
+    SELECT result_id, min(started_at) AS started FROM reproq_torture_executions GROUP BY result_id
+),
+last_end AS (
+    SELECT result_id, max(COALESCE(finished_at, started_at)) AS ended
+    FROM reproq_torture_executions GROUP BY result_id
+)
+SELECT 'chain' AS kind, c.result_id, c.parent_id AS before_id, f.started, l.ended
+FROM task_runs c
+JOIN first_start f ON f.result_id = c.result_id
+JOIN last_end l ON l.result_id = c.parent_id
+WHERE f.started < l.ended
+UNION ALL
+SELECT 'chord', w.callback_result_id, m.result_id, f.started, l.ended
+FROM workflow_runs w
+JOIN first_start f ON f.result_id = w.callback_result_id
+JOIN task_runs m ON m.workflow_id = w.workflow_id AND m.result_id <> w.callback_result_id
+JOIN last_end l ON l.result_id = m.result_id
+WHERE f.started < l.ended
+ORDER BY 2;
+
+-- name: verify_torture_expected
+-- Torture rows: the final status the plan expects (metadata_json.torture.expect), and a
+-- delayed task's first execution not before its original run_after.
+SELECT t.result_id, t.status, t.metadata_json -> 'torture' ->> 'expect' AS expected,
+       t.metadata_json -> 'torture' ->> 'kind' AS kind, x.first_start,
+       t.metadata_json -> 'torture' ->> 'not_before' AS not_before
+FROM task_runs t
+LEFT JOIN LATERAL (
+    SELECT min(started_at) AS first_start FROM reproq_torture_executions e
+    WHERE e.result_id = t.result_id
+) x ON true
+WHERE t.metadata_json ? 'torture'
+  AND (t.status <> t.metadata_json -> 'torture' ->> 'expect'
+       OR x.first_start < (t.metadata_json -> 'torture' ->> 'not_before')::timestamptz)
+ORDER BY t.result_id;
+
+-- name: verify_torture_count
+SELECT count(*) AS n FROM task_runs WHERE metadata_json ? 'torture';
