@@ -150,8 +150,7 @@ def command(
         from reproq_cli.db import embedded
 
         def restart() -> None:
-            embedded.stop(os.environ)
-            embedded.start(os.environ)
+            embedded.restart(os.environ)
 
     torture = Torture(options, url, restart_db=restart, say=console.notice)
     report = torture.run()

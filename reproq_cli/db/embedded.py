@@ -111,3 +111,20 @@ def stop(env: Mapping[str, str]) -> bool:
     server = pgserver.get_server(current.directory, cleanup_mode=None)
     server.stop()
     return True
+
+
+def restart(env: Mapping[str, str]) -> None:
+    """Stop the embedded server and start it again in the same data directory (the
+    restart chaos of ``reproq torture``). The package has no public restart: a cached server
+    object only restarts through what get_server() runs under its lock."""
+    pgserver = _server_module()
+    server = pgserver.get_server(data_dir(env), cleanup_mode=None)
+    server.stop()
+    try:
+        with server._lock:
+            server.ensure_postgres_running()
+    except Exception as exc:  # the package raises assorted errors; all mean "did not start"
+        raise DatabaseError(
+            f"cannot restart the embedded PostgreSQL in {data_dir(env)}: {exc}",
+            hint="start it again with any reproq command that needs it",
+        ) from None

@@ -57,7 +57,10 @@ def insert_plan(conn: psycopg.Connection[Any], rows: Iterable[Mapping[str, Any]]
                     },
                 )
     except psycopg.Error as exc:
-        raise DatabaseError(f"cannot enqueue the torture workload: {one_line(exc)}") from None
+        raise DatabaseError(
+            f"cannot enqueue the torture workload: {one_line(exc)}",
+            hint="run `reproq migrate` against that database first",
+        ) from None
     return ids
 
 

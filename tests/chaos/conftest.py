@@ -33,9 +33,10 @@ class Outcome:
         return next(i for i in self.verify["invariants"] if i["name"] == name)
 
 
-def _env() -> dict[str, str]:
+def env_for(cwd: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["TMPDIR"] = str(cwd)  # torture's work directory (worker logs) goes with the test's
     return env
 
 
@@ -43,7 +44,7 @@ def start_torture(dsn: str, cwd: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "reproq_cli", "torture", "--dsn", dsn, "--json", *args],
         cwd=cwd,
-        env=_env(),
+        env=env_for(cwd),
         stdout=subprocess.PIPE,
         stderr=(cwd / "torture.err").open("w"),
         text=True,
@@ -64,7 +65,7 @@ def finish(proc: subprocess.Popen[str], dsn: str, cwd: Path, timeout: float = 24
     verify = subprocess.run(
         [sys.executable, "-m", "reproq_cli", "verify", "--dsn", dsn, "--json"],
         cwd=cwd,
-        env=_env(),
+        env=env_for(cwd),
         capture_output=True,
         text=True,
         timeout=120,
