@@ -7,6 +7,9 @@ under a plain interpreter (this Python outside any virtualenv) with only PATH an
 set, as a user's shell would run it. "Cold" is the first run after download, which unpacks
 the zipapp into SHIV_ROOT; "warm" is every run after that. For comparison, the same commands
 through `python -m reproq_cli` of this environment. Prints a Markdown table on stdout.
+
+`python -m benchmarks` runs the same measurement (``measure``) on a zipapp it builds from the
+working tree and puts it in BENCHMARKS.md with the other figures.
 """
 
 from __future__ import annotations
@@ -41,6 +44,43 @@ def summary(samples: list[float]) -> str:
     return f"{statistics.median(ms):.0f} ms | {ms[0]:.0f} ms | {ms[-1]:.0f} ms"
 
 
+def measure(pyz: Path | None, runs: int, cold_runs: int = 5) -> list[tuple[str, list[float]]]:
+    """(command, samples in seconds) for the zipapp (when ``pyz`` is given), the installed
+    package and the bare interpreter."""
+    python = getattr(sys, "_base_executable", "") or sys.executable
+    rows: list[tuple[str, list[float]]] = []
+    with tempfile.TemporaryDirectory() as cwd:
+        if pyz is not None:
+            cold = []
+            for _ in range(cold_runs):
+                with tempfile.TemporaryDirectory() as shiv_root:
+                    env = {"PATH": os.environ.get("PATH", os.defpath), "SHIV_ROOT": shiv_root}
+                    cold.append(timed([python, str(pyz), "--help"], env, cwd))
+            rows.append(("pyz `--help`, cold (first run unpacks)", cold))
+            with tempfile.TemporaryDirectory() as shiv_root:
+                env = {"PATH": os.environ.get("PATH", os.defpath), "SHIV_ROOT": shiv_root}
+                timed([python, str(pyz), "--help"], env, cwd)
+                warm: dict[str, list[float]] = {"--help": [], "--version": []}
+                for _ in range(runs):  # interleaved: a burst of load elsewhere hits both
+                    for flag, samples in warm.items():
+                        samples.append(timed([python, str(pyz), flag], env, cwd))
+                rows += [(f"pyz `{flag}`, warm", samples) for flag, samples in warm.items()]
+        env = dict(os.environ)
+        installed: dict[str, list[float]] = {"--help": [], "--version": [], "pass": []}
+        for _ in range(runs):
+            for flag, samples in installed.items():
+                argv = (
+                    [python, "-c", "pass"]
+                    if flag == "pass"
+                    else [sys.executable, "-m", "reproq_cli", flag]
+                )
+                samples.append(timed(argv, env, cwd))
+        for flag in ("--help", "--version"):
+            rows.append((f"`python -m reproq_cli {flag}` (installed package)", installed[flag]))
+        rows.append(("`python -c pass` (interpreter alone)", installed["pass"]))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pyz", nargs="?", type=Path, default=default_pyz())
@@ -48,38 +88,15 @@ def main() -> None:
     args = parser.parse_args()
     if not args.pyz.is_file():
         sys.exit(f"error: {args.pyz} does not exist; build it with build/shiv.sh")
-    python = getattr(sys, "_base_executable", "") or sys.executable
-    rows = []
-    with tempfile.TemporaryDirectory() as cwd:
-        cold = []
-        for _ in range(5):
-            with tempfile.TemporaryDirectory() as shiv_root:
-                env = {"PATH": os.environ.get("PATH", os.defpath), "SHIV_ROOT": shiv_root}
-                cold.append(timed([python, str(args.pyz), "--help"], env, cwd))
-        rows.append(("pyz `--help`, cold (first run unpacks)", summary(cold)))
-        with tempfile.TemporaryDirectory() as shiv_root:
-            env = {"PATH": os.environ.get("PATH", os.defpath), "SHIV_ROOT": shiv_root}
-            timed([python, str(args.pyz), "--help"], env, cwd)
-            for flag in ("--help", "--version"):
-                samples = [timed([python, str(args.pyz), flag], env, cwd) for _ in range(args.runs)]
-                rows.append((f"pyz `{flag}`, warm", summary(samples)))
-        env = dict(os.environ)
-        for flag in ("--help", "--version"):
-            samples = [
-                timed([sys.executable, "-m", "reproq_cli", flag], env, cwd)
-                for _ in range(args.runs)
-            ]
-            rows.append((f"`python -m reproq_cli {flag}` (installed package)", summary(samples)))
-        bare = [timed([python, "-c", "pass"], env, cwd) for _ in range(args.runs)]
-        rows.append(("`python -c pass` (interpreter alone)", summary(bare)))
+    rows = measure(args.pyz, args.runs)
     print(
         f"{args.pyz.name}, Python {platform.python_version()}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs, {args.runs} runs (cold: 5)\n"
     )
     print("| command | median | min | max |")
     print("|---|---|---|---|")
-    for name, values in rows:
-        print(f"| {name} | {values} |")
+    for name, samples in rows:
+        print(f"| {name} | {summary(samples)} |")
 
 
 if __name__ == "__main__":
