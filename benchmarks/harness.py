@@ -281,7 +281,8 @@ def _git_state() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # BENCHMARKS.md is the file this run writes; it does not change what is measured.
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!BENCHMARKS.md"],
             cwd=ROOT,
             capture_output=True,
             text=True,
