@@ -66,21 +66,6 @@ def _read_payload(args: argparse.Namespace) -> str:
     return str(args.payload_json)
 
 
-def _load_metadata(result_id: str, alias: str) -> dict[str, Any]:
-    from reproq_django.models import TaskRun
-
-    try:
-        value = (
-            TaskRun.objects.using(alias)
-            .filter(result_id=int(result_id))
-            .values_list("metadata_json", flat=True)
-            .first()
-        )
-    except Exception:
-        return {}
-    return dict(value) if isinstance(value, dict) else {}
-
-
 def _setup_django(settings_module: str | None) -> str | None:
     """Set Django up; returns a failure envelope (JSON text) when it cannot be."""
     if settings_module:
@@ -172,7 +157,6 @@ def run_spec(
         queue_name=queue_name,
         priority=int(spec.get("priority") or 0),
         db_alias=alias,
-        metadata=_load_metadata(result_id, alias) if result_id else {},
     )
     captured = io.StringIO()
     try:
@@ -277,7 +261,7 @@ def _report_prints(captured: io.StringIO) -> None:
 
 
 def _save_metadata(context: Any) -> None:
-    if not context.result_id:
+    if not context.result_id or not context.metadata_changed:
         return
     with contextlib.suppress(Exception):
         context.save_metadata()

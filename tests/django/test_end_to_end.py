@@ -43,6 +43,7 @@ def test_success_failure_context_async_and_prints(django_workers, tmp_path):
     loud = tasks.shout.enqueue("hi")
     bad = tasks.explode.enqueue("kaboom")
     ctx = tasks.with_context.enqueue(note="remember me")
+    outside = tasks.note_from_outside.enqueue()
     coro = tasks.async_double.enqueue(21)
     env = tasks.settings_module.enqueue()
     run_worker(django_workers, "--logs-dir", str(tmp_path / "logs"))
@@ -66,6 +67,10 @@ def test_success_failure_context_async_and_prints(django_workers, tmp_path):
     ctx.refresh()
     assert ctx.return_value == {"attempt": 1, "result_id": ctx.id}
     assert ctx.metadata == {"note": "remember me"}
+    outside.refresh()
+    assert outside.return_value == "noted"
+    # The task never read its context's metadata, so the executor wrote nothing back.
+    assert outside.metadata == {"written_by": "another process"}
 
     coro.refresh()
     assert coro.return_value == 42

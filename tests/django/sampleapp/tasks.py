@@ -34,6 +34,18 @@ def with_context(context, note: str) -> dict:
     return {"attempt": context.attempt, "result_id": context.result_id}
 
 
+@task(takes_context=True)
+def note_from_outside(context) -> str:
+    """Writes its own row's metadata the way another process would, without touching
+    ``context.metadata``: the executor must not write its own (stale) copy over it."""
+    from reproq_django.models import TaskRun
+
+    TaskRun.objects.filter(result_id=int(context.result_id)).update(
+        metadata_json={"written_by": "another process"}
+    )
+    return "noted"
+
+
 @task()
 async def async_double(value: int) -> int:
     await asyncio.sleep(0)
