@@ -15,6 +15,7 @@ import json
 import math
 import os
 import resource
+import select
 import signal
 import subprocess
 import tempfile
@@ -380,21 +381,21 @@ def _supervise(
     timed_out = False
     stopped_for: str | None = None
     used_cpu = 0.0
-    while True:
-        try:
-            proc.wait(timeout=TICK_SECONDS)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        if spec.task_cpu_limit > 0:
-            used_cpu = cpu_seconds(proc.pid) or used_cpu
-        if time.monotonic() >= deadline:
-            timed_out = True
-        elif tick is not None:
-            stopped_for = tick()
-        if timed_out or stopped_for:
-            _stop_group(proc)
-            break
+    exit_fd = _pidfd(proc.pid)
+    try:
+        while not _exited(proc, exit_fd, TICK_SECONDS):
+            if spec.task_cpu_limit > 0:
+                used_cpu = cpu_seconds(proc.pid) or used_cpu
+            if time.monotonic() >= deadline:
+                timed_out = True
+            elif tick is not None:
+                stopped_for = tick()
+            if timed_out or stopped_for:
+                _stop_group(proc)
+                break
+    finally:
+        if exit_fd is not None:
+            os.close(exit_fd)
     for thread in threads:
         thread.join(timeout=PIPE_DRAIN_SECONDS)
     duration = time.monotonic() - started
@@ -415,6 +416,32 @@ def _supervise(
     if not timed_out and stopped_for is None:
         result.envelope = parse_envelope(stdout_text)
     return result
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when the child exits (Linux 5.3+), or None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _exited(proc: subprocess.Popen[bytes], exit_fd: int | None, timeout: float) -> bool:
+    """Wait up to ``timeout`` for the child to exit. With a pidfd the wait ends the moment
+    it does; Popen.wait(timeout) sleeps in growing steps and noticed a short task's exit
+    ~14 ms late on average."""
+    if exit_fd is None:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    poller = select.poll()  # not select.select: a busy worker's descriptors pass 1024
+    poller.register(exit_fd, select.POLLIN)
+    if not poller.poll(timeout * 1000):
+        return False
+    proc.wait()
+    return True
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
