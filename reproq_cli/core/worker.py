@@ -172,7 +172,7 @@ def run_worker(
         except InfraError as exc:
             raise ConfigError(
                 f"cannot start the executor pool: {exc}",
-                hint="check worker.python_bin (--python-bin) and worker.executor_module",
+                hint="check worker.python_bin and worker.executor_module in the config file",
             ) from None
     if settings.executor == "ray":
         pool = _start_ray(settings, log)
