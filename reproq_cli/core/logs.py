@@ -7,6 +7,7 @@ by ``[REDACTED]`` at any depth (§5.8); the message text itself is never redacte
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import sys
 import threading
@@ -35,6 +36,20 @@ _REDACT_KEYS = frozenset(
 _REDACT_FRAGMENTS = ("secret", "token", "password", "apikey", "api_key", "authorization")
 
 
+# One encoder for every value (json.dumps with options builds a new one per call) and each
+# key encoded once: the worker logs two lines per task, and this was most of their cost.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, default=str).encode
+_KEYS: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    encoded = _KEYS.get(name)
+    if encoded is None:
+        encoded = _KEYS[name] = json.dumps(name)
+    return encoded
+
+
+@functools.lru_cache(maxsize=4096)
 def should_redact(key: str) -> bool:
     lowered = key.lower()
     return lowered in _REDACT_KEYS or any(fragment in lowered for fragment in _REDACT_FRAGMENTS)
@@ -77,6 +92,8 @@ class Logger:
         self.stream = stream
         self.fmt = fmt
         self.attrs = dict(attrs or {})
+        # Bound attributes are made plain and redacted once, not on every line.
+        self._clean = _clean(self.attrs)
 
     def bind(self, **attrs: Any) -> Logger:
         return Logger(self.stream, self.fmt, {**self.attrs, **attrs})
@@ -91,18 +108,11 @@ class Logger:
         self._emit("ERROR", message, attrs)
 
     def _emit(self, level: str, message: str, attrs: dict[str, Any]) -> None:
-        merged = redact({k: _plain(v) for k, v in {**self.attrs, **attrs}.items()})
+        merged = {**self._clean, **_clean(attrs)} if attrs else self._clean
         if self.fmt == "json":
             # Written pair by pair: like Go's slog, an attribute may repeat a key ("msg").
             pairs = [("time", _timestamp()), ("level", level), ("msg", message), *merged.items()]
-            line = (
-                "{"
-                + ", ".join(
-                    f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False, default=str)}"
-                    for k, v in pairs
-                )
-                + "}"
-            )
+            line = "{" + ", ".join(f"{_key(k)}: {_ENCODE(v)}" for k, v in pairs) + "}"
         else:
             text = " ".join(f"{k}={_text_value(v)}" for k, v in merged.items())
             line = f"{_timestamp()} {level:<5} {message}" + (f"  {text}" if text else "")
@@ -110,6 +120,10 @@ class Logger:
         with self._lock:
             stream.write(line + "\n")
             stream.flush()
+
+
+def _clean(attrs: dict[str, Any]) -> dict[str, Any]:
+    return redact({k: _plain(v) for k, v in attrs.items()})
 
 
 def _text_value(value: Any) -> str:
