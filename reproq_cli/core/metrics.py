@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -46,6 +47,7 @@ FAILURE = "failure"
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         process_collector.ProcessCollector(registry=r)
         platform_collector.PlatformCollector(registry=r)
         gc_collector.GCCollector(registry=r)
@@ -133,28 +135,37 @@ class Metrics:
 
     # --- runner side ---------------------------------------------------------------------------
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: labels() validates and locks on every call,
+        and the worker records about eight samples per task."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
     def observe_claim(self, queue: str, seconds: float) -> None:
-        self.claim_duration.labels(queue).observe(seconds)
-        self.db_operation.labels("claim").observe(seconds)
+        self._child(self.claim_duration, queue).observe(seconds)
+        self._child(self.db_operation, "claim").observe(seconds)
 
     def task_claimed(self, queue: str, waited: float) -> None:
-        self.claimed.labels(queue).inc()
-        self.queue_wait.labels(queue).observe(max(waited, 0.0))
+        self._child(self.claimed, queue).inc()
+        self._child(self.queue_wait, queue).observe(max(waited, 0.0))
 
     def observe_db(self, operation: str, seconds: float) -> None:
-        self.db_operation.labels(operation).observe(seconds)
+        self._child(self.db_operation, operation).observe(seconds)
 
     def observe_exec(self, queue: str, seconds: float) -> None:
-        self.exec_duration.labels(queue).observe(seconds)
+        self._child(self.exec_duration, queue).observe(seconds)
 
     def attempt_finished(self, queue: str, status: str, *, processed: bool = True) -> None:
         """Infrastructure errors count as completed but not processed, as in the Go worker."""
-        self.completed.labels(queue, status).inc()
+        self._child(self.completed, queue, status).inc()
         if processed:
-            self.processed.labels(status, queue).inc()
+            self._child(self.processed, status, queue).inc()
 
     def task_finished(self, queue: str, task_path: str, latency: float) -> None:
-        self.task_latency.labels(queue, task_path or "unknown").observe(max(latency, 0.0))
+        self._child(self.task_latency, queue, task_path or "unknown").observe(max(latency, 0.0))
 
 
 class Collector:
