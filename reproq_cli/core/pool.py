@@ -20,14 +20,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import queue
 import resource
+import select
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO
 
 from reproq_cli.core.executor import (
@@ -50,6 +51,7 @@ from reproq_cli.core.executor import (
 
 # Django set-up in a fresh process; a process that is not ready by then is considered broken.
 STARTUP_TIMEOUT = 120.0
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 RETIRE_GRACE = 5.0
 
 
@@ -80,12 +82,18 @@ class PoolProcess:
         self.cpu_sample = 0.0  # CPU seconds last seen while the current task ran
         self.cpu_limited = False  # a task runs under --task-cpu-limit (set by limit_cpu)
         self.ready = False
-        self._lines: queue.Queue[bytes | None] = queue.Queue()
         self._err = BoundedBuffer(spec.max_stderr_bytes)
         self._err_lock = threading.Lock()
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
-        threading.Thread(target=self._read_lines, args=(self.proc.stdout,), daemon=True).start()
+        # Answers are read by the task's own thread (poll + os.read) rather than by a reader
+        # thread handing lines over a queue: one thread hand-off less per task.
+        self._out_fd = self.proc.stdout.fileno()
+        self._out_poll = select.poll()
+        self._out_poll.register(self._out_fd, select.POLLIN)
+        self._pending = bytearray()
+        self._eof = False
+        self._statm: int | None = None
         self._stderr_reader = threading.Thread(
             target=self._read_stderr, args=(self.proc.stderr,), daemon=True
         )
@@ -94,12 +102,6 @@ class PoolProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-    def _read_lines(self, stream: IO[bytes]) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            for line in iter(stream.readline, b""):
-                self._lines.put(line)
-        self._lines.put(None)  # end of stream: the process is gone or going
 
     def _read_stderr(self, stream: IO[bytes]) -> None:
         with contextlib.suppress(OSError, ValueError):
@@ -123,10 +125,27 @@ class PoolProcess:
     ) -> tuple[bytes | None, bool, str | None]:
         """(line or None at end of stream, timed out, stopped_for) — whichever comes first."""
         while True:
-            try:
-                return self._lines.get(timeout=TICK_SECONDS), False, None
-            except queue.Empty:
-                pass
+            end = self._pending.find(b"\n")
+            if end >= 0:
+                line = bytes(self._pending[: end + 1])
+                del self._pending[: end + 1]
+                return line, False, None
+            if self._eof:
+                if self._pending:  # a last line without its newline
+                    line, self._pending = bytes(self._pending), bytearray()
+                    return line, False, None
+                return None, False, None
+            if self._out_poll.poll(TICK_SECONDS * 1000):
+                try:
+                    chunk = os.read(self._out_fd, 65536)
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    self._pending += chunk
+                else:
+                    self._eof = True  # end of stream: the process is gone or going
+                if time.monotonic() < deadline:
+                    continue
             if self.cpu_limited:
                 self.cpu_sample = cpu_seconds(self.pid) or self.cpu_sample
                 if self.task_cpu() >= self.spec.task_cpu_limit + CPU_HARD_GRACE:
@@ -167,13 +186,19 @@ class PoolProcess:
         return max(self.cpu_sample - self.cpu_at_start, 0.0)
 
     def rss_bytes(self) -> int:
+        """Resident set size, from /proc/<pid>/statm kept open (one pread after each task)."""
         try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+            if self._statm is None:
+                self._statm = os.open(f"/proc/{self.pid}/statm", os.O_RDONLY)
+            return int(os.pread(self._statm, 256, 0).split()[1]) * PAGE_SIZE
         except (OSError, ValueError, IndexError):
-            pass
-        return 0
+            return 0
+
+    def _close_statm(self) -> None:
+        if self._statm is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._statm)
+            self._statm = None
 
     def kill(self) -> int:
         """SIGTERM the process group, SIGKILL after the grace; returns the exit status."""
@@ -181,10 +206,12 @@ class PoolProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=KILL_GRACE_SECONDS)
         kill_group(self.pid, signal.SIGKILL)
+        self._close_statm()
         return self.proc.wait()
 
     def retire(self) -> None:
         """Ask politely (end of input ends the serve loop), then insist."""
+        self._close_statm()
         with contextlib.suppress(OSError, ValueError):
             if self.proc.stdin is not None:
                 self.proc.stdin.close()
