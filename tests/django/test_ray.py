@@ -36,6 +36,30 @@ ALLOWED = ["tests.django.sampleapp."]
 ISOLATED = "high"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _flush_survives_the_shared_worker():
+    """pytest-django empties the tables after each test with one TRUNCATE of all of them, while
+    the module's shared worker keeps polling. TRUNCATE locks the tables one by one, so it can
+    deadlock with a worker statement that reads two of them, and PostgreSQL may abort the
+    TRUNCATE (seen in CI). Retrying it is safe: the failed one rolled back."""
+    from django.db import OperationalError, connection
+
+    operations = type(connection.ops)
+    flush = operations.execute_sql_flush
+
+    def retrying_flush(self, sql_list):
+        for attempt in range(5):
+            try:
+                return flush(self, sql_list)
+            except OperationalError as exc:
+                if getattr(exc.__cause__, "sqlstate", None) != "40P01" or attempt == 4:
+                    raise
+
+    operations.execute_sql_flush = retrying_flush
+    yield
+    operations.execute_sql_flush = flush
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     from tests.support.ray_cluster import start_ray
