@@ -273,6 +273,9 @@ def _send(signal_obj: Any, **kwargs: Any) -> None:
 
 
 def main() -> NoReturn:
+    from reproq_cli.process import die_with_parent
+
+    die_with_parent()
     sys.exit(execute())
 
 

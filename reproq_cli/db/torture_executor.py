@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 
 from reproq_cli.db.queries import query
+from reproq_cli.process import die_with_parent
 
 TASK_PATH = "reproq_torture.work"
 DSN_ENV = "REPROQ_TORTURE_DSN"
@@ -132,6 +133,7 @@ def serve(recorder: Recorder) -> int:
 
 
 def main() -> int:
+    die_with_parent()
     recorder = Recorder(os.environ.get(DSN_ENV, ""))
     if sys.argv[1:] == ["--serve"]:
         return serve(recorder)

@@ -68,6 +68,19 @@ def stamp(label: str) -> dict:
 
 
 @task()
+def linger(directory: str) -> None:
+    """Start a grandchild, say both pids, then outlast any test: only a kill ends it."""
+    import subprocess
+
+    grandchild = subprocess.Popen(["sleep", "300"])
+    marker = os.path.join(directory, "linger.pids")
+    with open(marker + ".tmp", "w") as handle:
+        handle.write(f"{os.getpid()} {grandchild.pid}")
+    os.replace(marker + ".tmp", marker)
+    time.sleep(300)
+
+
+@task()
 def settings_module() -> str:
     return os.environ.get("DJANGO_SETTINGS_MODULE", "")
 
