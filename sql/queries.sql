@@ -218,6 +218,8 @@ RETURNING t.result_id, t.queue_name, t.priority, t.spec_json::text AS spec_text,
 -- "plain" ones: no lock_key, no concurrency limit and no active rate limit. Claiming stops
 -- at the first row that is not plain (claim_task takes that one, with its rechecks and its
 -- token), so the batch never jumps ahead of it and never weakens its rules.
+-- When nothing was claimed but a head is not plain, one row of NULLs with blocked = true says
+-- so: only then does the worker try claim_task, so an empty queue costs one statement a poll.
 -- Params: queue, heads (n + 64), aging, n, lease_seconds, worker_id.
 WITH RECURSIVE
 -- include: fragment_claim_heads
@@ -266,21 +268,29 @@ locked AS (
     WHERE t.result_id = ANY (ARRAY(SELECT c.result_id FROM chosen c))
       AND t.status = 'READY'
     FOR UPDATE OF t SKIP LOCKED
+),
+claimed AS (
+    UPDATE task_runs t
+    SET status = 'RUNNING',
+        started_at = COALESCE(t.started_at, now()),
+        last_attempted_at = now(),
+        attempts = t.attempts + 1,
+        leased_until = now() + make_interval(secs => %(lease_seconds)s),
+        leased_by = %(worker_id)s,
+        worker_ids = COALESCE(t.worker_ids, '[]'::jsonb) || jsonb_build_array(%(worker_id)s::text),
+        updated_at = now()
+    FROM locked
+    WHERE t.result_id = locked.result_id
+    RETURNING t.result_id, t.queue_name, t.priority, t.spec_json::text AS spec_text, t.spec_hash,
+              t.enqueued_at, t.attempts, t.max_attempts, t.timeout_seconds, t.lock_key,
+              t.concurrency_key, t.concurrency_limit, t.leased_until, t.task_path, t.workflow_id
 )
-UPDATE task_runs t
-SET status = 'RUNNING',
-    started_at = COALESCE(t.started_at, now()),
-    last_attempted_at = now(),
-    attempts = t.attempts + 1,
-    leased_until = now() + make_interval(secs => %(lease_seconds)s),
-    leased_by = %(worker_id)s,
-    worker_ids = COALESCE(t.worker_ids, '[]'::jsonb) || jsonb_build_array(%(worker_id)s::text),
-    updated_at = now()
-FROM locked
-WHERE t.result_id = locked.result_id
-RETURNING t.result_id, t.queue_name, t.priority, t.spec_json::text AS spec_text, t.spec_hash,
-          t.enqueued_at, t.attempts, t.max_attempts, t.timeout_seconds, t.lock_key,
-          t.concurrency_key, t.concurrency_limit, t.leased_until, t.task_path, t.workflow_id;
+SELECT c.*, false AS blocked FROM claimed c
+UNION ALL
+-- The outer join to nothing gives one row of NULLs typed like claimed's columns.
+SELECT c.*, true FROM (VALUES (1)) AS one (x) LEFT JOIN claimed c ON false
+WHERE NOT EXISTS (SELECT 1 FROM claimed)
+  AND EXISTS (SELECT 1 FROM ranked r WHERE NOT r.plain);
 
 -- name: prefer_generic_plans
 -- The worker runs a handful of statements thousands of times; planning them anew for each

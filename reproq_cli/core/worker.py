@@ -130,6 +130,17 @@ def _start_ray(settings: WorkerSettings, log: Logger) -> RayRunner:
             "--executor ray needs Ray, which is not installed",
             hint="pip install 'reproq[ray]'",
         )
+    caps = settings.exec_spec
+    if caps.task_memory_limit_mb or caps.task_cpu_limit:
+        # A Ray worker process runs many tasks, so an rlimit would cap all of them together
+        # and kill the Ray worker rather than fail one attempt.
+        log.warn(
+            "--task-memory-limit and --task-cpu-limit do not apply to --executor ray; ignored",
+            task_memory_limit_mb=caps.task_memory_limit_mb,
+            task_cpu_limit=caps.task_cpu_limit,
+            hint="ask Ray for memory and num_cpus per task (@ray_options); "
+            "Ray's memory monitor enforces memory",
+        )
     try:
         runner = RayRunner(
             settings.ray_address,
@@ -417,13 +428,13 @@ class Worker:
         return []
 
     def _claim_from(self, queue: str, slots: int) -> list[ClaimedTask]:
-        """Plain tasks in one autocommit statement (as many as slots are free); when the next
-        task has a lock_key, a concurrency limit or a rate limit (or the queue is empty), one
-        claim with its checks in a transaction — three round trips, so plain tasks go the
-        batch way even one at a time."""
+        """Plain tasks in one autocommit statement (as many as slots are free); only when the
+        next task has a lock_key, a concurrency limit or a rate limit, one claim with its
+        checks in a transaction — three round trips, so plain tasks go the batch way even one
+        at a time, and an empty queue costs one statement."""
         aging = self.settings.priority_aging_factor
-        batch = self.store.claim_batch(queue, slots, aging_factor=aging)
-        if batch:
+        batch, blocked = self.store.claim_batch(queue, slots, aging_factor=aging)
+        if not blocked:
             return batch
         task = self.store.claim(queue, aging_factor=aging)
         return [task] if task is not None else []

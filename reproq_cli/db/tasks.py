@@ -116,10 +116,14 @@ class TaskStore:
         return None
 
     @_translate_errors
-    def claim_batch(self, queue: str, n: int, *, aging_factor: float) -> list[ClaimedTask]:
+    def claim_batch(
+        self, queue: str, n: int, *, aging_factor: float
+    ) -> tuple[list[ClaimedTask], bool]:
         """Lease up to ``n`` plain tasks (no lock_key, concurrency limit or rate limit) of
         ``queue`` in one statement; stops before the first task that is not plain, which
-        ``claim`` must take. Empty when the queue's next task is not plain."""
+        ``claim`` must take. Returns the tasks and, when there are none, whether a task that
+        is not plain is waiting (then ``claim`` is worth a try; otherwise the queue is empty
+        of anything claimable)."""
         with self.pool.connection() as conn:
             rows = conn.execute(
                 query("claim_batch"),
@@ -132,7 +136,11 @@ class TaskStore:
                     "worker_id": self.worker_id,
                 },
             ).fetchall()
-        return [ClaimedTask(**row) for row in rows]
+        if rows and rows[0].pop("blocked"):
+            return [], True
+        for row in rows[1:]:
+            del row["blocked"]
+        return [ClaimedTask(**row) for row in rows], False
 
     # --- leases -----------------------------------------------------------------------------
 

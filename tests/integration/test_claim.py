@@ -340,7 +340,8 @@ def test_reclaim(conn, pool, store):
 
 
 def _batch(store, n, queue="default", aging=0.0):
-    return sorted(t.result_id for t in store.claim_batch(queue, n, aging_factor=aging))
+    tasks, _blocked = store.claim_batch(queue, n, aging_factor=aging)
+    return sorted(t.result_id for t in tasks)
 
 
 def test_batch_claims_plain_tasks_in_claim_order(conn, store):
@@ -349,10 +350,11 @@ def test_batch_claims_plain_tasks_in_claim_order(conn, store):
     assert _batch(store, 4) == sorted(by_priority[:4])
     statuses = {rid: row(conn, rid)["status"] for rid in ids}
     assert sorted(r for r, st in statuses.items() if st == "RUNNING") == sorted(by_priority[:4])
-    task = store.claim_batch("default", 100, aging_factor=0)
-    assert len(task) == 5
+    task, blocked = store.claim_batch("default", 100, aging_factor=0)
+    assert (len(task), blocked) == (5, False)
     assert task[0].attempts == 1 and task[0].leased_until is not None
-    assert store.claim_batch("default", 100, aging_factor=0) == []
+    # An empty queue: nothing for claim_task either, so the worker's poll is one statement.
+    assert store.claim_batch("default", 100, aging_factor=0) == ([], False)
 
 
 def test_batch_stops_at_the_first_task_that_needs_checks(conn, store):
@@ -360,20 +362,21 @@ def test_batch_stops_at_the_first_task_that_needs_checks(conn, store):
     keyed = enqueue(conn, "add", 2, 0, columns={"priority": 8, "lock_key": "k"})
     later = enqueue(conn, "add", 3, 0, columns={"priority": 7})
     assert _batch(store, 10) == [first]  # not `later`: it must not jump the keyed task
-    assert _batch(store, 10) == []  # the head needs claim_task
+    assert store.claim_batch("default", 10, aging_factor=0) == ([], True)  # for claim_task
     assert claim(store).result_id == keyed
     assert _batch(store, 10) == [later]
 
 
 def test_batch_leaves_limited_tasks_to_claim(conn, store):
     capped = enqueue(conn, "add", 1, 0, columns={"concurrency_key": "c", "concurrency_limit": 1})
-    assert _batch(store, 5) == []
+    assert store.claim_batch("default", 5, aging_factor=0) == ([], True)
     assert claim(store).result_id == capped
     conn.execute(
         "INSERT INTO rate_limits (key, tokens_per_second, burst_size, current_tokens) VALUES ('queue:default', 1, 1, 1)"
     )
     limited = enqueue(conn, "add", 2, 0)
-    assert _batch(store, 5) == []  # an active queue limit: tokens are taken one by one
+    # an active queue limit: tokens are taken one by one
+    assert store.claim_batch("default", 5, aging_factor=0) == ([], True)
     assert claim(store).result_id == limited
     # a task: row shadows the queue: row; an inactive one means unlimited
     conn.execute(
@@ -390,9 +393,10 @@ def test_batch_respects_pause_run_after_and_running_lock_keys(conn, store):
     enqueue(conn, "add", 2, 0, columns={"run_after": "2999-01-01T00:00:00Z"})
     plain = enqueue(conn, "add", 3, 0)
     assert _batch(store, 5) == [plain]  # the blocked row is not claimable, so not a head
+    assert store.claim_batch("default", 5, aging_factor=0) == ([], False)
     conn.execute("INSERT INTO reproq_queue_controls (queue_name, paused) VALUES ('default', true)")
     enqueue(conn, "add", 4, 0)
-    assert _batch(store, 5) == []
+    assert store.claim_batch("default", 5, aging_factor=0) == ([], False)
     assert row(conn, blocked)["status"] == "READY"
 
 
@@ -402,7 +406,7 @@ def test_concurrent_batches_never_share_a_task(conn, pool):
 
     def claimer(index: int) -> None:
         s = TaskStore(pool, f"w{index}", lease_seconds=300)
-        while batch := s.claim_batch("default", 7, aging_factor=0):
+        while batch := s.claim_batch("default", 7, aging_factor=0)[0]:
             got[index].extend(t.result_id for t in batch)
 
     threads = [threading.Thread(target=claimer, args=(i,)) for i in range(4)]
@@ -419,7 +423,7 @@ def test_success_writer_batches_what_arrives_while_it_writes(conn, pool, store, 
     from reproq_cli.core.completions import SuccessWriter
 
     ids = [enqueue(conn, "add", n, 0, unique=str(n)) for n in range(21)]
-    tasks = store.claim_batch("default", 21, aging_factor=0)
+    tasks, _ = store.claim_batch("default", 21, aging_factor=0)
     assert len(tasks) == 21
     first, rest = tasks[0], tasks[1:]
     lost = rest[-1]

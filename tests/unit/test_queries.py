@@ -47,6 +47,16 @@ def test_includes_are_expanded_and_checked():
     assert "-- include:" not in queries.query("claim_task")
 
 
+def test_statements_fit_psycopgs_parse_cache():
+    """psycopg keeps the parse of a statement of up to 4,096 characters; a longer one (the
+    claims, with their comments) is parsed again in Python on every call."""
+    from psycopg._queries import MAX_CACHED_STATEMENT_LENGTH
+
+    sizes = {name: len(text) for name, text in queries.all_queries().items()}
+    assert max(sizes.values()) <= MAX_CACHED_STATEMENT_LENGTH, sizes
+    assert "--" not in queries.query("claim_batch").replace("'--'", "")
+
+
 def test_unknown_query_name():
     with pytest.raises(KeyError, match="no query named 'nope'"):
         queries.query("nope")
