@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import psycopg
@@ -87,10 +87,11 @@ def hold_row_lock(
     stop: threading.Event,
     *,
     exclude: set[int],
+    on_locked: Callable[[int], None] | None = None,
 ) -> int | None:
     """Lock one READY/RUNNING row of the run, not one of ``exclude``, from another session
-    for ``seconds`` (or until ``stop``); returns its result_id (also added to ``exclude`` once
-    locked), or None when there was nothing to lock."""
+    for ``seconds`` (or until ``stop``); returns its result_id (also added to ``exclude`` and
+    passed to ``on_locked`` once locked), or None when there was nothing to lock."""
     try:
         with connect(dsn, autocommit=False) as conn:
             picked = conn.execute(
@@ -101,6 +102,8 @@ def hold_row_lock(
                 return None
             conn.execute(query("torture_lock_row"), {"result_id": picked["result_id"]})
             exclude.add(int(picked["result_id"]))
+            if on_locked is not None:
+                on_locked(int(picked["result_id"]))
             stop.wait(seconds)
             conn.rollback()
             return int(picked["result_id"])

@@ -136,9 +136,10 @@ def test_row_lock_held_longer_than_a_lease(db_dsn, tmp_path):
     outcome = torture(
         db_dsn, tmp_path, "--count", "300", "--workers", "3", "--executor", "pool",
         "--chaos", "lock-rows", "--chaos-interval", "1", "--lease-seconds", "3",
-        "--retry-rate", "0", "--sleep", "100", "--seed", "5",
+        "--retry-rate", "0", "--sleep", "250", "--seed", "5",
     )  # fmt: skip
     outcome.assert_verified()
+    # One lock at a time, each held 6 s: the tasks' sleeps keep the run long enough for two.
     assert outcome.report["row_locks"] >= 2
 
 
