@@ -37,6 +37,7 @@ import json
 import os
 import queue
 import random
+import secrets
 import subprocess
 import sys
 import threading
@@ -723,12 +724,20 @@ def bridge_main(argv: list[str] | None = None) -> int:
         out.flush()
         return 2
 
+    private = args.address == "local"
+    if private and "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ:
+        # Recent Rays protect a new local cluster with a token saved in ~/.ray/auth_token,
+        # after which every `ray start` of the user turns token auth on. A token of its own,
+        # passed to Ray's processes through the environment, keeps the protection and leaves
+        # the home directory alone. Set before the import: Ray reads its mode then.
+        os.environ["RAY_AUTH_MODE"] = "token"
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     try:
         import ray
     except ImportError:
         return fail(f"Ray is not installed; {INSTALL_HINT}")
     try:
-        if args.address == "local":
+        if private:
             # A private single-node Ray for development; it ends with this process.
             ray.init(
                 address="local",

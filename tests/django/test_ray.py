@@ -25,6 +25,7 @@ from reproq_django.distributed import parallel_map, parallel_starmap, scatter_ga
 from reproq_django.models import TaskRun
 from tests.django.sampleapp import ray_tasks, tasks
 from tests.support.harness import REPO_ROOT, WorkerFactory, parse_logs, wait_for
+from tests.support.ray_cluster import free_port
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -68,6 +69,9 @@ def ray_cluster():
     # Ray workers import the test tasks and reach the test database like executor children.
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Explicitly off: with the mode unset, `ray start` turns token auth on whenever a
+    # ~/.ray/auth_token exists (a local ray.init() elsewhere writes one).
+    env["RAY_AUTH_MODE"] = "disabled"
     cluster = start_ray(env, num_cpus=2)
     yield cluster
     cluster.stop()
@@ -85,7 +89,15 @@ class RayWorkers(WorkerFactory):
         return super().config(**worker)
 
     def env(self, extra=None):
-        return super().env({"DJANGO_SETTINGS_MODULE": "tests.django.settings", **(extra or {})})
+        """The worker's environment; a key given as None is removed."""
+        env = super().env(
+            {
+                "DJANGO_SETTINGS_MODULE": "tests.django.settings",
+                "RAY_AUTH_MODE": "disabled",  # as the module's cluster
+                **(extra or {}),
+            }
+        )
+        return {key: value for key, value in env.items() if value is not None}
 
 
 @pytest.fixture
@@ -314,6 +326,65 @@ def test_parallel_map_of_a_nested_function_inside_a_ray_task(shared_worker):
     # A sliding window of two, not batches of two: the last short call began before the long
     # first one ended (with batches it would wait for the whole first pair).
     assert short[-1][0] < long_end
+
+
+def _square_on(ray_workers, address: str, *flags: str, env=None) -> list[dict]:
+    """Run three tasks through a worker connected to ``address``; return its log entries."""
+    results = [ray_tasks.square.using(queue_name=ISOLATED).enqueue(100 + i) for i in range(3)]
+    proc = ray_workers.start("--queues", ISOLATED, *flags, env=env, ray_address=address)
+    _wait_status(results, "SUCCESSFUL", "FAILED", timeout=180)
+    _stop(ray_workers, proc)
+    for i, result in enumerate(results):
+        result.refresh()
+        assert result.status == TaskResultStatus.SUCCESSFUL, result.errors_json
+        assert result.return_value["value"] == (100 + i) ** 2
+        assert result.return_value["in_ray"] is True
+    return parse_logs(ray_workers.output(proc))
+
+
+def test_ray_client_address_and_ignored_resource_caps(ray_workers, ray_cluster):
+    logs = _square_on(
+        ray_workers, ray_cluster.client_address,
+        "--task-memory-limit", "512", "--task-cpu-limit", "30",
+    )  # fmt: skip
+    connected = next(e for e in logs if e["msg"] == "Connected to Ray")
+    assert connected["address"] == ray_cluster.client_address
+    (warning,) = [e for e in logs if e["msg"].startswith("--task-memory-limit and --task-cpu")]
+    assert warning["level"] == "WARN"
+    assert (warning["task_memory_limit_mb"], warning["task_cpu_limit"]) == (512, 30)
+
+
+def test_local_address_starts_a_private_ray(ray_workers, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    logs = _square_on(
+        ray_workers, "local", "--concurrency", "1",
+        env={"HOME": str(home), "RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None},
+    )  # fmt: skip
+    connected = next(e for e in logs if e["msg"] == "Connected to Ray")
+    assert connected["address"] == "local"
+    # Its own single-node Ray, sized by --concurrency, not the module's 2-CPU cluster.
+    assert "CPU=1" in str(connected["resources"])
+    # Token auth on, with a token of its own: nothing saved where later clusters look.
+    assert not (home / ".ray" / "auth_token").exists()
+
+
+def test_unreachable_ray_address_is_a_one_line_error(ray_workers):
+    address = f"ray://127.0.0.1:{free_port()}"
+    ray_workers.config(ray_address=address)
+    proc = subprocess.run(
+        [sys.executable, "-m", "reproq_cli", "worker", "--burst"],
+        cwd=ray_workers.workdir,
+        env=ray_workers.env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert f"cannot connect to Ray at {address!r}" in errors[0]
+    assert "hint: check --ray-address" in proc.stderr
 
 
 def test_without_ray_executor_says_how_to_install(ray_workers):

@@ -26,6 +26,7 @@ def free_port() -> int:
 @dataclass
 class RayCluster:
     address: str
+    client_address: str  # Ray Client, ray://
     proc: subprocess.Popen[bytes]
     temp_dir: Path
     log: Path
@@ -83,6 +84,8 @@ def start_ray(env: dict[str, str], *, num_cpus: int = 2, timeout: float = 90.0) 
         str(port),
         "--dashboard-port",
         str(free_port()),
+        "--ray-client-server-port",
+        str(client_port := free_port()),
         "--include-dashboard",
         "false",
         "--object-store-memory",
@@ -95,7 +98,7 @@ def start_ray(env: dict[str, str], *, num_cpus: int = 2, timeout: float = 90.0) 
         proc = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    cluster = RayCluster(f"127.0.0.1:{port}", proc, temp_dir, log)
+    cluster = RayCluster(f"127.0.0.1:{port}", f"ray://127.0.0.1:{client_port}", proc, temp_dir, log)
     deadline = time.monotonic() + timeout
     while "Ray runtime started" not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:
