@@ -251,13 +251,34 @@ class ExecutorPool:
         self._closed = False
 
     def start(self) -> None:
-        """Start every process now; they set up in parallel while the worker begins claiming.
+        """Start every process now; they set up in parallel (see ``wait_ready``).
 
         A process that cannot even be started (no such interpreter) is reported here, once,
         rather than on every task.
         """
         for _ in range(self.size):
             self._idle.put(PoolProcess(self.spec, self.env, self.cwd))
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> int:
+        """Wait for the processes' ready announcements; returns how many are ready.
+
+        The worker waits before its first claim: a task claimed while Django is still being
+        set up holds its lease with nothing running it, when another worker with a warm pool
+        could have run it. A process that dies or stays silent is left to ``run_attempt``,
+        which replaces it or fails the attempt with the reason, as it would later on.
+        """
+        deadline = time.monotonic() + timeout
+        processes = [self._idle.get() for _ in range(self._idle.qsize())]
+        for process in processes:
+            if process is None or process.ready:
+                continue
+            line, timed_out, _ = process.next_line(deadline, None)
+            if line is not None and not timed_out:
+                process.ready = True  # the line is the ready announcement
+                process.take_stderr()  # set-up chatter belongs to no task
+        for process in reversed(processes):  # the LIFO queue keeps its order
+            self._idle.put(process)
+        return sum(1 for process in processes if process is not None and process.ready)
 
     def _checkout(self) -> PoolProcess:
         while True:

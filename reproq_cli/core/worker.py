@@ -178,6 +178,7 @@ def run_worker(
             max_memory_mb=settings.pool_max_memory_mb,
             on_replace=lambda pid, why: log.info("Executor process replaced", pid=pid, reason=why),
         )
+        began = time.monotonic()
         try:
             pool.start()
         except InfraError as exc:
@@ -185,6 +186,13 @@ def run_worker(
                 f"cannot start the executor pool: {exc}",
                 hint="check worker.python_bin and worker.executor_module in the config file",
             ) from None
+        ready = pool.wait_ready()
+        log.info(
+            "Executor pool ready",
+            processes=ready,
+            size=settings.concurrency,
+            seconds=round(time.monotonic() - began, 3),
+        )
     if settings.executor == "ray":
         pool = _start_ray(settings, log)
     worker = Worker(settings, store, log, metrics=metrics, events=broker, pool=pool)

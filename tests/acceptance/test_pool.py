@@ -25,6 +25,20 @@ def test_a_process_serves_many_tasks(conn, workers):
     assert len(set(_pids(conn, ids))) == 1
 
 
+def test_claiming_waits_until_the_processes_are_set_up(conn, workers, tmp_path):
+    runs = tmp_path / "runs.log"
+    rid = enqueue(conn, "record", str(runs), 0.0)
+    run = workers.run("--concurrency", "2", env={"REPROQ_TEST_SERVE_DELAY": "2"})
+    assert run.returncode == 0, run.stderr
+    ((_, body_began, _),) = [line.split() for line in runs.read_text().splitlines()]
+    claimed = row(conn, rid)["started_at"].timestamp()
+    # Claimed once a process could run it, not 2 s earlier with its lease ticking.
+    assert float(body_began) - claimed < 1.0
+    (ready,) = [e for e in run.logs if e["msg"] == "Executor pool ready"]
+    assert (ready["processes"], ready["size"]) == (2, 2)
+    assert ready["seconds"] >= 2.0
+
+
 def test_processes_are_recycled_after_max_tasks(conn, workers):
     ids = [enqueue(conn, "pid", unique=str(n)) for n in range(5)]
     run = workers.run("--concurrency", "1", "--pool-max-tasks", "2")

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import sys
+import time
 import traceback
 
 
@@ -46,7 +47,10 @@ def run(spec_text: str, result_id: int, attempt: int, payload_mode: str) -> tupl
 
 
 def serve() -> int:
-    """The pool protocol of reproq_django.executor --serve, without Django."""
+    """The pool protocol of reproq_django.executor --serve, without Django.
+
+    REPROQ_TEST_SERVE_DELAY (seconds) stands in for a slow set-up before the ready line."""
+    time.sleep(float(os.environ.get("REPROQ_TEST_SERVE_DELAY", "0")))
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     protocol.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
