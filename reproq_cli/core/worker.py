@@ -262,6 +262,8 @@ class Worker:
         # time, with a busy GIL, in a profile of a no-op pool run).
         self._queue: queue.SimpleQueue[ClaimedTask | None] = queue.SimpleQueue()
         self._runners: list[threading.Thread] = []
+        # Tasks whose executor is done and whose slot went back before their success committed.
+        self._freed: set[int] = set()
         self._running_lock = threading.Lock()
         self._stop_claiming = threading.Event()
         self._hard_stop = threading.Event()
@@ -339,9 +341,11 @@ class Worker:
             version=__version__,
             burst=s.burst,
         )
+        # Twice as many runners as slots: a runner waiting for its task's success to commit
+        # has already given its slot back, and the next claim needs a runner to go to.
         self._runners = [
             threading.Thread(target=self._runner, name=f"reproq-task-{n}", daemon=True)
-            for n in range(s.concurrency)
+            for n in range(2 * s.concurrency)
         ]
         for thread in self._runners:
             thread.start()
@@ -492,8 +496,21 @@ class Worker:
             with self._running_lock:
                 self._running.discard(task.result_id)
                 self._finished += 1
-            self._slots.release()
+                freed = task.result_id in self._freed
+                self._freed.discard(task.result_id)
+            if not freed:
+                self._slots.release()
             self._wake.set()
+
+    def _free_slot(self, task: ClaimedTask) -> None:
+        """The executor is done with ``task``: its slot can take the next claim while the
+        success commits. The task stays in the running set until then, so shutdown and
+        burst mode still wait for the commit (and for what it releases, a chain's next step);
+        only the executor-side limit is handed back early."""
+        with self._running_lock:
+            self._freed.add(task.result_id)
+        self._slots.release()
+        self._wake.set()
 
     def _process(self, task: ClaimedTask) -> None:
         s = self.settings
@@ -647,6 +664,7 @@ class Worker:
             return
         envelope = result.envelope
         if envelope.ok:
+            self._free_slot(task)
             try:
                 self._with_retries(
                     log,

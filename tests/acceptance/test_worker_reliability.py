@@ -124,6 +124,22 @@ def test_killed_worker_is_reclaimed_by_another(conn, workers):
     assert error["worker_id"] == "doomed"
 
 
+def test_a_slot_is_free_again_while_its_success_commits(conn, workers, conn_for, db_dsn):
+    """Concurrency counts executing tasks: a finished task whose success is still being
+    written (here: held up by a row lock) does not keep the next task waiting."""
+    first = enqueue(conn, "sleep", 1, columns={"priority": 5})
+    second = enqueue(conn, "add", 2, 3)
+    proc = workers.start("--concurrency", "1", "--heartbeat-seconds", "0")
+    wait_for(lambda: row(conn, first)["status"] == "RUNNING", what="the first task running")
+    blocker = conn_for(db_dsn)
+    with blocker.transaction():
+        blocker.execute("SELECT 1 FROM task_runs WHERE result_id = %s FOR UPDATE", (first,))
+        wait_for(lambda: row(conn, second)["status"] == "SUCCESSFUL", what="the second task")
+        assert row(conn, first)["status"] == "RUNNING"  # its success waits for the lock
+    wait_for(lambda: row(conn, first)["status"] == "SUCCESSFUL", what="the first success")
+    _stop(workers, [proc])
+
+
 def test_sigterm_lets_running_tasks_finish(conn, workers):
     ids = [enqueue(conn, "sleep", 2, unique=str(i)) for i in range(3)]
     proc = workers.start("--concurrency", "3", "--worker-id", "drainer")
