@@ -299,7 +299,7 @@ def run_throughput(plan: Plan, results: Results, dbs: dict[str, str]) -> None:
                 rate,
                 rates["with_result_id"],
             )
-            fig.note("per task: metadata SELECT + UPDATE on a new connection")
+            fig.note("the metadata is read only if the task asks for it (a no-op does not)")
             fig = results.add(
                 "diag-exec-noid",
                 S_RUN,
@@ -319,7 +319,7 @@ def run_throughput(plan: Plan, results: Results, dbs: dict[str, str]) -> None:
             "bare": "child alone: `python -c 'django.setup(); noop'` (the bare loop's)",
             "executor": "child alone: `python -m reproq_django.executor --payload-json … "
             "--result-id N` (the spawn executor's)",
-            "executor_no_id": "child alone: the same without `--result-id` (no metadata load/save)",
+            "executor_no_id": "child alone: the same without `--result-id`",
         }
         for name, samples in costs.items():
             fig = results.figure(
