@@ -76,6 +76,25 @@ SELECT pg_advisory_unlock(%(key)s) AS unlocked;
 -- Worker: claim, lease, completion (go-worker.md §4, §6)
 -- ---------------------------------------------------------------------------------------------
 
+-- name: fragment_claim_lease
+-- The SET list that turns a claimed row RUNNING under this worker's lease, shared by
+-- claim_task and claim_batch (their UPDATE task_runs t).
+-- Params: lease_seconds, worker_id.
+SET status = 'RUNNING',
+    started_at = COALESCE(t.started_at, now()),
+    last_attempted_at = now(),
+    attempts = t.attempts + 1,
+    leased_until = now() + make_interval(secs => %(lease_seconds)s),
+    leased_by = %(worker_id)s,
+    worker_ids = COALESCE(t.worker_ids, '[]'::jsonb) || jsonb_build_array(%(worker_id)s::text),
+    updated_at = now();
+
+-- name: fragment_claim_returning
+-- What a claim returns: the columns of reproq_cli.models.ClaimedTask.
+RETURNING t.result_id, t.queue_name, t.priority, t.spec_json::text AS spec_text, t.spec_hash,
+          t.enqueued_at, t.attempts, t.max_attempts, t.timeout_seconds, t.lock_key,
+          t.concurrency_key, t.concurrency_limit, t.leased_until, t.task_path, t.workflow_id;
+
 -- name: fragment_claim_heads
 -- The claimable candidates of one queue, shared by claim_task and claim_batch (included as
 -- the first items of their WITH RECURSIVE list; it ends with a comma).
@@ -199,19 +218,11 @@ target AS (
     WHERE NOT EXISTS (SELECT 1 FROM limit_choice) OR EXISTS (SELECT 1 FROM updated_limit)
 )
 UPDATE task_runs t
-SET status = 'RUNNING',
-    started_at = COALESCE(t.started_at, now()),
-    last_attempted_at = now(),
-    attempts = t.attempts + 1,
-    leased_until = now() + make_interval(secs => %(lease_seconds)s),
-    leased_by = %(worker_id)s,
-    worker_ids = COALESCE(t.worker_ids, '[]'::jsonb) || jsonb_build_array(%(worker_id)s::text),
-    updated_at = now()
+-- include: fragment_claim_lease
 FROM target
 WHERE t.result_id = target.result_id
-RETURNING t.result_id, t.queue_name, t.priority, t.spec_json::text AS spec_text, t.spec_hash,
-          t.enqueued_at, t.attempts, t.max_attempts, t.timeout_seconds, t.lock_key,
-          t.concurrency_key, t.concurrency_limit, t.leased_until, t.task_path, t.workflow_id;
+-- include: fragment_claim_returning
+;
 
 -- name: claim_batch
 -- Lease up to %(n)s tasks of one queue in one autocommit statement, in claim order, but only
@@ -271,19 +282,10 @@ locked AS (
 ),
 claimed AS (
     UPDATE task_runs t
-    SET status = 'RUNNING',
-        started_at = COALESCE(t.started_at, now()),
-        last_attempted_at = now(),
-        attempts = t.attempts + 1,
-        leased_until = now() + make_interval(secs => %(lease_seconds)s),
-        leased_by = %(worker_id)s,
-        worker_ids = COALESCE(t.worker_ids, '[]'::jsonb) || jsonb_build_array(%(worker_id)s::text),
-        updated_at = now()
+    -- include: fragment_claim_lease
     FROM locked
     WHERE t.result_id = locked.result_id
-    RETURNING t.result_id, t.queue_name, t.priority, t.spec_json::text AS spec_text, t.spec_hash,
-              t.enqueued_at, t.attempts, t.max_attempts, t.timeout_seconds, t.lock_key,
-              t.concurrency_key, t.concurrency_limit, t.leased_until, t.task_path, t.workflow_id
+    -- include: fragment_claim_returning
 )
 SELECT c.*, false AS blocked FROM claimed c
 UNION ALL
