@@ -270,6 +270,15 @@ def kill_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
+def checked_payload(payload: str, limit: int) -> bytes:
+    """The spec as sent to an executor; a spec over ``limit`` bytes can never run, so it is
+    a non-retryable infra error (every executor applies the same rule)."""
+    data = payload.encode("utf-8")
+    if len(data) > limit:
+        raise InfraError(f"payload size {len(data)} exceeds limit {limit}", retryable=False)
+    return data
+
+
 def run_attempt(
     spec: ExecSpec,
     *,
@@ -286,11 +295,7 @@ def run_attempt(
     ``tick`` is called about every 100 ms while the child runs; a non-None return (the
     reason) stops the child's process group. Raises InfraError when nothing could be run.
     """
-    data = payload.encode("utf-8")
-    if len(data) > spec.max_payload_bytes:
-        raise InfraError(
-            f"payload size {len(data)} exceeds limit {spec.max_payload_bytes}", retryable=False
-        )
+    data = checked_payload(payload, spec.max_payload_bytes)
     argv = build_argv(spec, result_id, attempt)
     payload_file: str | None = None
     stdin_data: bytes | None = None

@@ -41,6 +41,7 @@ from reproq_cli.core.executor import (
     ExecResult,
     ExecSpec,
     InfraError,
+    checked_payload,
     cpu_rlimit,
     cpu_seconds,
     kill_group,
@@ -320,11 +321,7 @@ class ExecutorPool:
         timeout: float,
         tick: Callable[[], str | None] | None = None,
     ) -> ExecResult:
-        if len(payload.encode("utf-8")) > self.spec.max_payload_bytes:
-            size = len(payload.encode("utf-8"))
-            raise InfraError(
-                f"payload size {size} exceeds limit {self.spec.max_payload_bytes}", retryable=False
-            )
+        checked_payload(payload, self.spec.max_payload_bytes)
         process = self._checkout()
         started = time.monotonic()
         deadline = started + timeout

@@ -53,6 +53,7 @@ from reproq_cli.core.executor import (
     Envelope,
     ExecResult,
     InfraError,
+    checked_payload,
     parse_envelope,
 )
 from reproq_cli.core.logs import Logger
@@ -382,11 +383,7 @@ class RayRunner:
         timeout: float,
         tick: Callable[[], str | None] | None = None,
     ) -> ExecResult:
-        size = len(payload.encode("utf-8"))
-        if size > self.max_payload_bytes:
-            raise InfraError(
-                f"payload size {size} exceeds limit {self.max_payload_bytes}", retryable=False
-            )
+        checked_payload(payload, self.max_payload_bytes)
         options = task_options(payload)
         started = time.monotonic()
         deadline = started + timeout

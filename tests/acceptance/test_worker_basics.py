@@ -150,7 +150,6 @@ def test_prefix_is_not_a_module_boundary_bypass(conn, workers):
     assert row(conn, rid)["errors_json"][0]["kind"] == "security_violation"
 
 
-@SPAWN_ONLY
 def test_oversized_payload_fails_without_running(conn, workers, tmp_path):
     marker = tmp_path / "ran"
     rid = enqueue(conn, "touch", str(marker), "x" * 500)
