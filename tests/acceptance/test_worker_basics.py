@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.support.harness import enqueue, row, wait_for
+from tests.support.harness import enqueue, process_alive, row, wait_for
 
 # Every executor must behave the same; tests about spawn-only details say so themselves.
 pytestmark = pytest.mark.executors("spawn", "pool")
@@ -163,19 +163,6 @@ def test_oversized_payload_fails_without_running(conn, workers, tmp_path):
     assert not marker.exists()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still answers kill(0); read its state
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_timeout_kills_the_process_group(conn, workers, tmp_path):
     pidfile = tmp_path / "grandchild.pid"
     rid = enqueue(
@@ -195,7 +182,7 @@ def test_timeout_kills_the_process_group(conn, workers, tmp_path):
     assert error["timeout_seconds"] == 2
     assert elapsed < 30, run.stdout
     grandchild = int(pidfile.read_text())
-    wait_for(lambda: not _alive(grandchild), timeout=10, what="grandchild to die")
+    wait_for(lambda: not process_alive(grandchild), timeout=10, what="grandchild to die")
 
 
 def test_timeout_follows_retry_policy(conn, workers):

@@ -13,7 +13,7 @@ from django.tasks import TaskResultStatus
 from reproq_django.models import TaskRun, WorkflowRun
 from reproq_django.workflows import chain, chord, group
 from tests.django.sampleapp import tasks
-from tests.support.harness import WorkerFactory, wait_for
+from tests.support.harness import WorkerFactory, process_alive, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.executors("spawn", "pool")]
 
@@ -142,14 +142,6 @@ def test_identical_chains_do_not_deduplicate(django_workers):
     assert len({r.id for r in a + b}) == 4
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"  # a zombie has stopped; only its parent's reaping is missing
-
-
 def test_a_killed_worker_leaves_no_task_running(django_workers, tmp_path):
     """The executor runs in a session of its own; without a watch on its parent it (and what
     it started) would keep running after a SIGKILL of the worker, and the task would run
@@ -164,11 +156,11 @@ def test_a_killed_worker_leaves_no_task_running(django_workers, tmp_path):
     marker = tmp_path / "linger.pids"
     wait_for(marker.exists, timeout=60, what="the task running")
     pids = [int(pid) for pid in marker.read_text().split()]
-    assert all(_running(pid) for pid in pids)
+    assert all(process_alive(pid) for pid in pids)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     wait_for(
-        lambda: not any(_running(pid) for pid in pids),
+        lambda: not any(process_alive(pid) for pid in pids),
         timeout=10,
         what="the executor and its child gone with the worker",
     )

@@ -24,7 +24,13 @@ from django.utils import timezone
 from reproq_django.distributed import parallel_map, parallel_starmap, scatter_gather
 from reproq_django.models import TaskRun
 from tests.django.sampleapp import ray_tasks, tasks
-from tests.support.harness import REPO_ROOT, WorkerFactory, parse_logs, wait_for
+from tests.support.harness import (
+    REPO_ROOT,
+    WorkerFactory,
+    parse_logs,
+    process_alive,
+    wait_for,
+)
 from tests.support.ray_cluster import free_port
 
 pytestmark = [
@@ -146,14 +152,6 @@ def _stop(factory: WorkerFactory, proc) -> None:
     factory.finish(proc, timeout=60)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _bridge_pid(worker_pid: int) -> int | None:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -269,7 +267,9 @@ def test_killed_worker_tasks_are_reclaimed_by_another(ray_workers, tmp_path):
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
     # Its bridge saw the worker go and stopped the Ray tasks it had started.
-    wait_for(lambda: not any(_alive(pid) for pid in pids), timeout=30, what="ray tasks stopped")
+    wait_for(
+        lambda: not any(process_alive(pid) for pid in pids), timeout=30, what="ray tasks stopped"
+    )
     rescuer = ray_workers.start(
         "--worker-id", "rescuer", "--concurrency", "2", "--reclaim-interval-seconds", "1",
         "--queues", ISOLATED,
@@ -369,17 +369,22 @@ def test_local_address_starts_a_private_ray(ray_workers, tmp_path):
     assert not (home / ".ray" / "auth_token").exists()
 
 
+def _run_to_exit(factory: RayWorkers, args: list[str], *, timeout: float):
+    """``python <args>`` in the factory's directory and environment, its output captured."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=factory.workdir,
+        env=factory.env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_unreachable_ray_address_is_a_one_line_error(ray_workers):
     address = f"ray://127.0.0.1:{free_port()}"
     ray_workers.config(ray_address=address)
-    proc = subprocess.run(
-        [sys.executable, "-m", "reproq_cli", "worker", "--burst"],
-        cwd=ray_workers.workdir,
-        env=ray_workers.env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = _run_to_exit(ray_workers, ["-m", "reproq_cli", "worker", "--burst"], timeout=240)
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stderr[-3000:]
@@ -393,14 +398,7 @@ def test_without_ray_executor_says_how_to_install(ray_workers):
         "import sys; sys.modules['ray'] = None; from reproq_cli.cli import main; "
         "main(['worker', '--burst'])"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ray_workers.workdir,
-        env=ray_workers.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _run_to_exit(ray_workers, ["-c", code], timeout=60)
     assert proc.returncode != 0
     assert "error: --executor ray needs Ray, which is not installed" in proc.stderr
     assert "pip install 'reproq[ray]'" in proc.stderr

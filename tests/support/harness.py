@@ -100,6 +100,16 @@ def row(conn: psycopg.Connection, result_id: int) -> dict[str, Any]:
     return dict(zip(names, values, strict=True))
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not stopped. A zombie counts as gone: it has
+    stopped, and only its parent's reaping is missing (kill(pid, 0) would still succeed)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def wait_for(
     condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
 ) -> Any:
