@@ -29,7 +29,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from typing import IO
 
 from reproq_cli.core.executor import (
     CPU_HARD_GRACE,
@@ -95,20 +94,52 @@ class PoolProcess:
         self._pending = bytearray()
         self._eof = False
         self._statm: int | None = None
-        self._stderr_reader = threading.Thread(
-            target=self._read_stderr, args=(self.proc.stderr,), daemon=True
-        )
+        # stderr is read by a thread of its own (a task may fill the pipe while it runs) and
+        # drained again by take_stderr under the same lock: what the process wrote before its
+        # answer is then in the buffer, even when the answer is read first.
+        self._err_fd = self.proc.stderr.fileno()
+        os.set_blocking(self._err_fd, False)
+        self._err_open = True
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._stderr_reader.start()
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def _read_stderr(self, stream: IO[bytes]) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            for chunk in iter(lambda: stream.read1(65536), b""):
-                with self._err_lock:
-                    self._err.write(chunk)
+    def _read_stderr(self) -> None:
+        poller = select.poll()
+        poller.register(self._err_fd, select.POLLIN)
+        while True:
+            # The end of the stream wakes it; the timeout only bounds how long a reader
+            # outlives a retire whose pipe a stray grandchild still holds open.
+            events = poller.poll(1000)
+            with self._err_lock:
+                if not self._err_open:
+                    return
+                if events and not self._drain_stderr():
+                    return
+
+    def _drain_stderr(self) -> bool:
+        """Move what the pipe holds into the buffer (``_err_lock`` held); False once the
+        stream has ended, after which the descriptor is not read again."""
+        while True:
+            try:
+                chunk = os.read(self._err_fd, 65536)
+            except BlockingIOError:
+                return True
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._err_open = False
+                return False
+            self._err.write(chunk)
+
+    def announced(self) -> None:
+        """Its first line arrived: that is the ready announcement. What it wrote to stderr
+        while setting up belongs to no task."""
+        self.ready = True
+        self.take_stderr()
 
     def take_stderr(self, *, until_closed: bool = False) -> BoundedBuffer:
         """What the process wrote to stderr since the last call (its task's stray output).
@@ -118,6 +149,8 @@ class PoolProcess:
         if until_closed:
             self._stderr_reader.join(timeout=PIPE_DRAIN_SECONDS)
         with self._err_lock:
+            if self._err_open:
+                self._drain_stderr()
             taken, self._err = self._err, BoundedBuffer(self.spec.max_stderr_bytes)
         return taken
 
@@ -220,10 +253,12 @@ class PoolProcess:
             self.proc.wait(timeout=RETIRE_GRACE)
         except subprocess.TimeoutExpired:
             self.kill()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            with contextlib.suppress(OSError):
-                if stream is not None:
-                    stream.close()
+        with self._err_lock:  # not while a drain reads it, and never read again after
+            self._err_open = False
+            for stream in (self.proc.stdout, self.proc.stderr):
+                with contextlib.suppress(OSError):
+                    if stream is not None:
+                        stream.close()
 
 
 class ExecutorPool:
@@ -275,8 +310,7 @@ class ExecutorPool:
                 continue
             line, timed_out, _ = process.next_line(deadline, None)
             if line is not None and not timed_out:
-                process.ready = True  # the line is the ready announcement
-                process.take_stderr()  # set-up chatter belongs to no task
+                process.announced()
         for process in reversed(processes):  # the LIFO queue keeps its order
             self._idle.put(process)
         return sum(1 for process in processes if process is not None and process.ready)
@@ -335,8 +369,7 @@ class ExecutorPool:
                 raise InfraError(f"executor pool process was not ready within {STARTUP_TIMEOUT:g}s")
             if line is None or timed_out or stopped_for:
                 return self._lost(process, started, timed_out, stopped_for, during_startup=True)
-            process.ready = True  # the line is the ready announcement
-            process.take_stderr()  # set-up chatter belongs to no task
+            process.announced()
         process.limit_cpu()
         if not process.send({"result_id": result_id, "attempt": attempt, "spec": payload}):
             return self._lost(process, started, False, None, during_startup=False)
