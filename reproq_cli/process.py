@@ -12,15 +12,17 @@ from pathlib import Path
 
 def memory_log_interval(raw: str) -> float:
     """REPROQ_MEMORY_LOG_INTERVAL: a Go duration or bare seconds; invalid or <= 0 disables."""
-    # Imported here: executors import this module for die_with_parent at start-up, and the
-    # config module pulls in YAML and TOML parsers they do not need.
-    from reproq_cli.config import parse_duration
-
     raw = raw.strip()
     if not raw:
         return 0.0
+    if raw.isdigit():
+        return float(raw) if int(raw) > 0 else -1.0
+    # Imported only for a Go duration: every executor calls this at start-up (usually with
+    # the variable unset), and the config module's YAML parser and tables cost ~0.14 s.
+    from reproq_cli.config import parse_duration
+
     try:
-        value = float(raw) if raw.isdigit() else parse_duration(raw)
+        value = parse_duration(raw)
     except ValueError:
         return -1.0  # reported by the worker, then treated as disabled
     return value if value > 0 else -1.0

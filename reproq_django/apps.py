@@ -1,7 +1,17 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
+
+
+def _sync_recurring_tasks(**kwargs: Any) -> None:
+    # Imported when migrate runs, not at every django.setup(): the scheduler's cron parser
+    # is start-up time that executor processes pay for nothing.
+    from reproq_django.recurring import maybe_sync_recurring_tasks
+
+    maybe_sync_recurring_tasks(**kwargs)
 
 
 class ReproqDjangoConfig(AppConfig):
@@ -11,9 +21,8 @@ class ReproqDjangoConfig(AppConfig):
 
     def ready(self) -> None:
         from reproq_django.memlog import start_memory_logger
-        from reproq_django.recurring import maybe_sync_recurring_tasks
 
         start_memory_logger()
         post_migrate.connect(
-            maybe_sync_recurring_tasks, sender=self, dispatch_uid="reproq_recurring_sync"
+            _sync_recurring_tasks, sender=self, dispatch_uid="reproq_recurring_sync"
         )

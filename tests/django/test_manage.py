@@ -10,6 +10,7 @@ import pytest
 import yaml
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.core.management.sql import emit_post_migrate_signal
 
 from reproq_django.models import PeriodicTask, QueueControl, RateLimit, TaskRun, Worker
 from tests.conftest import REPO_ROOT
@@ -56,6 +57,14 @@ def test_allowlist_finds_task_modules():
     assert "reproq_django.tasks." in prefixes
     plain, _ = manage("allowlist", "--format", "plain")
     assert plain.split() == prefixes
+
+
+@pytest.mark.django_db
+def test_migrate_syncs_recurring_tasks():
+    """The app's post_migrate hook, which loads the recurring module only when it runs."""
+    PeriodicTask.objects.all().delete()
+    emit_post_migrate_signal(verbosity=0, interactive=False, db="default")
+    assert PeriodicTask.objects.get(name="sample-add-every-5").cron_expr == "*/5 * * * *"
 
 
 @pytest.mark.django_db
