@@ -324,6 +324,48 @@ def test_workflow_chord_release(conn, store):
     assert conn.execute("SELECT status FROM workflow_runs").fetchone() == ("SUCCESSFUL",)
 
 
+def test_a_group_commit_mixing_plain_chain_chord_and_fenced_tasks(conn, store):
+    """One group commit of successes: each task's outcome comes back in input order, a lost
+    lease changes nothing, and a chain child and a chord callback are released."""
+    wf = uuid.uuid4()
+    callback = enqueue(conn, "add", 0, 0, columns={"status": "WAITING", "workflow_id": str(wf)})
+    members = [enqueue(conn, "add", i, i, columns={"workflow_id": str(wf)}) for i in (1, 2)]
+    conn.execute(
+        "INSERT INTO workflow_runs (workflow_id, expected_count, callback_result_id)"
+        " VALUES (%s, 2, %s)",
+        (wf, callback),
+    )
+    plain = [enqueue(conn, "add", i, 10) for i in (3, 4, 5)]
+    parent = enqueue(conn, "add", 6, 10)
+    child = enqueue(
+        conn, "add", 7, 10, columns={"status": "WAITING", "parent_id": parent, "wait_count": 1}
+    )
+    conn.execute(
+        "UPDATE task_runs SET logs_uri = 'file:///kept.log' WHERE result_id = %s", (plain[1],)
+    )
+    by_id = {task.result_id: task for task in store.claim_batch("default", 10, aging_factor=0)[0]}
+    assert set(by_id) == {*members, *plain, parent}
+    stolen = plain[2]
+    conn.execute("UPDATE task_runs SET leased_by = 'w2' WHERE result_id = %s", (stolen,))
+    order = [plain[0], members[0], stolen, parent, plain[1], members[1]]
+    logs = {plain[0]: "file:///a.log", members[0]: "file:///m.log"}
+    written = store.complete_successes(
+        [(by_id[rid], f'{{"n": {rid}}}', logs.get(rid)) for rid in order]
+    )
+    assert written == [rid != stolen for rid in order]
+    for rid in (plain[0], plain[1], parent, *members):
+        r = row(conn, rid)
+        assert (r["status"], r["return_json"], r["leased_by"]) == ("SUCCESSFUL", {"n": rid}, None)
+    assert row(conn, plain[0])["logs_uri"] == "file:///a.log"
+    assert row(conn, plain[1])["logs_uri"] == "file:///kept.log"
+    assert row(conn, members[0])["logs_uri"] == "file:///m.log"
+    assert row(conn, stolen)["status"] == "RUNNING"
+    assert (row(conn, child)["status"], row(conn, child)["wait_count"]) == ("READY", 0)
+    wf_row = conn.execute("SELECT success_count, status FROM workflow_runs").fetchone()
+    assert wf_row == (2, "WAITING_CALLBACK")
+    assert row(conn, callback)["status"] == "READY"
+
+
 def test_reclaim(conn, pool, store):
     retry = enqueue(conn, "add", 1, 1, columns={"max_attempts": 3})
     final = enqueue(conn, "add", 2, 2, columns={"max_attempts": 1})
