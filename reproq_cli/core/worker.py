@@ -506,8 +506,15 @@ class Worker:
         """The executor is done with ``task``: its slot can take the next claim while the
         success commits. The task stays in the running set until then, so shutdown and
         burst mode still wait for the commit (and for what it releases, a chain's next step);
-        only the executor-side limit is handed back early."""
+        only the executor-side limit is handed back early.
+
+        At most ``concurrency`` tasks wait for their commit with their slot given back: with
+        more (commits held up by the database), the runner threads (two per slot) would all
+        be taken, and a new claim would wait for one without heartbeats, its lease running
+        out. Past that, a slot goes back when its commit lands, as without early freeing."""
         with self._running_lock:
+            if len(self._freed) >= self.settings.concurrency:
+                return
             self._freed.add(task.result_id)
         self._slots.release()
         self._wake.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 import uuid
 
 import pytest
@@ -137,6 +138,35 @@ def test_a_slot_is_free_again_while_its_success_commits(conn, workers, conn_for,
         wait_for(lambda: row(conn, second)["status"] == "SUCCESSFUL", what="the second task")
         assert row(conn, first)["status"] == "RUNNING"  # its success waits for the lock
     wait_for(lambda: row(conn, first)["status"] == "SUCCESSFUL", what="the first success")
+    _stop(workers, [proc])
+
+
+def test_no_claim_waits_for_a_runner_while_successes_are_held_up(
+    conn, workers, conn_for, db_dsn, tmp_path
+):
+    """At most `concurrency` slots go back before their success commits: with more commits
+    held up, a new claim would sit without a runner thread or heartbeats, its lease running
+    out. So the third task stays READY until a commit lands."""
+    first_done, second_done = tmp_path / "first", tmp_path / "second"
+    first = enqueue(conn, "record", str(first_done), 1.0, columns={"priority": 9})
+    second = enqueue(conn, "record", str(second_done), 1.0, columns={"priority": 8})
+    third = enqueue(conn, "add", 2, 3)
+    proc = workers.start("--concurrency", "1", "--heartbeat-seconds", "0")
+    blocker = conn_for(db_dsn)
+    lock = "SELECT 1 FROM task_runs WHERE result_id = %s FOR UPDATE"
+    with blocker.transaction():
+        wait_for(lambda: row(conn, first)["status"] == "RUNNING", what="the first task running")
+        blocker.execute(lock, (first,))
+        wait_for(lambda: row(conn, second)["status"] == "RUNNING", what="the second task running")
+        blocker.execute(lock, (second,))
+        wait_for(second_done.exists, what="the second task's executor done")
+        # Without the cap the worker claims the third task at once (its slot went back when
+        # the second answered); watch for that well past one claim.
+        watch_until = time.monotonic() + 1.5
+        while time.monotonic() < watch_until:
+            assert row(conn, third)["status"] == "READY"
+            time.sleep(0.05)
+    wait_for(lambda: _all_done(conn, 3), what="all three tasks")
     _stop(workers, [proc])
 
 
