@@ -32,7 +32,12 @@ from reproq_django.db import (
 )
 from reproq_django.models import TaskRun, TaskRunStatus
 from reproq_django.proxy import TaskResultProxy
-from reproq_django.serialization import encode_args_kwargs, normalize_and_hash, normalize_json
+from reproq_django.serialization import (
+    canonical_spec,
+    encode_args_kwargs,
+    normalize_and_hash,
+    normalize_json,
+)
 
 RESERVED_KWARGS = (
     "run_after",
@@ -144,13 +149,13 @@ class ReproqBackend(BaseTaskBackend):
         self.validate_task(task)
         self._validate_queue(self._queue_name(task))
         spec, fields = self.build_spec(task, args, kwargs)
-        normalized, digest = normalize_and_hash(spec)
+        normalized, digest, text = canonical_spec(spec)
         alias = resolve_queue_db(fields["queue_name"])
         if connections[alias].vendor == "postgresql":
-            run = pg_enqueue.insert_task(alias, normalized, digest, fields)
+            run = pg_enqueue.insert_task(alias, normalized, digest, fields, text)
         else:
             run = self._insert(alias, normalized, digest, fields)
-        result = self._result(run, alias)
+        result = self._result(run, alias, task=task)
         signals.task_enqueued.send(sender=type(self), task_result=result, spec=normalized)
         return result
 
@@ -203,8 +208,10 @@ class ReproqBackend(BaseTaskBackend):
         On PostgreSQL that is one statement per database (per 10,000 tasks).
         """
         prepared: list[tuple[str, dict[str, Any], str, dict[str, Any]]] = []
+        tasks: list[Task] = []
         queue_dbs: dict[str, str] = {}
         for task, args, kwargs in items:
+            tasks.append(task)
             self.validate_task(task)
             self._validate_queue(self._queue_name(task))
             spec, fields = self.build_spec(task, args, dict(kwargs))
@@ -224,9 +231,9 @@ class ReproqBackend(BaseTaskBackend):
                 self._bulk_insert(alias, indexes, prepared, runs)
         results = []
         prefix = should_prefix_result_ids()  # one settings lookup, not one per task
-        for (alias, spec, _digest, _fields), run in zip(prepared, runs, strict=True):
+        for (alias, spec, _digest, _fields), run, task in zip(prepared, runs, tasks, strict=True):
             assert run is not None
-            result = self._result(run, alias, prefix=prefix)
+            result = self._result(run, alias, prefix=prefix, task=task)
             signals.task_enqueued.send(sender=type(self), task_result=result, spec=spec)
             results.append(result)
         return results
@@ -305,9 +312,11 @@ class ReproqBackend(BaseTaskBackend):
 
     # --- results --------------------------------------------------------------------------------
 
-    def _result(self, run: TaskRun, alias: str, prefix: bool | None = None) -> TaskResultProxy:
+    def _result(
+        self, run: TaskRun, alias: str, prefix: bool | None = None, task: Task | None = None
+    ) -> TaskResultProxy:
         return TaskResultProxy.from_row(
-            run, alias=alias, result_id=format_result_id(run.result_id, alias, prefix)
+            run, alias=alias, result_id=format_result_id(run.result_id, alias, prefix), task=task
         )
 
     def get_result(self, result_id: int | str) -> TaskResultProxy:

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import fnmatch
+from functools import cache, lru_cache
+from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+# The settings the routing below reads; a change to one (override_settings in tests)
+# drops the cached answers.
+ROUTING_SETTINGS = frozenset(
+    {"REPROQ_DEFAULT_DB_ALIAS", "REPROQ_QUEUE_DATABASES", "REPROQ_RESULT_ID_WITH_ALIAS"}
+)
 
 
 def default_db_alias() -> str:
@@ -18,10 +28,18 @@ def queue_database_map() -> dict[str, str]:
     return {str(k): str(v) for k, v in mapping.items()}
 
 
+@receiver(setting_changed)
+def _routing_changed(*, setting: str, **_kwargs: Any) -> None:
+    if setting in ROUTING_SETTINGS:
+        resolve_queue_db.cache_clear()
+        should_prefix_result_ids.cache_clear()
+
+
 def _is_glob(key: str) -> bool:
     return any(ch in key for ch in "*?[")
 
 
+@lru_cache(maxsize=1024)  # every enqueue asks; the settings change only in tests (above)
 def resolve_queue_db(queue_name: str | None) -> str:
     """Exact queue key, then the first matching glob, then the default alias."""
     queue = queue_name or "default"
@@ -38,6 +56,7 @@ def queue_db_aliases() -> list[str]:
     return sorted({default_db_alias(), *queue_database_map().values()})
 
 
+@cache
 def should_prefix_result_ids() -> bool:
     forced = getattr(settings, "REPROQ_RESULT_ID_WITH_ALIAS", None)
     if forced is not None:

@@ -60,10 +60,14 @@ ATTEMPTS = 3
 Item = tuple[dict[str, Any], str, dict[str, Any]]  # (normalized spec, spec_hash, row fields)
 
 
-def insert_task(alias: str, spec: dict[str, Any], digest: str, fields: dict[str, Any]) -> TaskRun:
-    """The saved TaskRun: the new row, or the active row that has this spec_hash."""
+def insert_task(
+    alias: str, spec: dict[str, Any], digest: str, fields: dict[str, Any], text: str
+) -> TaskRun:
+    """The saved TaskRun: the new row, or the active row that has this spec_hash.
+
+    ``text`` is the spec's canonical JSON (``canonical_spec``), sent as spec_json."""
     row = _row(spec, digest, fields)
-    params = {**row, "spec_json": json.dumps(spec, separators=(",", ":"))}
+    params = {**row, "spec_json": text}
     connection = connections[alias]
     for _ in range(ATTEMPTS):
         with connection.cursor() as cursor:

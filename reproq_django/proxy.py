@@ -86,11 +86,16 @@ class TaskResultProxy(TaskResult):
     data: TaskRun | None = None
 
     @classmethod
-    def from_row(cls, run: TaskRun, *, alias: str, result_id: str) -> TaskResultProxy:
+    def from_row(
+        cls, run: TaskRun, *, alias: str, result_id: str, task: Task | None = None
+    ) -> TaskResultProxy:
+        """``task``: the row's task when the caller has it (enqueue), else found by path."""
         spec = run.spec_json if isinstance(run.spec_json, dict) else {}
         errors = run.errors_json if isinstance(run.errors_json, list) else []
+        if task is None:
+            task = resolve_task(run.task_path or spec.get("task_path"), run.backend_alias)
         proxy = cls(
-            task=resolve_task(run.task_path or spec.get("task_path"), run.backend_alias),
+            task=task,
             id=result_id,
             status=map_status(run.status),
             enqueued_at=run.enqueued_at,

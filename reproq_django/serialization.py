@@ -21,6 +21,7 @@ __all__ = [
     "TYPE_MARKER",
     "DeserializationError",
     "canonical_json",
+    "canonical_spec",
     "decode_args_kwargs",
     "decode_payload",
     "encode_args_kwargs",
@@ -101,8 +102,15 @@ def normalize_json(value: Any) -> Any:
 
 def normalize_and_hash(spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The spec as stored and its spec_hash, from one canonical encoding."""
+    normalized, digest, _text = canonical_spec(spec)
+    return normalized, digest
+
+
+def canonical_spec(spec: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+    """(the spec as stored, its spec_hash, its canonical text): the text is also what an
+    INSERT can send, which spares encoding the spec a second time."""
     text = canonical_json(spec)
-    return json.loads(text), sha256_hex(text)
+    return json.loads(text), sha256_hex(text), text
 
 
 def spec_hash_for(spec: dict[str, Any]) -> str:

@@ -127,6 +127,18 @@ def test_bulk_enqueue_dedups_within_the_batch_and_against_the_table():
     assert [r.args for r in results] == [[1, 2], [3, 4], [3, 4], ["hi"]]
 
 
+def test_a_result_holds_the_task_as_it_was_enqueued():
+    """As Django's own backends do: a task adjusted with using() stays adjusted in its result
+    (get_result, which has only the row, finds the task by its path)."""
+    adjusted = tasks.add.using(priority=7)
+    result = adjusted.enqueue(1, 2)
+    assert result.task == adjusted
+    assert result.task.priority == 7
+    (bulk,) = backend().bulk_enqueue([(adjusted, (3, 4), {})])
+    assert bulk.task == adjusted
+    assert tasks.add.get_result(result.id).task == tasks.add
+
+
 def test_decimal_uuid_datetime_arguments_are_canonicalised():
     token = uuid.uuid4()
     moment = dt.datetime(2025, 1, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
