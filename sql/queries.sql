@@ -394,13 +394,6 @@ callback AS (
 )
 SELECT result_id, workflow_id FROM done;
 
--- name: tx_begin
--- Explicit transaction bounds, for statements sent together in one pipeline round trip.
-BEGIN;
-
--- name: tx_commit
-COMMIT;
-
 -- name: complete_failure
 -- Record a failed attempt; fenced. retry: back to READY after delay seconds; else FAILED.
 -- refund gives the attempt back (a worker shutdown is not the task's fault).

@@ -195,9 +195,12 @@ class TaskStore:
         order = sorted(range(len(done)), key=lambda i: str(done[i][0].workflow_id or ""))
         cursors: dict[int, psycopg.Cursor[dict[str, Any]]] = {}
         with self.pool.connection() as conn:
-            # BEGIN, the timeout, the statements and COMMIT travel together.
+            # The timeout and the statements travel together. What a pipeline sends before
+            # its Sync is one transaction on an autocommit connection (the server commits at
+            # the Sync, or rolls all of it back on an error), so an explicit BEGIN and COMMIT
+            # would only be two more statements to send and read back (~100 us of client CPU
+            # per batch).
             with conn.pipeline() as pipeline:
-                conn.execute(query("tx_begin"))
                 _bound_statements(conn, COMPLETION_TIMEOUT)
                 for i in order:
                     task, return_json, logs_uri = done[i]
@@ -210,7 +213,6 @@ class TaskStore:
                             "logs_uri": logs_uri,
                         },
                     )
-                conn.execute(query("tx_commit"))
                 pipeline.sync()
             return [cursors[i].fetchone() is not None for i in range(len(done))]
 

@@ -11,8 +11,10 @@ import pytest
 
 from reproq_cli.core.logs import Logger
 from reproq_cli.core.worker import Worker
+from reproq_cli.db import tasks as tasks_module
 from reproq_cli.db.connect import create_pool
 from reproq_cli.db.tasks import FencingError, TaskStore
+from reproq_cli.errors import DatabaseError
 from reproq_cli.models import Failure
 from tests.support.harness import enqueue, row, wait_for
 
@@ -364,6 +366,46 @@ def test_a_group_commit_mixing_plain_chain_chord_and_fenced_tasks(conn, store):
     wf_row = conn.execute("SELECT success_count, status FROM workflow_runs").fetchone()
     assert wf_row == (2, "WAITING_CALLBACK")
     assert row(conn, callback)["status"] == "READY"
+
+
+def test_a_group_commit_is_all_or_nothing(conn, pool, store):
+    """The batch's statements share one transaction: one that fails takes the others back,
+    and the connection goes back to the pool clean."""
+    first, second = enqueue(conn, "add", 1, 1), enqueue(conn, "add", 2, 2)
+    tasks = store.claim_batch("default", 2, aging_factor=0)[0]
+    assert {t.result_id for t in tasks} == {first, second}
+    with pytest.raises(DatabaseError, match="complete_successes"):
+        store.complete_successes([(tasks[0], "1", None), (tasks[1], "not json", None)])
+    assert row(conn, first)["status"] == row(conn, second)["status"] == "RUNNING"
+    assert store.complete_successes([(t, "1", None) for t in tasks]) == [True, True]
+    assert row(conn, first)["status"] == row(conn, second)["status"] == "SUCCESSFUL"
+
+
+def test_a_group_commit_is_bounded_by_its_own_statement_timeout(
+    conn, db_dsn, conn_for, monkeypatch
+):
+    """A commit held up by a row lock gives up after the completion timeout (the caller
+    retries), and the timeout does not outlive the batch on the pooled connection."""
+    monkeypatch.setattr(tasks_module, "COMPLETION_TIMEOUT", 0.3)
+    single = create_pool(db_dsn, min_size=1, max_size=1)  # the batch's connection, below
+    try:
+        store = TaskStore(single, "w1", lease_seconds=300)
+        rid = enqueue(conn, "add", 1, 1)
+        task = claim(store)
+        blocker = conn_for(db_dsn)
+        with blocker.transaction():
+            # Were the batch not bounded, this ends the wait (and the test fails) in 5 s.
+            blocker.execute("SET LOCAL idle_in_transaction_session_timeout = '5s'")
+            blocker.execute("SELECT 1 FROM task_runs WHERE result_id = %s FOR UPDATE", (rid,))
+            with pytest.raises(DatabaseError, match="statement timeout"):
+                store.complete_successes([(task, "1", None)])
+        assert row(conn, rid)["status"] == "RUNNING"
+        with single.connection() as pooled:
+            setting = pooled.execute("SHOW statement_timeout").fetchone()
+        assert setting["statement_timeout"] == "0"
+        assert store.complete_successes([(task, "1", None)]) == [True]
+    finally:
+        single.close()
 
 
 def test_reclaim(conn, pool, store):
