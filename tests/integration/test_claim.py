@@ -297,7 +297,8 @@ def test_concurrent_claimers_respect_lock_key(conn, pool):
         ).fetchone() == (19,)
 
 
-def test_workflow_chord_release(conn, store):
+def _chord_of_two(conn) -> tuple[int, list[int]]:
+    """A workflow of two READY members and a WAITING callback: (callback, members)."""
     wf = uuid.uuid4()
     callback = enqueue(conn, "add", 0, 0, columns={"status": "WAITING", "workflow_id": str(wf)})
     members = [enqueue(conn, "add", i, i, columns={"workflow_id": str(wf)}) for i in (1, 2)]
@@ -306,6 +307,11 @@ def test_workflow_chord_release(conn, store):
         " VALUES (%s, 2, %s)",
         (wf, callback),
     )
+    return callback, members
+
+
+def test_workflow_chord_release(conn, store):
+    callback, members = _chord_of_two(conn)
     first, second = claim(store), claim(store)
     assert {first.result_id, second.result_id} == set(members)
     store.complete_success(first, "1", None)
@@ -329,14 +335,7 @@ def test_workflow_chord_release(conn, store):
 def test_a_group_commit_mixing_plain_chain_chord_and_fenced_tasks(conn, store):
     """One group commit of successes: each task's outcome comes back in input order, a lost
     lease changes nothing, and a chain child and a chord callback are released."""
-    wf = uuid.uuid4()
-    callback = enqueue(conn, "add", 0, 0, columns={"status": "WAITING", "workflow_id": str(wf)})
-    members = [enqueue(conn, "add", i, i, columns={"workflow_id": str(wf)}) for i in (1, 2)]
-    conn.execute(
-        "INSERT INTO workflow_runs (workflow_id, expected_count, callback_result_id)"
-        " VALUES (%s, 2, %s)",
-        (wf, callback),
-    )
+    callback, members = _chord_of_two(conn)
     plain = [enqueue(conn, "add", i, 10) for i in (3, 4, 5)]
     parent = enqueue(conn, "add", 6, 10)
     child = enqueue(
