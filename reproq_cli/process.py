@@ -16,15 +16,17 @@ def memory_log_interval(raw: str) -> float:
     if not raw:
         return 0.0
     if raw.isdigit():
-        return float(raw) if int(raw) > 0 else -1.0
-    # Imported only for a Go duration: every executor calls this at start-up (usually with
-    # the variable unset), and the config module's YAML parser and tables cost ~0.14 s.
-    from reproq_cli.config import parse_duration
+        value = float(raw)
+    else:
+        # Imported only for a Go duration: every executor calls this at start-up (usually
+        # with the variable unset), and the config module's YAML parser and tables cost
+        # ~0.14 s.
+        from reproq_cli.config import parse_duration
 
-    try:
-        value = parse_duration(raw)
-    except ValueError:
-        return -1.0  # reported by the worker, then treated as disabled
+        try:
+            value = parse_duration(raw)
+        except ValueError:
+            return -1.0  # reported by the worker, then treated as disabled
     return value if value > 0 else -1.0
 
 
