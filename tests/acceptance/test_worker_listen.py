@@ -12,13 +12,12 @@ enqueued.
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psycopg
 
-from tests.support.harness import enqueue, parse_logs, row, wait_for
+from tests.support.harness import enqueue, holds_for, parse_logs, row, wait_for
 
 LISTEN_QUERY = "LISTEN reproq_ready"
 
@@ -113,10 +112,8 @@ def test_no_listen_polls_only_and_still_works(workers, conn, conn_for, db_dsn):
     proc = start_idle_worker(workers, conn_for, db_dsn, conn, "w-poll", "--no-listen")
     assert listener_pids(conn, "w-poll") == []
     rid = enqueue(conn, "add", 2, 3)
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline:  # not picked up before the 5 s poll comes round
-        assert row(conn, rid)["status"] == "READY"
-        time.sleep(0.05)
+    # not picked up before the 5 s poll comes round
+    holds_for(lambda: row(conn, rid)["status"] == "READY", 3.0, what="task READY until the poll")
     wait_for(lambda: row(conn, rid)["status"] == "SUCCESSFUL", timeout=15, what="polled task")
     assert seconds_to_start(conn, rid) >= 3.0
     stop(workers, proc)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import signal
-import time
 import uuid
 
 import pytest
 
-from tests.support.harness import enqueue, row, wait_for
+from tests.support.harness import enqueue, holds_for, row, wait_for
 
 pytestmark = pytest.mark.executors("spawn", "pool")
 
@@ -162,10 +161,7 @@ def test_no_claim_waits_for_a_runner_while_successes_are_held_up(
         wait_for(second_done.exists, what="the second task's executor done")
         # Without the cap the worker claims the third task at once (its slot went back when
         # the second answered); watch for that well past one claim.
-        watch_until = time.monotonic() + 1.5
-        while time.monotonic() < watch_until:
-            assert row(conn, third)["status"] == "READY"
-            time.sleep(0.05)
+        holds_for(lambda: row(conn, third)["status"] == "READY", 1.5, what="third task READY")
     wait_for(lambda: _all_done(conn, 3), what="all three tasks")
     _stop(workers, [proc])
 

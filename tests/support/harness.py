@@ -124,6 +124,18 @@ def wait_for(
         time.sleep(interval)
 
 
+def holds_for(
+    condition: Callable[[], Any], seconds: float, *, interval: float = 0.05, what: str = ""
+) -> None:
+    """Check ``condition`` every ``interval`` for ``seconds``; fail the first time it is false
+    (for what must not happen within a window where the code under test would do it)."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        if not condition():
+            raise AssertionError(f"stopped holding: {what or condition}")
+        time.sleep(interval)
+
+
 @dataclass
 class WorkerRun:
     returncode: int
