@@ -261,6 +261,20 @@ class PoolProcess:
                         stream.close()
 
 
+class _IdleProcesses(queue.LifoQueue[PoolProcess | None]):
+    """Idle processes, the one used last on top.
+
+    A replacement goes to the bottom: it is still setting Django up, and a task handed to it
+    would wait for that while a process that is ready sits idle.
+    """
+
+    def put_under(self, item: PoolProcess | None) -> None:
+        with self.not_empty:
+            self.queue.insert(0, item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+
 class ExecutorPool:
     """``size`` warm processes; ``run_attempt`` matches executor.run_attempt's contract."""
 
@@ -283,7 +297,7 @@ class ExecutorPool:
         self.cwd = cwd
         self.on_replace = on_replace
         self.replaced = 0
-        self._idle: queue.LifoQueue[PoolProcess | None] = queue.LifoQueue()
+        self._idle = _IdleProcesses()
         self._closed = False
 
     def start(self) -> None:
@@ -342,9 +356,9 @@ class ExecutorPool:
         if self._closed:
             return
         try:
-            self._idle.put(PoolProcess(self.spec, self.env, self.cwd))
+            self._idle.put_under(PoolProcess(self.spec, self.env, self.cwd))
         except InfraError:
-            self._idle.put(None)  # try again at the next checkout
+            self._idle.put_under(None)  # try again at the next checkout
 
     def run_attempt(
         self,

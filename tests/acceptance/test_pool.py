@@ -7,9 +7,16 @@ both modes; this file covers what only a pool has.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import time
+
 import pytest
 
-from tests.support.harness import enqueue, row
+from reproq_cli.core.executor import ExecSpec
+from reproq_cli.core.pool import ExecutorPool
+from tests.support.harness import REPO_ROOT, TASKS, enqueue, make_spec, row
 
 pytestmark = pytest.mark.executors("pool")
 
@@ -56,6 +63,30 @@ def test_processes_are_recycled_above_the_memory_limit(conn, workers):
     assert row(conn, after)["return_json"] != row(conn, big)["return_json"]
     reasons = [e["reason"] for e in run.logs if e["msg"] == "Executor process replaced"]
     assert any(r.startswith("RSS ") and r.endswith("MB over the limit") for r in reasons), reasons
+
+
+def test_a_replacement_still_setting_up_waits_behind_a_ready_process():
+    spec = ExecSpec(sys.executable, "tests.support.executor", "stdin", 1 << 20, 1 << 20, 1 << 20)
+    env = {**os.environ, "REPROQ_TEST_SERVE_DELAY": "3"}
+    pool = ExecutorPool(spec, size=2, max_tasks=1, max_memory_mb=0, env=env, cwd=str(REPO_ROOT))
+    payload = json.dumps(make_spec(f"{TASKS}.pid"))
+
+    def pid_of_next_task() -> tuple[int, float]:
+        started = time.monotonic()
+        result = pool.run_attempt(result_id=1, attempt=1, payload=payload, timeout=60)
+        assert result.envelope is not None and result.envelope.ok, result.stderr
+        return json.loads(result.envelope.return_raw or "null"), time.monotonic() - started
+
+    pool.start()
+    try:
+        assert pool.wait_ready() == 2
+        first, _ = pid_of_next_task()  # its process is replaced by one that takes 3 s to start
+        second, waited = pid_of_next_task()
+        assert second != first
+        assert waited < 2.0  # the other process ran it, not the replacement once set up
+        assert pool.replaced == 2
+    finally:
+        pool.close()
 
 
 def test_a_crash_fails_only_its_task(conn, workers):
