@@ -232,6 +232,14 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
         help="pool: replace a process whose RSS exceeds this after a task (0: no limit)",
     ),
     _s(
+        "worker.pool_no_fork",
+        "bool",
+        False,
+        env="REPROQ_POOL_NO_FORK",
+        flag="--pool-no-fork",
+        help="pool: start each process afresh instead of forking it from one set-up process",
+    ),
+    _s(
         "worker.task_memory_limit",
         "int",
         0,

@@ -1,13 +1,24 @@
-"""Facts about this process shared by the worker and the Django app's memory logger."""
+"""Facts about this process shared by the worker and the Django app's memory logger, and the
+executor side of the pool's fork server."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import resource
 import select
 import signal
+import sys
 import threading
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TextIO
+
+# Set by the worker on the one `--serve` process it wants as a fork server (see serve_forks).
+FORK_SERVER_ENV = "REPROQ_EXECUTOR_FORK_SERVER"
 
 
 def memory_log_interval(raw: str) -> float:
@@ -50,10 +61,7 @@ def die_with_parent() -> None:
     read an orphan's answer, so stopping it loses nothing that the rerun does not redo.
     """
     parent = os.getppid()
-    try:
-        fd: int | None = os.pidfd_open(parent)
-    except OSError:
-        fd = None  # kernels before 5.3: fall back to watching getppid()
+    fd = pidfd(parent)  # None on kernels before 5.3: watch getppid() instead
     if os.getppid() != parent:  # the parent went before the pidfd was open
         _kill_own_group()
     threading.Thread(
@@ -79,3 +87,152 @@ def _kill_own_group() -> None:
     if os.getpgrp() == os.getpid():
         os.killpg(os.getpid(), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fork_server_requested() -> bool:
+    return os.environ.get(FORK_SERVER_ENV) == "1"
+
+
+def serve_forks(
+    protocol: TextIO, child_main: Callable[[TextIO], int], before_fork: Callable[[], None]
+) -> int:
+    """Be the pool's fork server: an executor set up once, which forks pool processes.
+
+    The worker starts ``--serve`` with FORK_SERVER_ENV=1 and a Unix stream socket as stdin.
+    This announces ``{"ready": true, "pid": N, "fork_server": true}`` on ``protocol`` (the
+    original stdout), then for each request line on the socket, which carries three
+    descriptors (the new process's stdin, stdout and stderr), forks a child and answers
+    ``{"forked": pid}``; every child's end is answered ``{"exited": pid, "returncode": rc}``
+    (Popen's convention: -N for signal N). A child runs ``child_main`` with the protocol
+    stream on its new stdout, in a session of its own, and dies with this process.
+
+    End of input stops the forking; the server stays until its last child has exited, so
+    that the worker still learns how each ended. It leaves at once when the worker dies.
+    """
+    import socket  # here: ~4.5 ms that a spawned executor, which imports this module, skips
+
+    os.environ.pop(FORK_SERVER_ENV, None)  # children and what they start are not servers
+    control = socket.socket(fileno=os.dup(0))
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    parent = os.getppid()
+    parent_fd = pidfd(parent)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wake-up fd hears it
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    poller = select.poll()
+    for fd in (control.fileno(), wake_r, parent_fd):
+        if fd is not None:
+            poller.register(fd, select.POLLIN)
+    own = [control.fileno(), wake_r, wake_w, protocol.fileno()]
+    if parent_fd is not None:
+        own.append(parent_fd)
+
+    def answer(message: dict[str, Any]) -> None:
+        protocol.write(json.dumps(message) + "\n")
+        protocol.flush()
+
+    answer({"ready": True, "pid": os.getpid(), "fork_server": True})
+    children: set[int] = set()
+    accepting = True
+    try:
+        while accepting or children:
+            if parent_fd is None and os.getppid() != parent:
+                return 0
+            for fd, _ in poller.poll(None if parent_fd is not None else 500):
+                if fd == parent_fd:
+                    return 0  # the worker is gone; the children follow this process
+                if fd == wake_r:
+                    while _read_some(wake_r):
+                        pass
+                    for pid, returncode in _reap():
+                        children.discard(pid)
+                        answer({"exited": pid, "returncode": returncode})
+                    continue
+                data, fds, _, _ = socket.recv_fds(control, 65536, 3)
+                if not data:
+                    accepting = False
+                    poller.unregister(control.fileno())
+                    continue
+                if len(fds) != 3:
+                    for received in fds:
+                        os.close(received)
+                    answer({"forked": None, "error": "a fork request needs three descriptors"})
+                    continue
+                request = json.loads(data)
+                before_fork()
+                pid = _fork(fds, int(request.get("memory_limit_bytes") or 0), own, child_main)
+                children.add(pid)
+                answer({"forked": pid})
+    except (BrokenPipeError, ConnectionError):
+        return 0  # nobody is reading the answers any more
+    return 0
+
+
+def _read_some(fd: int) -> bytes:
+    try:
+        return os.read(fd, 512)
+    except BlockingIOError:
+        return b""
+
+
+def _reap() -> list[tuple[int, int]]:
+    ended = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        ended.append((pid, os.waitstatus_to_exitcode(status)))
+    return ended
+
+
+def _fork(
+    fds: list[int], memory_limit: int, own: list[int], child_main: Callable[[TextIO], int]
+) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        for fd in fds:
+            os.close(fd)
+        return pid
+    code = 1
+    try:
+        os.setsid()  # its own process group: a kill reaches what its task starts
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in own:
+            os.close(fd)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
+        if memory_limit:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+        die_with_parent()
+        protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
+        os.dup2(2, 1)
+        code = child_main(protocol)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+
+def pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when ``pid`` exits (Linux 5.3+), or None: no such
+    process, or an older kernel."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None

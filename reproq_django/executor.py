@@ -193,11 +193,26 @@ def serve(settings_module: str | None = None) -> int:
     (``{"result_id", "attempt", "spec"}``); each answer is one line on the original stdout,
     ``{"result": <envelope>, "stderr": "..."}``. Everything else that reaches file descriptor
     1 (a C library, a child process) is sent to stderr so it cannot corrupt an answer.
+
+    Started as the pool's fork server (reproq_cli.process.serve_forks), the process sets
+    Django up the same way and then forks pool processes that each run this loop.
     """
+    from reproq_cli.process import fork_server_requested, serve_forks
+
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     loaded = settings_module or os.environ.get("DJANGO_SETTINGS_MODULE")
     setup_problem = _setup_django(loaded) if loaded else None
+    if fork_server_requested():
+        return serve_forks(
+            protocol,
+            lambda child_protocol: _serve_requests(child_protocol, loaded, setup_problem),
+            before_fork=_close_connections if loaded and setup_problem is None else _nothing,
+        )
+    return _serve_requests(protocol, loaded, setup_problem)
+
+
+def _serve_requests(protocol: TextIO, loaded: str | None, setup_problem: str | None) -> int:
     protocol.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     protocol.flush()
     for line in sys.stdin:
@@ -212,6 +227,17 @@ def serve(settings_module: str | None = None) -> int:
         protocol.write(f'{{"result": {text}, "stderr": {stderr_json}}}\n')
         protocol.flush()
     return 0
+
+
+def _close_connections() -> None:
+    # A connection the set-up opened must not be shared by the children a fork makes.
+    from django.db import connections
+
+    connections.close_all()
+
+
+def _nothing() -> None:
+    return None
 
 
 def _serve_one(line: str, loaded: str | None, setup_problem: str | None) -> str:
@@ -273,9 +299,12 @@ def _send(signal_obj: Any, **kwargs: Any) -> None:
 
 
 def main() -> NoReturn:
-    from reproq_cli.process import die_with_parent
+    from reproq_cli.process import die_with_parent, fork_server_requested
 
-    die_with_parent()
+    # A fork server watches its parent in its own loop, not in a thread: a child forked from
+    # a threaded process can inherit a lock that one of the other threads held.
+    if not fork_server_requested():
+        die_with_parent()
     sys.exit(execute())
 
 

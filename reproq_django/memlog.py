@@ -36,7 +36,14 @@ def start_memory_logger() -> bool:
     if interval <= 0 or _started.is_set():
         return False
     _started.set()
+    _start_thread(interval)
+    # A fork keeps only the thread that forked: the pool's fork server sets Django up once and
+    # forks the pool processes, and each of those logs its own memory.
+    os.register_at_fork(after_in_child=lambda: _start_thread(interval))
+    return True
 
+
+def _start_thread(interval: float) -> None:
     def loop() -> None:
         stop = threading.Event()
         while True:
@@ -44,4 +51,3 @@ def start_memory_logger() -> bool:
             stop.wait(interval)
 
     threading.Thread(target=loop, name="reproq-memory-logger", daemon=True).start()
-    return True

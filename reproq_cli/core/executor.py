@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from reproq_cli.process import pidfd
+
 TRUNCATION_MARKER = "\n[TRUNCATED due to size limit]"
 KILL_GRACE_SECONDS = 2.0
 PIPE_DRAIN_SECONDS = 2.0
@@ -386,7 +388,7 @@ def _supervise(
     timed_out = False
     stopped_for: str | None = None
     used_cpu = 0.0
-    exit_fd = _pidfd(proc.pid)
+    exit_fd = pidfd(proc.pid)
     try:
         while not _exited(proc, exit_fd, TICK_SECONDS):
             if spec.task_cpu_limit > 0:
@@ -421,14 +423,6 @@ def _supervise(
     if not timed_out and stopped_for is None:
         result.envelope = parse_envelope(stdout_text)
     return result
-
-
-def _pidfd(pid: int) -> int | None:
-    """A descriptor that becomes readable when the child exits (Linux 5.3+), or None."""
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
 
 
 def _exited(proc: subprocess.Popen[bytes], exit_fd: int | None, timeout: float) -> bool:

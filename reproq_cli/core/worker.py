@@ -78,6 +78,7 @@ class WorkerSettings:
     executor: str = "spawn"
     pool_max_tasks: int = 1000
     pool_max_memory_mb: int = 512
+    pool_fork: bool = True
     ray_address: str = "auto"
     ray_runtime_env: str = ""
 
@@ -119,6 +120,7 @@ class WorkerSettings:
             executor=w["executor"],
             pool_max_tasks=w["pool_max_tasks"],
             pool_max_memory_mb=w["pool_max_memory_mb"],
+            pool_fork=not w["pool_no_fork"],
             ray_address=w["ray_address"],
             ray_runtime_env=w["ray_runtime_env"],
         )
@@ -176,6 +178,7 @@ def run_worker(
             size=settings.concurrency,
             max_tasks=settings.pool_max_tasks,
             max_memory_mb=settings.pool_max_memory_mb,
+            fork=settings.pool_fork,
             on_replace=lambda pid, why: log.info("Executor process replaced", pid=pid, reason=why),
         )
         began = time.monotonic()
@@ -191,6 +194,7 @@ def run_worker(
             "Executor pool ready",
             processes=ready,
             size=settings.concurrency,
+            forked=pool.forking,
             seconds=round(time.monotonic() - began, 3),
         )
     if settings.executor == "ray":

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from reproq_cli.core.executor import ExecSpec
 from reproq_cli.core.pool import ExecutorPool
-from tests.support.harness import REPO_ROOT, TASKS, enqueue, make_spec, row
+from tests.support.harness import REPO_ROOT, TASKS, enqueue, make_spec, row, wait_for
 
 pytestmark = pytest.mark.executors("pool")
 
@@ -87,6 +89,87 @@ def test_a_replacement_still_setting_up_waits_behind_a_ready_process():
         assert pool.replaced == 2
     finally:
         pool.close()
+
+
+def _spread(conn, ids: list[int]) -> float:
+    """Seconds from the first task's start to the last one's end."""
+    rows = [row(conn, rid) for rid in ids]
+    return (
+        max(r["finished_at"] for r in rows) - min(r["started_at"] for r in rows)
+    ).total_seconds()
+
+
+def test_replacements_are_forked_from_a_process_set_up_once(conn, workers):
+    ids = [enqueue(conn, "pid", unique=str(n), columns={"priority": -n}) for n in range(3)]
+    run = workers.run(
+        "--concurrency", "1", "--pool-max-tasks", "1", env={"REPROQ_TEST_SERVE_DELAY": "2"}
+    )
+    assert run.returncode == 0, run.stderr
+    assert len(set(_pids(conn, ids))) == 3
+    # Started afresh, each of the two replacements would have taken 2 s to set up.
+    assert _spread(conn, ids) < 1.5
+    (ready,) = [e for e in run.logs if e["msg"] == "Executor pool ready"]
+    assert ready["forked"] is True
+
+
+def test_an_executor_module_without_a_fork_server_gets_fresh_processes(conn, workers):
+    ids = [enqueue(conn, "pid", unique=str(n), columns={"priority": -n}) for n in range(3)]
+    env = {"REPROQ_TEST_SERVE_DELAY": "1", "REPROQ_TEST_NO_FORK_SERVER": "1"}
+    run = workers.run("--concurrency", "1", "--pool-max-tasks", "1", env=env)
+    assert run.returncode == 0, run.stderr
+    assert all(row(conn, rid)["status"] == "SUCCESSFUL" for rid in ids)
+    assert len(set(_pids(conn, ids))) == 3
+    assert _spread(conn, ids) >= 2.0  # each replacement set itself up
+    (ready,) = [e for e in run.logs if e["msg"] == "Executor pool ready"]
+    assert ready["forked"] is False
+
+
+def _fork_servers(parent: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == parent and b"REPROQ_EXECUTOR_FORK_SERVER=1" in environ:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("flags", [(), ("--pool-no-fork",)], ids=["fork", "no-fork"])
+def test_who_starts_the_pool_processes(conn, workers, flags):
+    ids = [enqueue(conn, "parent_pid", unique=str(n)) for n in range(2)]
+    proc = workers.start("--concurrency", "1", "--pool-max-tasks", "1", *flags)
+    wait_for(lambda: all(row(conn, rid)["status"] == "SUCCESSFUL" for rid in ids), what="tasks")
+    parents = {row(conn, rid)["return_json"] for rid in ids}
+    if flags:
+        assert parents == {proc.pid}
+        assert _fork_servers(proc.pid) == []
+    else:
+        assert parents == set(_fork_servers(proc.pid))
+    proc.terminate()
+    assert workers.finish(proc).returncode == 0
+
+
+def test_a_killed_fork_server_is_started_again(conn, workers):
+    first = enqueue(conn, "pid", unique="first")
+    proc = workers.start("--concurrency", "1", "--pool-max-tasks", "1")
+    wait_for(lambda: row(conn, first)["status"] == "SUCCESSFUL", what="the first task")
+    (server,) = wait_for(lambda: _fork_servers(proc.pid), what="the fork server")
+    os.kill(server, signal.SIGKILL)
+    later = [enqueue(conn, "pid", unique=str(n)) for n in range(3)]
+    wait_for(
+        lambda: all(row(conn, rid)["status"] == "SUCCESSFUL" for rid in later),
+        what="the tasks after the kill",
+    )
+    (successor,) = wait_for(lambda: _fork_servers(proc.pid), what="a new fork server")
+    assert successor != server
+    proc.terminate()
+    run = workers.finish(proc)
+    assert run.returncode == 0, run.stderr
 
 
 def test_a_crash_fails_only_its_task(conn, workers):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.django.support import sqlite_env
+from reproq_cli.core.executor import ExecSpec
+from reproq_cli.core.pool import ExecutorPool
+from tests.django.support import REPO_ROOT, sqlite_env
 
 
 class Server:
@@ -103,3 +106,39 @@ def test_start_up_skips_what_a_task_does_not_need(server):
         {"task_path": "tests.django.sampleapp.probe.loaded", "args": [heavy], "kwargs": {}}
     )
     assert answer["result"] == {"ok": True, "return": []}
+
+
+def _forked_answers(task_path: str, count: int, **env: str) -> list:
+    """What ``count`` runs of a task answered in a pool of one process replaced after each."""
+    spec = ExecSpec(sys.executable, "reproq_django.executor", "stdin", 1 << 20, 1 << 20, 1 << 20)
+    pool = ExecutorPool(
+        spec, size=1, max_tasks=1, max_memory_mb=0, env=sqlite_env(**env), cwd=str(REPO_ROOT)
+    )
+    payload = json.dumps({"task_path": task_path, "args": []})
+    pool.start()
+    try:
+        assert pool.wait_ready() == 1
+        answers = []
+        for _ in range(count):
+            result = pool.run_attempt(result_id=1, attempt=1, payload=payload, timeout=60)
+            assert result.envelope is not None and result.envelope.ok, result.stderr
+            answers.append(json.loads(result.envelope.return_raw or "null"))
+    finally:
+        pool.close()
+    return answers
+
+
+def test_the_pool_forks_its_processes_from_one_django_set_up():
+    seen = _forked_answers("tests.django.sampleapp.probe.parent", 3)
+    pids = [pid for pid, _ in seen]
+    parents = {parent for _, parent in seen}
+    assert len(set(pids)) == 3  # a process per task (--pool-max-tasks 1)
+    (server,) = parents  # all made by the one fork server, not started by the worker
+    assert server != os.getpid()
+
+
+def test_a_forked_process_logs_its_own_memory():
+    (names,) = _forked_answers(
+        "tests.django.sampleapp.probe.threads", 1, REPROQ_MEMORY_LOG_INTERVAL="60"
+    )
+    assert "reproq-memory-logger" in names

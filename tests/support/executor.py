@@ -19,6 +19,9 @@ import os
 import sys
 import time
 import traceback
+from typing import TextIO
+
+from reproq_cli.process import fork_server_requested, serve_forks
 
 
 def run(spec_text: str, result_id: int, attempt: int, payload_mode: str) -> tuple[bool, str]:
@@ -47,12 +50,19 @@ def run(spec_text: str, result_id: int, attempt: int, payload_mode: str) -> tupl
 
 
 def serve() -> int:
-    """The pool protocol of reproq_django.executor --serve, without Django.
+    """The pool protocol of reproq_django.executor --serve, without Django, fork server
+    included (REPROQ_TEST_NO_FORK_SERVER=1 plays an executor module without one).
 
     REPROQ_TEST_SERVE_DELAY (seconds) stands in for a slow set-up before the ready line."""
     time.sleep(float(os.environ.get("REPROQ_TEST_SERVE_DELAY", "0")))
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
+    if fork_server_requested() and not os.environ.get("REPROQ_TEST_NO_FORK_SERVER"):
+        return serve_forks(protocol, _serve_requests, before_fork=lambda: None)
+    return _serve_requests(protocol)
+
+
+def _serve_requests(protocol: TextIO) -> int:
     protocol.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     protocol.flush()
     for line in sys.stdin:

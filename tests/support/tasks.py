@@ -93,6 +93,10 @@ def pid() -> int:
     return os.getpid()
 
 
+def parent_pid() -> int:
+    return os.getppid()
+
+
 _HELD: list[bytearray] = []
 
 

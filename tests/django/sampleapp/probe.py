@@ -10,3 +10,17 @@ from django.tasks import task
 @task()
 def loaded(names: list[str]) -> list[str]:
     return sorted(name for name in names if name in sys.modules)
+
+
+@task()
+def parent() -> list[int]:
+    import os
+
+    return [os.getpid(), os.getppid()]
+
+
+@task()
+def threads() -> list[str]:
+    import threading
+
+    return sorted(thread.name for thread in threading.enumerate())
