@@ -199,9 +199,10 @@ def plan(options: TortureOptions, run: str, rng: random.Random) -> list[dict[str
 # --- processes --------------------------------------------------------------------------------
 
 
-def executor_children(parents: set[int]) -> list[int]:
-    """Live processes whose parent is one of ``parents`` (Linux /proc)."""
-    found = []
+def executor_processes(workers: set[int]) -> list[int]:
+    """Live processes descended from one of ``workers`` (Linux /proc): a pool's processes are
+    children of its fork server, not of the worker."""
+    children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -210,8 +211,12 @@ def executor_children(parents: set[int]) -> list[int]:
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if ppid in parents:
-            found.append(int(entry))
+        children.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    level = list(workers)
+    while level:
+        level = [child for pid in level for child in children.get(pid, [])]
+        found.extend(level)
     return found
 
 
@@ -383,7 +388,7 @@ class Torture:
             report.worker_kills += 1
             self._start_worker(config)
         if "kill-children" in o.chaos and more(report.child_kills):
-            children = executor_children({p.pid for p in self.workers.values()})
+            children = executor_processes({p.pid for p in self.workers.values()})
             if children:
                 try:
                     os.kill(self.rng.choice(children), signal.SIGKILL)

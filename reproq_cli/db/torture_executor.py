@@ -22,12 +22,12 @@ import os
 import sys
 import time
 import traceback
-from typing import Any
+from typing import Any, TextIO
 
 import psycopg
 
 from reproq_cli.db.queries import query
-from reproq_cli.process import die_with_parent
+from reproq_cli.process import die_with_parent, fork_server_requested, serve_forks
 
 TASK_PATH = "reproq_torture.work"
 DSN_ENV = "REPROQ_TORTURE_DSN"
@@ -58,6 +58,11 @@ class Recorder:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
     def start(self, result_id: int, attempt: int) -> int:
         row = self._run(
@@ -122,6 +127,16 @@ def run(recorder: Recorder, spec_text: str, result_id: int, attempt: int) -> tup
 def serve(recorder: Recorder) -> int:
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)  # stray prints must not corrupt the protocol
+    if fork_server_requested():
+        # The pool forks its processes from here, so chaos meets forked processes too; the
+        # recorder connects lazily, in each process that records.
+        return serve_forks(
+            protocol, lambda forked: _serve_requests(recorder, forked), recorder.close
+        )
+    return _serve_requests(recorder, protocol)
+
+
+def _serve_requests(recorder: Recorder, protocol: TextIO) -> int:
     protocol.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     protocol.flush()
     for line in sys.stdin:
@@ -133,7 +148,8 @@ def serve(recorder: Recorder) -> int:
 
 
 def main() -> int:
-    die_with_parent()
+    if not fork_server_requested():  # a fork server watches its parent in its own loop
+        die_with_parent()
     recorder = Recorder(os.environ.get(DSN_ENV, ""))
     if sys.argv[1:] == ["--serve"]:
         return serve(recorder)
