@@ -718,6 +718,10 @@ GROUP BY queue_name;
 -- Bounds the statements of the current transaction only (the pool's connections are shared).
 SELECT set_config('statement_timeout', %(timeout)s, true);
 
+-- name: session_statement_timeout
+-- Bounds every statement of a connection that only completions use (SuccessConnection).
+SELECT set_config('statement_timeout', %(timeout)s, false);
+
 -- name: metrics_queue
 -- Backlog counts READY and both waiting states; WAITING_CALLBACK only appears in Go databases.
 SELECT count(*) FILTER (WHERE status IN ('READY', 'WAITING', 'WAITING_CALLBACK')) AS depth,

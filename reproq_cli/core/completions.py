@@ -13,7 +13,7 @@ import queue
 import threading
 from concurrent.futures import Future
 
-from reproq_cli.db.tasks import FencingError, TaskStore
+from reproq_cli.db.tasks import FencingError, SuccessConnection, TaskStore
 from reproq_cli.models import ClaimedTask
 
 MAX_BATCH = 100
@@ -22,8 +22,16 @@ _Item = tuple[ClaimedTask, str | None, str | None, Future[bool]]
 
 
 class SuccessWriter:
-    def __init__(self, store: TaskStore, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, store: TaskStore, max_batch: int = MAX_BATCH, *, own_connection: bool = True
+    ) -> None:
+        """``own_connection``: write through a connection of the writer's own, its timeout
+        set once for the session (SuccessConnection), rather than through the shared pool."""
         self.store = store
+        # Used by the writer thread alone.
+        self.connection: TaskStore | SuccessConnection = (
+            SuccessConnection(store) if own_connection else store
+        )
         self.max_batch = max_batch
         self.batches = 0
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
@@ -41,6 +49,8 @@ class SuccessWriter:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=30)
+        if not self._thread.is_alive() and isinstance(self.connection, SuccessConnection):
+            self.connection.close()
 
     def _run(self) -> None:
         while True:
@@ -62,7 +72,7 @@ class SuccessWriter:
     def _write(self, batch: list[_Item]) -> None:
         self.batches += 1
         try:
-            written = self.store.complete_successes([(t, r, u) for t, r, u, _ in batch])
+            written = self.connection.complete_successes([(t, r, u) for t, r, u, _ in batch])
         except Exception as exc:  # every waiter sees it and retries on its own
             for *_, future in batch:
                 future.set_exception(exc)

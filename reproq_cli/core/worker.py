@@ -253,7 +253,10 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.pool = pool
-        self._successes = SuccessWriter(store)
+        # --no-listen is the setting for PgBouncer's transaction pooling, where a session
+        # setting would not stay with the writer's statements: there successes go through
+        # the shared pool with a timeout per transaction.
+        self._successes = SuccessWriter(store, own_connection=settings.listen)
         self.store = store
         self.log = log
         # Runner metrics are kept even without an HTTP server, as in the Go worker.

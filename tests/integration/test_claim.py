@@ -13,7 +13,7 @@ from reproq_cli.core.logs import Logger
 from reproq_cli.core.worker import Worker
 from reproq_cli.db import tasks as tasks_module
 from reproq_cli.db.connect import create_pool
-from reproq_cli.db.tasks import FencingError, TaskStore
+from reproq_cli.db.tasks import FencingError, SuccessConnection, TaskStore
 from reproq_cli.errors import DatabaseError
 from reproq_cli.models import Failure
 from tests.support.harness import enqueue, row, wait_for
@@ -405,6 +405,62 @@ def test_a_group_commit_is_bounded_by_its_own_statement_timeout(
         assert store.complete_successes([(task, "1", None)]) == [True]
     finally:
         single.close()
+
+
+def test_the_success_writers_connection_is_bounded_and_reconnects(
+    conn, db_dsn, store, conn_for, monkeypatch
+):
+    """The writer's own connection carries the completion timeout for its whole session: a
+    success held up by a row lock gives up (the caller retries); after any error the
+    connection is dropped and the next batch connects again."""
+    monkeypatch.setattr(tasks_module, "COMPLETION_TIMEOUT", 0.3)
+    writer = SuccessConnection(store)
+    try:
+        rid = enqueue(conn, "add", 1, 1)
+        task = claim(store)
+        blocker = conn_for(db_dsn)
+        with blocker.transaction():
+            # Were the statement not bounded, this ends the wait (and the test fails) in 5 s.
+            blocker.execute("SET LOCAL idle_in_transaction_session_timeout = '5s'")
+            blocker.execute("SELECT 1 FROM task_runs WHERE result_id = %s FOR UPDATE", (rid,))
+            with pytest.raises(DatabaseError, match="statement timeout"):
+                writer.complete_successes([(task, "1", None)])
+        assert row(conn, rid)["status"] == "RUNNING"
+        assert writer.complete_successes([(task, "1", None)]) == [True]
+        first, second, third = (enqueue(conn, "add", n, n, unique=str(n)) for n in (2, 3, 4))
+        tasks = store.claim_batch("default", 3, aging_factor=0)[0]
+        by_id = {t.result_id: t for t in tasks}
+        backend = writer._conn.info.backend_pid  # the session a restart or a proxy would cut
+        conn.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        with pytest.raises(DatabaseError, match="complete_successes"):
+            writer.complete_successes([(by_id[third], "1", None)])
+        # All or nothing in a batch, on the new connection.
+        with pytest.raises(DatabaseError, match="complete_successes"):
+            writer.complete_successes([(by_id[first], "1", None), (by_id[second], "x", None)])
+        assert writer._conn is None  # dropped after the error; the next batch connects
+        assert row(conn, first)["status"] == row(conn, second)["status"] == "RUNNING"
+        written = writer.complete_successes([(t, "1", None) for t in tasks])
+        assert written == [True, True, True]
+        assert {row(conn, rid)["status"] for rid in (first, second, third)} == {"SUCCESSFUL"}
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize("listen", [True, False], ids=["listen", "no-listen"])
+def test_successes_take_their_own_connection_unless_no_listen(conn, store, listen):
+    """--no-listen is for PgBouncer's transaction pooling, where a session's statement
+    timeout would not stay with the writer's statements: successes then go through the pool."""
+    import dataclasses
+
+    settings = dataclasses.replace(_settings(["default"]), listen=listen)
+    worker = Worker(settings, store, Logger())
+    try:
+        rid = enqueue(conn, "add", 1, 1)
+        worker._successes.write(claim(store), "2", None)
+        assert row(conn, rid)["status"] == "SUCCESSFUL"
+        assert isinstance(worker._successes.connection, SuccessConnection) == listen
+    finally:
+        worker._successes.close()
 
 
 def test_reclaim(conn, pool, store):
