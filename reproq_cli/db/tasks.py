@@ -351,6 +351,7 @@ class SuccessConnection:
     ) -> list[bool]:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.store.pool.conninfo)
+            self._conn.execute(query("prefer_generic_plans"))  # as the worker's pool does
             self._conn.execute(
                 query("session_statement_timeout"),
                 {"timeout": f"{int(COMPLETION_TIMEOUT * 1000)}"},
