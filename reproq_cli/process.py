@@ -94,7 +94,9 @@ def fork_server_requested() -> bool:
 
 
 def serve_forks(
-    protocol: TextIO, child_main: Callable[[TextIO], int], before_fork: Callable[[], None]
+    protocol: TextIO,
+    child_main: Callable[[TextIO], int],
+    before_fork: Callable[[], None] | None = None,
 ) -> int:
     """Be the pool's fork server: an executor set up once, which forks pool processes.
 
@@ -104,7 +106,8 @@ def serve_forks(
     descriptors (the new process's stdin, stdout and stderr), forks a child and answers
     ``{"forked": pid}``; every child's end is answered ``{"exited": pid, "returncode": rc}``
     (Popen's convention: -N for signal N). A child runs ``child_main`` with the protocol
-    stream on its new stdout, in a session of its own, and dies with this process.
+    stream on its new stdout, in a session of its own, and dies with this process;
+    ``before_fork`` lets the server drop what children must not share (database connections).
 
     End of input stops the forking; the server stays until its last child has exited, so
     that the worker still learns how each ended. It leaves at once when the worker dies.
@@ -163,7 +166,8 @@ def serve_forks(
                     answer({"forked": None, "error": "a fork request needs three descriptors"})
                     continue
                 request = json.loads(data)
-                before_fork()
+                if before_fork is not None:
+                    before_fork()
                 pid = _fork(fds, int(request.get("memory_limit_bytes") or 0), own, child_main)
                 children.add(pid)
                 answer({"forked": pid})

@@ -207,7 +207,7 @@ def serve(settings_module: str | None = None) -> int:
         return serve_forks(
             protocol,
             lambda child_protocol: _serve_requests(child_protocol, loaded, setup_problem),
-            before_fork=_close_connections if loaded and setup_problem is None else _nothing,
+            before_fork=_close_connections if loaded and setup_problem is None else None,
         )
     return _serve_requests(protocol, loaded, setup_problem)
 
@@ -234,10 +234,6 @@ def _close_connections() -> None:
     from django.db import connections
 
     connections.close_all()
-
-
-def _nothing() -> None:
-    return None
 
 
 def _serve_one(line: str, loaded: str | None, setup_problem: str | None) -> str:

@@ -70,7 +70,11 @@ def test_processes_are_recycled_above_the_memory_limit(conn, workers):
 def test_a_replacement_still_setting_up_waits_behind_a_ready_process():
     spec = ExecSpec(sys.executable, "tests.support.executor", "stdin", 1 << 20, 1 << 20, 1 << 20)
     env = {**os.environ, "REPROQ_TEST_SERVE_DELAY": "3"}
-    pool = ExecutorPool(spec, size=2, max_tasks=1, max_memory_mb=0, env=env, cwd=str(REPO_ROOT))
+    # Without the fork server (which would make the replacement ready at once): each process
+    # sets itself up, as with --pool-no-fork or an executor module that has no fork server.
+    pool = ExecutorPool(
+        spec, size=2, max_tasks=1, max_memory_mb=0, env=env, cwd=str(REPO_ROOT), fork=False
+    )
     payload = json.dumps(make_spec(f"{TASKS}.pid"))
 
     def pid_of_next_task() -> tuple[int, float]:

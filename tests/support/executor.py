@@ -58,7 +58,7 @@ def serve() -> int:
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     if fork_server_requested() and not os.environ.get("REPROQ_TEST_NO_FORK_SERVER"):
-        return serve_forks(protocol, _serve_requests, before_fork=lambda: None)
+        return serve_forks(protocol, _serve_requests)
     return _serve_requests(protocol)
 
 
