@@ -380,6 +380,17 @@ def test_a_group_commit_is_all_or_nothing(conn, pool, store):
     assert row(conn, first)["status"] == row(conn, second)["status"] == "SUCCESSFUL"
 
 
+def _times_out_behind_a_row_lock(blocker, rid: int, write) -> None:
+    """``write`` of task ``rid``'s success gives up at the statement timeout while another
+    session holds the row."""
+    with blocker.transaction():
+        # Were the write not bounded, this ends the wait (and the test fails) in 5 s.
+        blocker.execute("SET LOCAL idle_in_transaction_session_timeout = '5s'")
+        blocker.execute("SELECT 1 FROM task_runs WHERE result_id = %s FOR UPDATE", (rid,))
+        with pytest.raises(DatabaseError, match="statement timeout"):
+            write()
+
+
 def test_a_group_commit_is_bounded_by_its_own_statement_timeout(
     conn, db_dsn, conn_for, monkeypatch
 ):
@@ -391,13 +402,9 @@ def test_a_group_commit_is_bounded_by_its_own_statement_timeout(
         store = TaskStore(single, "w1", lease_seconds=300)
         rid = enqueue(conn, "add", 1, 1)
         task = claim(store)
-        blocker = conn_for(db_dsn)
-        with blocker.transaction():
-            # Were the batch not bounded, this ends the wait (and the test fails) in 5 s.
-            blocker.execute("SET LOCAL idle_in_transaction_session_timeout = '5s'")
-            blocker.execute("SELECT 1 FROM task_runs WHERE result_id = %s FOR UPDATE", (rid,))
-            with pytest.raises(DatabaseError, match="statement timeout"):
-                store.complete_successes([(task, "1", None)])
+        _times_out_behind_a_row_lock(
+            conn_for(db_dsn), rid, lambda: store.complete_successes([(task, "1", None)])
+        )
         assert row(conn, rid)["status"] == "RUNNING"
         with single.connection() as pooled:
             setting = pooled.execute("SHOW statement_timeout").fetchone()
@@ -418,13 +425,9 @@ def test_the_success_writers_connection_is_bounded_and_reconnects(
     try:
         rid = enqueue(conn, "add", 1, 1)
         task = claim(store)
-        blocker = conn_for(db_dsn)
-        with blocker.transaction():
-            # Were the statement not bounded, this ends the wait (and the test fails) in 5 s.
-            blocker.execute("SET LOCAL idle_in_transaction_session_timeout = '5s'")
-            blocker.execute("SELECT 1 FROM task_runs WHERE result_id = %s FOR UPDATE", (rid,))
-            with pytest.raises(DatabaseError, match="statement timeout"):
-                writer.complete_successes([(task, "1", None)])
+        _times_out_behind_a_row_lock(
+            conn_for(db_dsn), rid, lambda: writer.complete_successes([(task, "1", None)])
+        )
         assert row(conn, rid)["status"] == "RUNNING"
         assert writer.complete_successes([(task, "1", None)]) == [True]
         first, second, third = (enqueue(conn, "add", n, n, unique=str(n)) for n in (2, 3, 4))
