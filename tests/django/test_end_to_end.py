@@ -142,20 +142,24 @@ def test_identical_chains_do_not_deduplicate(django_workers):
     assert len({r.id for r in a + b}) == 4
 
 
-def test_a_killed_worker_leaves_no_task_running(django_workers, tmp_path):
+@pytest.mark.parametrize("executor", ["spawn", "pool"])
+def test_a_killed_worker_leaves_no_task_running(django_workers, tmp_path, executor):
     """The executor runs in a session of its own; without a watch on its parent it (and what
     it started) would keep running after a SIGKILL of the worker, and the task would run
-    twice at once once the lease expired."""
+    twice at once once the lease expired. With the pool, the fork server between them goes
+    too."""
     result = tasks.linger.enqueue(str(tmp_path))
     worker = django_workers.start(
         "--queues", "default",
         env={"DJANGO_SETTINGS_MODULE": "tests.django.settings"},
+        executor=executor,
         executor_module="reproq_django.executor",
         allowed_task_modules=["tests.django.sampleapp.tasks."],
     )  # fmt: skip
     marker = tmp_path / "linger.pids"
     wait_for(marker.exists, timeout=60, what="the task running")
     pids = [int(pid) for pid in marker.read_text().split()]
+    assert (pids[2] == worker.pid) == (executor == "spawn")
     assert all(process_alive(pid) for pid in pids)
     worker.send_signal(signal.SIGKILL)
     worker.wait()

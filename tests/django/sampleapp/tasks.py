@@ -69,13 +69,14 @@ def stamp(label: str) -> dict:
 
 @task()
 def linger(directory: str) -> None:
-    """Start a grandchild, say both pids, then outlast any test: only a kill ends it."""
+    """Start a grandchild, say its pid, this process's and its parent's (the worker, or the
+    pool's fork server), then outlast any test: only a kill ends it."""
     import subprocess
 
     grandchild = subprocess.Popen(["sleep", "300"])
     marker = os.path.join(directory, "linger.pids")
     with open(marker + ".tmp", "w") as handle:
-        handle.write(f"{os.getpid()} {grandchild.pid}")
+        handle.write(f"{os.getpid()} {grandchild.pid} {os.getppid()}")
     os.replace(marker + ".tmp", marker)
     time.sleep(300)
 
