@@ -527,6 +527,7 @@ class ExecutorPool:
         self._fork = fork
         self._server: ForkServer | None = None
         self._server_worked = False
+        self._restarting = threading.Lock()
 
     def start(self) -> None:
         """Start the fork server, or every process, now (see ``wait_ready``).
@@ -556,10 +557,13 @@ class ExecutorPool:
             if forked is not None:
                 return PoolProcess(self.spec, forked=forked)
         if server is not None and server.gone and self._server_worked and not self._closed:
-            # It was killed: this process starts fresh, later ones fork from its successor.
-            self._server_worked = False
-            with contextlib.suppress(InfraError):
-                self._server = ForkServer(self.spec, self.env, self.cwd)
+            with self._restarting:  # task threads replace processes concurrently: one successor
+                if self._server is server and self._server_worked:
+                    # It was killed: this process starts fresh, later ones fork from its
+                    # successor once that is set up.
+                    self._server_worked = False
+                    with contextlib.suppress(InfraError):
+                        self._server = ForkServer(self.spec, self.env, self.cwd)
         return PoolProcess(self.spec, self.env, self.cwd)
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT) -> int:
