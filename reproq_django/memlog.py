@@ -11,7 +11,7 @@ import os
 import resource
 import threading
 
-from reproq_cli.process import memory_log_interval, rss_bytes
+from reproq_cli.process import fork_server_requested, memory_log_interval, rss_bytes
 
 logger = logging.getLogger("reproq_django.memlog")
 _started = threading.Event()
@@ -36,10 +36,13 @@ def start_memory_logger() -> bool:
     if interval <= 0 or _started.is_set():
         return False
     _started.set()
-    _start_thread(interval)
     # A fork keeps only the thread that forked: the pool's fork server sets Django up once and
-    # forks the pool processes, and each of those logs its own memory.
+    # forks the pool processes, and each of those logs its own memory. The server itself runs
+    # no thread of ours, so that no fork copies a lock one of them held (its memory, which
+    # nothing changes, goes unlogged).
     os.register_at_fork(after_in_child=lambda: _start_thread(interval))
+    if not fork_server_requested():
+        _start_thread(interval)
     return True
 
 

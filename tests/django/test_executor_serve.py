@@ -138,7 +138,8 @@ def test_the_pool_forks_its_processes_from_one_django_set_up():
 
 
 def test_a_forked_process_logs_its_own_memory():
-    (names,) = _forked_answers(
+    (threads,) = _forked_answers(
         "tests.django.sampleapp.probe.threads", 1, REPROQ_MEMORY_LOG_INTERVAL="60"
     )
-    assert "reproq-memory-logger" in names
+    assert "reproq-memory-logger" in threads["names"]
+    assert threads["parent"] == 1  # the fork server forks from a process with one thread
