@@ -101,13 +101,14 @@ def serve_forks(
     """Be the pool's fork server: an executor set up once, which forks pool processes.
 
     The worker starts ``--serve`` with FORK_SERVER_ENV=1 and a Unix stream socket as stdin.
-    This announces ``{"ready": true, "pid": N, "fork_server": true}`` on ``protocol`` (the
-    original stdout), then for each request line on the socket, which carries three
-    descriptors (the new process's stdin, stdout and stderr), forks a child and answers
-    ``{"forked": pid}``; every child's end is answered ``{"exited": pid, "returncode": rc}``
-    (Popen's convention: -N for signal N). A child runs ``child_main`` with the protocol
-    stream on its new stdout, in a session of its own, and dies with this process;
-    ``before_fork`` lets the server drop what children must not share (database connections).
+    This announces ``{"ready": true, "pid": N, "fork_server": true, "threads": T}`` on
+    ``protocol`` (the original stdout), then for each request line on the socket, which
+    carries three descriptors (the new process's stdin, stdout and stderr), forks a child and
+    answers ``{"forked": pid}``; every child's end is answered ``{"exited": pid,
+    "returncode": rc}`` (Popen's convention: -N for signal N). A child runs ``child_main``
+    with the protocol stream on its new stdout, in a session of its own, and dies with this
+    process; ``before_fork`` lets the server drop what children must not share (database
+    connections).
 
     End of input stops the forking; the server stays until its last child has exited, so
     that the worker still learns how each ended. It leaves at once when the worker dies.
@@ -138,7 +139,11 @@ def serve_forks(
         protocol.write(json.dumps(message) + "\n")
         protocol.flush()
 
-    answer({"ready": True, "pid": os.getpid(), "fork_server": True})
+    # Threads the set-up started (an APM agent, a client library) are not copied into the
+    # forked processes, and a lock one of them holds at a fork stays held there: the worker
+    # warns about them.
+    threads = len(os.listdir("/proc/self/task"))
+    answer({"ready": True, "pid": os.getpid(), "fork_server": True, "threads": threads})
     children: set[int] = set()
     accepting = True
     try:

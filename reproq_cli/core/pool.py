@@ -102,6 +102,7 @@ class ForkServer:
         self._announced = False
         self._forks = False
         self._gone = False
+        self.threads = 1  # what the server had running when it announced itself
         self._forked: queue.Queue[tuple[int, _ChildState] | None] = queue.Queue()
         self._children: dict[int, _ChildState] = {}
         threading.Thread(target=self._read_answers, name="reproq-fork-server", daemon=True).start()
@@ -134,9 +135,11 @@ class ForkServer:
             if not isinstance(answer, dict):
                 continue
             if "ready" in answer:
+                threads = answer.get("threads")
                 with self._changed:
                     self._announced = True
                     self._forks = answer.get("fork_server") is True
+                    self.threads = threads if isinstance(threads, int) else 1
                     self._changed.notify_all()
             elif "forked" in answer:
                 pid = answer["forked"]
@@ -547,6 +550,11 @@ class ExecutorPool:
     def forking(self) -> bool:
         """Whether new processes are forked from the fork server (for the start-up log)."""
         return self._server is not None and self._server.usable
+
+    @property
+    def fork_server_threads(self) -> int:
+        """Threads the fork server runs (1 when it is not forking)."""
+        return self._server.threads if self._server is not None and self.forking else 1
 
     def _new_process(self) -> PoolProcess:
         """A fork of the fork server when it can make one; otherwise a fresh start."""

@@ -197,6 +197,13 @@ def run_worker(
             forked=pool.forking,
             seconds=round(time.monotonic() - began, 3),
         )
+        if pool.fork_server_threads > 1:
+            log.warn(
+                "Executor fork server runs threads; forked processes keep only the one that "
+                "forks, and a lock another one holds at a fork stays held there. Use "
+                "--pool-no-fork if the settings' threads matter to tasks",
+                threads=pool.fork_server_threads,
+            )
     if settings.executor == "ray":
         pool = _start_ray(settings, log)
     worker = Worker(settings, store, log, metrics=metrics, events=broker, pool=pool)

@@ -116,6 +116,17 @@ def test_replacements_are_forked_from_a_process_set_up_once(conn, workers):
     assert ready["forked"] is True
 
 
+@pytest.mark.parametrize("thread", [False, True], ids=["one-thread", "threaded"])
+def test_a_threaded_fork_server_is_warned_about(conn, workers, thread):
+    rid = enqueue(conn, "pid")
+    env = {"REPROQ_TEST_SERVE_THREAD": "1"} if thread else {}
+    run = workers.run("--concurrency", "1", env=env)
+    assert row(conn, rid)["status"] == "SUCCESSFUL"
+    warned = [e for e in run.logs if e["msg"].startswith("Executor fork server runs threads")]
+    assert [e["threads"] for e in warned] == ([2] if thread else [])
+    assert all("--pool-no-fork" in e["msg"] for e in warned)
+
+
 def test_an_executor_module_without_a_fork_server_gets_fresh_processes(conn, workers):
     ids = [enqueue(conn, "pid", unique=str(n), columns={"priority": -n}) for n in range(3)]
     env = {"REPROQ_TEST_SERVE_DELAY": "1", "REPROQ_TEST_NO_FORK_SERVER": "1"}

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 import traceback
 from typing import TextIO
@@ -53,8 +54,11 @@ def serve() -> int:
     """The pool protocol of reproq_django.executor --serve, without Django, fork server
     included (REPROQ_TEST_NO_FORK_SERVER=1 plays an executor module without one).
 
-    REPROQ_TEST_SERVE_DELAY (seconds) stands in for a slow set-up before the ready line."""
+    REPROQ_TEST_SERVE_DELAY (seconds) stands in for a slow set-up before the ready line;
+    REPROQ_TEST_SERVE_THREAD=1 for one that starts a thread."""
     time.sleep(float(os.environ.get("REPROQ_TEST_SERVE_DELAY", "0")))
+    if os.environ.get("REPROQ_TEST_SERVE_THREAD"):  # a set-up that leaves a thread running
+        threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     if fork_server_requested() and not os.environ.get("REPROQ_TEST_NO_FORK_SERVER"):
