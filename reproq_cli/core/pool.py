@@ -570,6 +570,8 @@ class ExecutorPool:
                     # It was killed: this process starts fresh, later ones fork from its
                     # successor once that is set up.
                     self._server_worked = False
+                    if self.on_replace is not None:
+                        self.on_replace(server.proc.pid, "fork server gone; starting another")
                     with contextlib.suppress(InfraError):
                         self._server = ForkServer(self.spec, self.env, self.cwd)
         return PoolProcess(self.spec, self.env, self.cwd)

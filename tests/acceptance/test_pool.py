@@ -185,6 +185,8 @@ def test_a_killed_fork_server_is_started_again(conn, workers):
     proc.terminate()
     run = workers.finish(proc)
     assert run.returncode == 0, run.stderr
+    restarts = [e for e in run.logs if e.get("reason") == "fork server gone; starting another"]
+    assert [e["pid"] for e in restarts] == [server]
 
 
 def test_a_crash_fails_only_its_task(conn, workers):
