@@ -139,12 +139,17 @@ def _status(result) -> str:
     return TaskRun.objects.get(result_id=int(result.id)).status
 
 
-def _wait_status(results, *statuses: str, timeout: float = 60.0) -> None:
-    wait_for(
-        lambda: all(_status(r) in statuses for r in results),
-        timeout=timeout,
-        what=f"{len(results)} task(s) {'/'.join(statuses)}",
-    )
+def _wait_status(results, *statuses: str, timeout: float = 60.0, factory=None, worker=None) -> None:
+    """Wait for every result to reach one of ``statuses``; with ``worker``, fail at once,
+    with its error output, if it exits first (it would never get there)."""
+
+    def reached() -> bool:
+        if worker is not None and worker.poll() is not None:
+            err = factory.outputs[worker.pid][1].read_text()
+            raise AssertionError(f"the worker exited ({worker.returncode}): {err[-2000:]}")
+        return all(_status(r) in statuses for r in results)
+
+    wait_for(reached, timeout=timeout, what=f"{len(results)} task(s) {'/'.join(statuses)}")
 
 
 def _stop(factory: WorkerFactory, proc) -> None:
@@ -332,7 +337,7 @@ def _square_on(ray_workers, address: str, *flags: str, env=None) -> list[dict]:
     """Run three tasks through a worker connected to ``address``; return its log entries."""
     results = [ray_tasks.square.using(queue_name=ISOLATED).enqueue(100 + i) for i in range(3)]
     proc = ray_workers.start("--queues", ISOLATED, *flags, env=env, ray_address=address)
-    _wait_status(results, "SUCCESSFUL", "FAILED", timeout=180)
+    _wait_status(results, "SUCCESSFUL", "FAILED", timeout=180, factory=ray_workers, worker=proc)
     _stop(ray_workers, proc)
     for i, result in enumerate(results):
         result.refresh()
