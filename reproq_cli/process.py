@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import select
 import signal
 import sys
@@ -170,10 +169,9 @@ def serve_forks(
                         os.close(received)
                     answer({"forked": None, "error": "a fork request needs three descriptors"})
                     continue
-                request = json.loads(data)
                 if before_fork is not None:
                     before_fork()
-                pid = _fork(fds, int(request.get("memory_limit_bytes") or 0), own, child_main)
+                pid = _fork(fds, own, child_main)
                 children.add(pid)
                 answer({"forked": pid})
     except (BrokenPipeError, ConnectionError):
@@ -201,9 +199,7 @@ def _reap() -> list[tuple[int, int]]:
     return ended
 
 
-def _fork(
-    fds: list[int], memory_limit: int, own: list[int], child_main: Callable[[TextIO], int]
-) -> int:
+def _fork(fds: list[int], own: list[int], child_main: Callable[[TextIO], int]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -223,8 +219,6 @@ def _fork(
         for fd in fds:
             if fd > 2:
                 os.close(fd)
-        if memory_limit:
-            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
         die_with_parent()
         protocol = os.fdopen(os.dup(1), "w", encoding="utf-8")
         os.dup2(2, 1)

@@ -82,18 +82,18 @@ class ForkServer:
     def __init__(self, spec: ExecSpec, env: dict[str, str] | None, cwd: str | None) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.proc = subprocess.Popen(
-                [spec.python_bin, "-m", spec.executor_module, "--serve"],
+            # Started like a pool process, address-space cap included: what it forks inherits
+            # the cap, as a spawned process gets it.
+            self.proc = _spawn(
+                spec,
+                {**(os.environ if env is None else env), FORK_SERVER_ENV: "1"},
+                cwd,
                 stdin=theirs,
-                stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,  # its tasks' processes have stderr pipes of their own
-                start_new_session=True,
-                env={**(os.environ if env is None else env), FORK_SERVER_ENV: "1"},
-                cwd=cwd,
             )
-        except OSError as exc:
+        except InfraError:
             ours.close()
-            raise InfraError(f"cannot start {spec.python_bin!r}: {exc.strerror or exc}") from None
+            raise
         finally:
             theirs.close()
         self._control = ours
@@ -164,16 +164,15 @@ class ForkServer:
             self.proc.stdout.close()
         self.proc.wait()
 
-    def fork(self, memory_limit_bytes: int) -> ForkedProcess | None:
+    def fork(self) -> ForkedProcess | None:
         """A new pool process, or None when the server cannot make one (it is then gone)."""
         with self._requests:
             if not self.usable:
                 return None
             pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr
             theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
-            request = json.dumps({"fork": True, "memory_limit_bytes": memory_limit_bytes})
             try:
-                socket.send_fds(self._control, [request.encode() + b"\n"], theirs)
+                socket.send_fds(self._control, [b'{"fork": true}\n'], theirs)
                 forked = self._forked.get(timeout=FORK_TIMEOUT)
             except (OSError, queue.Empty):
                 forked = None
@@ -271,13 +270,21 @@ class ForkedProcess:
         return returncode
 
 
-def _spawn(spec: ExecSpec, env: dict[str, str] | None, cwd: str | None) -> subprocess.Popen[bytes]:
+def _spawn(
+    spec: ExecSpec,
+    env: dict[str, str] | None,
+    cwd: str | None,
+    *,
+    stdin: int | socket.socket = subprocess.PIPE,
+    stderr: int = subprocess.PIPE,
+) -> subprocess.Popen[bytes]:
+    """``<python_bin> -m <executor_module> --serve``: a pool process, or the fork server."""
     try:
         return subprocess.Popen(
             [spec.python_bin, "-m", spec.executor_module, "--serve"],
-            stdin=subprocess.PIPE,
+            stdin=stdin,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=stderr,
             start_new_session=True,  # its own process group: a kill reaches grandchildren
             env=env,
             cwd=cwd,
@@ -561,7 +568,7 @@ class ExecutorPool:
         server = self._server
         if server is not None and server.usable:
             self._server_worked = True
-            forked = server.fork(self.spec.task_memory_limit_mb * 1024 * 1024)
+            forked = server.fork()
             if forked is not None:
                 return PoolProcess(self.spec, forked=forked)
         if server is not None and server.gone and self._server_worked and not self._closed:
