@@ -8,7 +8,8 @@ Two halves live here:
 - the *bridge* (``python -m reproq_cli.core.rayexec``), a child process that is the Ray
   driver. It speaks JSON lines with the runner:
 
-  - bridge → runner on start: ``{"ready": true, "resources": {...}}`` or ``{"error": "..."}``;
+  - bridge → runner on start: ``{"ready": true, "resources": {...}}`` or
+    ``{"error": "...", "retry": bool}``;
   - runner → bridge: ``{"op": "submit", "id", "result_id", "attempt", "spec", "options"}``
     and ``{"op": "cancel", "id", "grace"}``;
   - bridge → runner: ``{"id", "ok", "envelope", "stderr"}`` (the task ran),
@@ -67,6 +68,8 @@ CANCEL_GRACE_SECONDS = KILL_GRACE_SECONDS
 # After a cancel, how long to wait for the bridge to confirm before giving up on it.
 CANCEL_CONFIRM_SECONDS = CANCEL_GRACE_SECONDS + 10.0
 RECONNECT_BACKOFF = (1.0, 60.0)  # first and longest delay between reconnect attempts
+# Connecting at start-up, when the cluster answered but failed to set up this driver.
+START_ATTEMPTS = 3
 RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources")
 # Cluster resource names for the task options that have one.
 _CLUSTER_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
@@ -253,6 +256,10 @@ class _Bridge:
             self.proc.wait()
 
 
+class RefusedByRay(InfraError):
+    """Ray was reached but failed to set this driver up; asking again may work."""
+
+
 class RayRunner:
     """Runs attempts on Ray through a bridge process; reconnects when the bridge is lost."""
 
@@ -322,14 +329,31 @@ class RayRunner:
         if hello is None or not hello.get("ready"):
             bridge.stop(KILL_GRACE_SECONDS)
             reason = (hello or {}).get("error") or bridge.last_words() or "the bridge exited"
-            raise InfraError(f"cannot connect to Ray at {self.address!r}: {reason}")
+            failure = RefusedByRay if (hello or {}).get("retry") is True else InfraError
+            raise failure(f"cannot connect to Ray at {self.address!r}: {reason}")
         resources = hello.get("resources")
         bridge.resources = dict(resources) if isinstance(resources, dict) else {}
         return bridge
 
     def start(self) -> None:
-        """Connect once, now; a cluster that cannot be reached at start-up is an error."""
-        self._bridge = self._connect()
+        """Connect now; a cluster that cannot be reached at start-up is an error. One that
+        answers but fails to set this driver up is asked again, a few times."""
+        delay = RECONNECT_BACKOFF[0]
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._bridge = self._connect()
+                break
+            except RefusedByRay as exc:
+                if attempt == START_ATTEMPTS:
+                    raise
+                self.log.warn(
+                    "Ray refused this driver; trying again",
+                    error=str(exc),
+                    attempt=attempt,
+                    retry_in=delay,
+                )
+                time.sleep(delay)
+                delay *= 2
         self._connected.set()
         self.log.info(
             "Connected to Ray", address=self.address, resources=_summary(self._bridge.resources)
@@ -698,6 +722,14 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def _first_and_last_line(exc: BaseException) -> str:
+    """The headline and, for a message that carries a traceback, the error it ends with."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) < 2:
+        return _first_line(exc)
+    return f"{lines[0]} {lines[-1]}"
+
+
 def _class_path(exc: BaseException) -> str:
     return f"{type(exc).__module__}.{type(exc).__qualname__}"
 
@@ -716,8 +748,8 @@ def bridge_main(argv: list[str] | None = None) -> int:
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
 
-    def fail(message: str) -> int:
-        out.write(json.dumps({"error": message}) + "\n")
+    def fail(message: str, *, retry: bool = False) -> int:
+        out.write(json.dumps({"error": message, "retry": retry}) + "\n")
         out.flush()
         return 2
 
@@ -747,6 +779,11 @@ def bridge_main(argv: list[str] | None = None) -> int:
         driver = _Driver(ray, json.loads(args.runtime_env), args.settings, out)
         driver.cluster_now = driver.cluster()
         driver.resources_at = time.monotonic()
+    except ConnectionAbortedError as exc:
+        # Ray Client's "Initialization failure from server": the proxy was reached but could
+        # not start the server process it keeps for this driver. Seen under load as a gRPC
+        # check failure in that freshly forked process; the next attempt starts another.
+        return fail(f"{type(exc).__name__}: {_first_and_last_line(exc)}", retry=True)
     except Exception as exc:
         return fail(f"{type(exc).__name__}: {_first_line(exc)}")
     driver.write({"ready": True, "resources": driver.cluster_now})

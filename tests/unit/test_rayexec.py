@@ -1,13 +1,26 @@
-"""The Ray executor's pure parts: task options from the spec, the resource check, runtime_env."""
+"""The Ray executor's parts that need no Ray: task options from the spec, the resource check,
+runtime_env, and the start-up handshake with a stand-in bridge process."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
+from pathlib import Path
 
 import pytest
 
 from reproq_cli.core.executor import InfraError
-from reproq_cli.core.rayexec import parse_runtime_env, task_options, unschedulable
+from reproq_cli.core.logs import Logger
+from reproq_cli.core.rayexec import (
+    START_ATTEMPTS,
+    RayRunner,
+    RefusedByRay,
+    parse_runtime_env,
+    task_options,
+    unschedulable,
+)
 
 
 def spec(**ray) -> str:
@@ -50,3 +63,66 @@ def test_runtime_env_is_a_json_object():
         parse_runtime_env("{")
     with pytest.raises(ValueError, match="JSON object"):
         parse_runtime_env("[]")
+
+
+# A stand-in for `python -m reproq_cli.core.rayexec`: the first $FAILS starts answer as the
+# bridge does when Ray refuses the driver (or, with $RETRY=false, any other failure), the
+# next one is ready. Each start is counted in $COUNT.
+STAND_IN_BRIDGE = """#!/bin/sh
+n=$(cat "$COUNT" 2>/dev/null || echo 0)
+echo $((n + 1)) > "$COUNT"
+if [ "$n" -lt "$FAILS" ]; then
+  echo '{"error": "ConnectionAbortedError: Initialization failure from server: boom", '\\
+'"retry": '"$RETRY"'}'
+  exit 2
+fi
+echo '{"ready": true, "resources": {"CPU": 1.0}}'
+exec cat > /dev/null
+"""
+
+
+def _runner(tmp_path, fails: int, retry: str = "true") -> tuple[RayRunner, io.StringIO, Path]:
+    bridge = tmp_path / "python"
+    bridge.write_text(STAND_IN_BRIDGE)
+    bridge.chmod(0o755)
+    count = tmp_path / "count"
+    out = io.StringIO()
+    runner = RayRunner(
+        "ray://127.0.0.1:1",
+        max_payload_bytes=1 << 20,
+        max_stderr_bytes=1 << 16,
+        log=Logger(out),
+        python_bin=str(bridge),
+        env={"PATH": os.environ["PATH"], "COUNT": str(count), "FAILS": str(fails), "RETRY": retry},
+    )
+    return runner, out, count
+
+
+def test_a_refused_driver_is_asked_again_at_start_up(tmp_path):
+    runner, out, count = _runner(tmp_path, fails=1)
+    try:
+        runner.start()
+        assert count.read_text().strip() == "2"
+        warnings = [json.loads(line) for line in out.getvalue().splitlines()]
+        refused = [w for w in warnings if w["msg"] == "Ray refused this driver; trying again"]
+        assert len(refused) == 1 and refused[0]["attempt"] == 1
+        assert "Initialization failure from server: boom" in refused[0]["error"]
+    finally:
+        runner.close()
+
+
+def test_start_up_gives_up_after_its_attempts_and_fails_other_errors_at_once(tmp_path):
+    (tmp_path / "refused").mkdir()
+    runner, _, count = _runner(tmp_path / "refused", fails=99)
+    with pytest.raises(
+        RefusedByRay, match=re.escape("cannot connect to Ray at 'ray://127.0.0.1:1'")
+    ):
+        runner.start()
+    assert count.read_text().strip() == str(START_ATTEMPTS)
+
+    (tmp_path / "other").mkdir()
+    runner, _, count = _runner(tmp_path / "other", fails=99, retry="false")
+    with pytest.raises(InfraError) as info:
+        runner.start()
+    assert not isinstance(info.value, RefusedByRay)
+    assert count.read_text().strip() == "1"
