@@ -115,9 +115,7 @@ def command(
             payload_mode="inline",
         )
     dsn = database_url(config)
-    pool = create_pool(
-        dsn, min_size=2, max_size=max(20, settings.concurrency * 2 + 4), generic_plans=True
-    )
+    pool = create_pool(dsn, min_size=2, max_size=max(20, settings.concurrency * 2 + 4), worker=True)
     try:
         require_tables(pool, dsn)
         store = TaskStore(pool, settings.worker_id, lease_seconds=settings.lease_seconds)

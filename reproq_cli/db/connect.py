@@ -74,8 +74,8 @@ def cannot_connect(dsn: str, exc: Exception) -> DatabaseError:
     )
 
 
-def _prefer_generic_plans(conn: psycopg.Connection[dict[str, Any]]) -> None:
-    conn.execute(query("prefer_generic_plans"))
+def worker_session(conn: psycopg.Connection[dict[str, Any]]) -> None:
+    conn.execute(query("worker_session"))
 
 
 def create_pool(
@@ -84,9 +84,11 @@ def create_pool(
     min_size: int = 2,
     max_size: int = 20,
     timeout: float = 30.0,
-    generic_plans: bool = False,
+    worker: bool = False,
 ) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
-    """A psycopg pool sized like the Go worker's (min 2, max 20), checked at start."""
+    """A psycopg pool sized like the Go worker's (min 2, max 20), checked at start.
+
+    ``worker``: every connection gets the worker's session settings (worker_session)."""
     # One direct attempt first: it fails fast with libpq's own reason, where the pool would
     # retry in the background until its timeout.
     connect(dsn).close()
@@ -105,7 +107,7 @@ def create_pool(
         timeout=timeout,
         open=False,
         name="reproq",
-        configure=_prefer_generic_plans if generic_plans else None,
+        configure=worker_session if worker else None,
     )
     try:
         pool.open(wait=True, timeout=DEFAULT_CONNECT_TIMEOUT + 5)

@@ -16,7 +16,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from reproq_cli.db.connect import connect, one_line
+from reproq_cli.db.connect import connect, one_line, worker_session
 from reproq_cli.db.queries import query
 from reproq_cli.errors import DatabaseError
 from reproq_cli.models import ClaimedTask, Failure, ReclaimedTask
@@ -351,7 +351,7 @@ class SuccessConnection:
     ) -> list[bool]:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.store.pool.conninfo)
-            self._conn.execute(query("prefer_generic_plans"))  # as the worker's pool does
+            worker_session(self._conn)  # as the worker's pool does
             self._conn.execute(
                 query("session_statement_timeout"),
                 {"timeout": f"{int(COMPLETION_TIMEOUT * 1000)}"},
