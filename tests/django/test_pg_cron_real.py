@@ -57,15 +57,17 @@ def cron_conn(pg_cron_cluster: PgCronServer) -> Iterator[Conn]:
         yield conn
 
 
-def manage(server: PgCronServer, *args: str) -> str:
+def run_manage(
+    server: PgCronServer, *args: str, dbname: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `manage.py reproq pg-cron ARGS` with Django's default database on `server`."""
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.django.settings",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-        "REPROQ_TEST_DJANGO_DSN": server.dsn(),
+        "REPROQ_TEST_DJANGO_DSN": server.dsn(dbname),
     }
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "django", "reproq", "pg-cron", *args],
         env=env,
         cwd=REPO_ROOT,
@@ -74,6 +76,10 @@ def manage(server: PgCronServer, *args: str) -> str:
         timeout=120,
         check=False,
     )
+
+
+def manage(server: PgCronServer, *args: str) -> str:
+    done = run_manage(server, *args)
     assert done.returncode == 0, f"pg-cron {args} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -269,3 +275,75 @@ def test_dry_run_on_a_pg_cron_server_changes_nothing(
     assert "would schedule reproq_periodic_nightly '0 3 * * *' -> nightly" in out
     assert cron_conn.execute("SELECT to_regclass('cron.job') AS t").fetchone() == {"t": None}
     assert not has_function(cron_conn)
+
+
+def test_a_database_pg_cron_cannot_be_created_in_gets_a_one_line_error(
+    pg_cron_cluster: PgCronServer, cron_conn: Conn
+) -> None:
+    """pg_cron is listed as available in every database of the cluster, but can be created
+    only in cron.database_name's: elsewhere the command says so in one line, with the fix,
+    instead of a traceback, and changes nothing."""
+    other = "reproq_not_cron"
+    with psycopg.connect(pg_cron_cluster.dsn(), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {other} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {other}")
+    try:
+        with connection(pg_cron_cluster.dsn(other)) as conn:
+            schema.apply(conn)
+            conn.execute(
+                "INSERT INTO periodic_tasks (name, cron_expr, task_path, payload_json, "
+                "next_run_at) VALUES ('nightly', '0 3 * * *', 'myapp.tasks.report', '{}', now())"
+            )
+
+        done = run_manage(pg_cron_cluster, dbname=other)
+
+        assert done.returncode != 0
+        error = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(error) == 1, done.stderr
+        assert (
+            f"pg_cron is not available in database '{other}': it runs in '{CRON_DB}' "
+            "(cron.database_name): point --database at that database" in error[0]
+        )
+        assert "reproq beat" in error[0]
+        assert "Traceback" not in done.stderr
+        skipped = run_manage(pg_cron_cluster, "--if-supported", dbname=other)
+        assert skipped.returncode == 0, skipped.stderr
+        assert f"pg-cron unavailable (pg_cron runs in database '{CRON_DB}'); skipping." in (
+            skipped.stdout
+        )
+        dry = run_manage(pg_cron_cluster, "--dry-run", dbname=other)
+        assert f"note: pg_cron is not available in database '{other}'" in dry.stdout
+        with connection(pg_cron_cluster.dsn(other)) as conn:
+            assert conn.execute(
+                "SELECT count(*) AS n FROM pg_extension WHERE extname = 'pg_cron'"
+            ).fetchone() == {"n": 0}
+    finally:
+        with psycopg.connect(pg_cron_cluster.dsn(), autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {other} WITH (FORCE)")
+
+
+def test_a_server_where_pg_cron_is_installed_but_not_preloaded(
+    pg_cron_cluster: PgCronServer,
+) -> None:
+    """pg_available_extensions lists pg_cron as soon as its package is installed; without
+    shared_preload_libraries its CREATE EXTENSION fails with an unrelated-looking error about
+    cron.database_name. The command names the missing preload instead, in one line."""
+    with pg_cron_server(pg_cron_cluster.install, CRON_DB, preload=False) as bare:
+        with connection(bare.dsn()) as conn:
+            schema.apply(conn)
+            assert conn.execute(
+                "SELECT count(*) AS n FROM pg_available_extensions WHERE name = 'pg_cron'"
+            ).fetchone() == {"n": 1}
+
+        done = run_manage(bare)
+
+        assert done.returncode != 0
+        error = [line for line in done.stderr.splitlines() if line.strip()]
+        assert error == [
+            "CommandError: pg_cron is not available on this server (installed, not preloaded): "
+            "add it to shared_preload_libraries and restart PostgreSQL, or use "
+            "`manage.py reproq beat`"
+        ], done.stderr
+        skipped = run_manage(bare, "--if-supported")
+        assert skipped.returncode == 0, skipped.stderr
+        assert "pg-cron unavailable (pg_cron not preloaded); skipping." in skipped.stdout

@@ -98,6 +98,7 @@ class PgCronServer:
     dbname: str
     account: tuple[int, int] | None
     port: int = 0
+    preload: bool = True  # False: pg_cron installed but not in shared_preload_libraries
 
     @property
     def log_file(self) -> Path:
@@ -151,14 +152,17 @@ class PgCronServer:
         settings = {
             "listen_addresses": "'127.0.0.1'",
             "unix_socket_directories": "''",
-            "shared_preload_libraries": "'pg_cron'",
-            "cron.database_name": f"'{self.dbname}'",
-            # pg_cron's scheduler reaches the database over TCP (there is no socket)
-            "cron.host": "'127.0.0.1'",
             "fsync": "off",
             "synchronous_commit": "off",
             "full_page_writes": "off",
         }
+        if self.preload:
+            settings |= {
+                "shared_preload_libraries": "'pg_cron'",
+                "cron.database_name": f"'{self.dbname}'",
+                # pg_cron's scheduler reaches the database over TCP (there is no socket)
+                "cron.host": "'127.0.0.1'",
+            }
         with (self.data_dir / "data" / "postgresql.conf").open("a") as conf:
             conf.write("\n# reproq pg_cron test cluster\n")
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
@@ -223,14 +227,17 @@ class PgCronServer:
 
 
 @contextlib.contextmanager
-def pg_cron_server(install: PgInstall, dbname: str) -> Iterator[PgCronServer]:
-    """Start a pg_cron cluster whose cron.database_name is `dbname`; stop it on exit."""
+def pg_cron_server(
+    install: PgInstall, dbname: str, *, preload: bool = True
+) -> Iterator[PgCronServer]:
+    """Start a pg_cron cluster whose cron.database_name is `dbname` (or, without `preload`,
+    one where pg_cron is installed but not loaded); stop it on exit."""
     account = _server_account()
     # A short path: the data directory sits under /tmp whatever TMPDIR says.
     data_dir = Path(tempfile.mkdtemp(prefix="rqcron-", dir="/tmp"))
     if account is not None:
         os.chown(data_dir, *account)
-    server = PgCronServer(install, data_dir, dbname, account)
+    server = PgCronServer(install, data_dir, dbname, account, preload=preload)
     try:
         server.start()
         yield server

@@ -20,7 +20,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import connections
+from django.db import DatabaseError, connections, transaction
 from django.tasks import task_backends
 from django.utils import timezone
 from psycopg import conninfo
@@ -424,8 +424,7 @@ class Command(BaseCommand):
         if "periodic_tasks" not in connection.introspection.table_names():
             raise CommandError("periodic_tasks is missing: run migrate first")
         with connection.cursor() as cursor:
-            cursor.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron'")
-            available = cursor.fetchone() is not None
+            unavailable = _pg_cron_unavailable(cursor)
         prefix = options["prefix"]
         jobs = {
             job_name(prefix, task.name): task
@@ -433,8 +432,8 @@ class Command(BaseCommand):
             if task.cron_expr.strip()
         }
         if options["dry_run"]:
-            if not available:
-                self.stdout.write("note: pg_cron is not available on this server")
+            if unavailable:
+                self.stdout.write(f"note: {unavailable[0]}")
             if options["remove"]:
                 self.stdout.write(f"would unschedule jobs named {prefix}_*")
                 self.stdout.write(
@@ -446,16 +445,22 @@ class Command(BaseCommand):
             for name, task in jobs.items():
                 self.stdout.write(f"would schedule {name} '{task.cron_expr}' -> {task.name}")
             return
-        if not available:
+        if unavailable:
             if options["if_supported"]:
-                self.stdout.write("pg-cron unavailable (pg_cron not installed); skipping.")
+                self.stdout.write(f"pg-cron unavailable ({unavailable[2]}); skipping.")
                 return
-            raise CommandError(
-                "pg_cron is not available on this server: install it and add it to "
-                "shared_preload_libraries, or use `manage.py reproq beat`"
-            )
+            raise CommandError(f"{unavailable[0]}: {unavailable[1]}")
         with connection.cursor() as cursor:
-            cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+            try:
+                with transaction.atomic(using=alias):
+                    cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+            except DatabaseError as exc:  # e.g. a role that may not create it
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise CommandError(
+                    f"cannot create the pg_cron extension: {reason}; have a superuser run "
+                    "CREATE EXTENSION pg_cron in cron.database_name's database, or use "
+                    "`manage.py reproq beat`"
+                ) from None
             cursor.execute(
                 "SELECT cron.unschedule(jobname) FROM cron.job WHERE jobname LIKE %s",
                 [prefix.replace("_", r"\_") + r"\_%"],
@@ -801,3 +806,44 @@ class Command(BaseCommand):
         if problems:
             raise CommandError("Reproq check failed.")
         self.stdout.write("Configuration looks good!")
+
+
+def _pg_cron_unavailable(cursor: Any) -> tuple[str, str, str] | None:
+    """Why pg_cron cannot schedule from this database, the fix and a short reason; None when
+    it can, or when this role cannot tell (CREATE EXTENSION then reports the reason).
+
+    Listed in pg_available_extensions is not enough: the library must be preloaded (only then
+    does its cron.database_name setting exist), and the extension lives in that database.
+    The setting is visible to superusers and pg_read_all_settings only."""
+    cursor.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'),"
+        " EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron'),"
+        " (SELECT setting FROM pg_settings WHERE name = 'cron.database_name'),"
+        " pg_has_role(current_user, 'pg_read_all_settings', 'MEMBER'),"
+        " current_database()"
+    )
+    created, installed, cron_database, sees_settings, database = cursor.fetchone()
+    beat = "or use `manage.py reproq beat`"
+    if created:
+        return None
+    if not installed:
+        return (
+            "pg_cron is not available on this server",
+            f"install it and add it to shared_preload_libraries, {beat}",
+            "pg_cron not installed",
+        )
+    if sees_settings and cron_database is None:
+        return (
+            "pg_cron is not available on this server (installed, not preloaded)",
+            f"add it to shared_preload_libraries and restart PostgreSQL, {beat}",
+            "pg_cron not preloaded",
+        )
+    if cron_database is not None and cron_database != database:
+        return (
+            f"pg_cron is not available in database {database!r}: it runs in"
+            f" {cron_database!r} (cron.database_name)",
+            f"point --database at that database, or set cron.database_name to {database!r}"
+            f" and restart PostgreSQL, {beat}",
+            f"pg_cron runs in database {cron_database!r}",
+        )
+    return None
