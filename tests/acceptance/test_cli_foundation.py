@@ -113,6 +113,8 @@ def test_garbage_dsn(run_cli):
 def test_libpq_env_vars_are_honoured(run_cli, db_dsn):
     params = psycopg.conninfo.conninfo_to_dict(db_dsn)
     env = {"PGHOST": str(params["host"]), "PGDATABASE": str(params["dbname"]), "PGUSER": "postgres"}
+    if params.get("port"):  # a REPROQ_TEST_DSN server need not listen on 5432
+        env["PGPORT"] = str(params["port"])
     result = run_cli("migrate", "--check", env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "schema complete"
