@@ -200,6 +200,11 @@ def catalog(conn: psycopg.Connection) -> dict:
         """
         SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p
         JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'
+        -- ours only: where pgcrypto is installed the baseline creates it, with its functions
+          AND NOT EXISTS (
+              SELECT 1 FROM pg_depend d
+              WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+          )
         """
     ).fetchall()
     rate_limits = conn.execute(
