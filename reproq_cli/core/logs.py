@@ -40,6 +40,10 @@ _REDACT_FRAGMENTS = ("secret", "token", "password", "apikey", "api_key", "author
 # key encoded once: the worker logs two lines per task, and this was most of their cost.
 _ENCODE = json.JSONEncoder(ensure_ascii=False, default=str).encode
 _KEYS: dict[str, str] = {}
+# JSON leaves these unescaped, but many readers end a line at them (Python's splitlines,
+# JavaScript); escaped, a record stays on the one line that its final newline ends. Go's slog
+# escapes U+2028 and U+2029 too.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 def _key(name: str) -> str:
@@ -116,6 +120,8 @@ class Logger:
         else:
             text = " ".join(f"{k}={_text_value(v)}" for k, v in merged.items())
             line = f"{_timestamp()} {level:<5} {message}" + (f"  {text}" if text else "")
+        if not line.isascii():
+            line = line.translate(_LINE_BREAKS)
         stream = self.stream or sys.stdout
         with self._lock:
             stream.write(line + "\n")
@@ -128,5 +134,6 @@ def _clean(attrs: dict[str, Any]) -> dict[str, Any]:
 
 def _text_value(value: Any) -> str:
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False) if (" " in value or not value) else value
+        plain = value and " " not in value and value.isprintable()
+        return value if plain else json.dumps(value, ensure_ascii=False)
     return json.dumps(value, ensure_ascii=False, default=str)
