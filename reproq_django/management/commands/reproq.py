@@ -411,6 +411,7 @@ class Command(BaseCommand):
         self._run_cli(["cancel", "--id", raw], self._cli_env(alias))
 
     def handle_pg_cron(self, options: dict[str, Any]) -> None:
+        from reproq_cli.db.connect import one_line
         from reproq_cli.db.queries import read_sql_resource
         from reproq_django.models import PeriodicTask
 
@@ -455,9 +456,8 @@ class Command(BaseCommand):
                 with transaction.atomic(using=alias):
                     cursor.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
             except DatabaseError as exc:  # e.g. a role that may not create it
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise CommandError(
-                    f"cannot create the pg_cron extension: {reason}; have a superuser run "
+                    f"cannot create the pg_cron extension: {one_line(exc)}; have a superuser run "
                     "CREATE EXTENSION pg_cron in cron.database_name's database, or use "
                     "`manage.py reproq beat`"
                 ) from None
