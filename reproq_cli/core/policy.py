@@ -40,16 +40,31 @@ def timestamp() -> str:
 
 
 def resolve_task_path(task: ClaimedTask) -> tuple[str | None, str | None]:
-    """(task_path, None), or (None, reason) when the spec cannot say what to run."""
-    if task.task_path:
-        return task.task_path, None
+    """(task_path, None), or (None, reason) when the spec cannot say what to run.
+
+    The allow-list is checked against this path, but the executor runs the spec's own
+    task_path: a row whose column names an allowed task and whose spec names another is
+    refused, or it would run code the allow-list never saw (the Go worker checked the
+    column alone)."""
     text = task.spec_text or ""
+    spec: Any = None
+    problem = None
     if not text.strip():
-        return None, "spec_json is empty"
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as exc:
-        return None, f"spec_json is not valid JSON: {exc}"
+        problem = "spec_json is empty"
+    else:
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as exc:
+            problem = f"spec_json is not valid JSON: {exc}"
+    if task.task_path:
+        path = spec.get("task_path") if isinstance(spec, dict) else None
+        if path and path != task.task_path:
+            return None, (
+                f"task_path column {task.task_path!r} does not match spec_json task_path {path!r}"
+            )
+        return task.task_path, None
+    if problem is not None:
+        return None, problem
     if not isinstance(spec, dict):
         return None, "spec_json is not a JSON object"
     path = spec.get("task_path")

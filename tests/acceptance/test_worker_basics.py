@@ -143,6 +143,25 @@ def test_disallowed_module_never_runs(conn, workers, tmp_path):
     assert "Task rejected by validator" in run.messages()
 
 
+def test_a_spec_naming_another_task_than_its_column_never_runs(conn, workers, tmp_path):
+    # The column passes the allow-list; the spec, which the executor runs, would not.
+    marker = tmp_path / "ran"
+    rid = enqueue(
+        conn, "tests.support.tasks.touch", str(marker), columns={"task_path": "myapp.tasks.ok"}
+    )
+    run = workers.run(allowed_task_modules=["myapp.tasks."])
+    task = row(conn, rid)
+    assert task["status"] == "FAILED"
+    (error,) = task["errors_json"]
+    assert error["kind"] == "invalid_spec"
+    assert task["last_error"] == (
+        "task_path column 'myapp.tasks.ok' does not match spec_json task_path "
+        "'tests.support.tasks.touch'"
+    )
+    assert not marker.exists()
+    assert "Invalid task spec" in run.messages()
+
+
 @SPAWN_ONLY
 def test_prefix_is_not_a_module_boundary_bypass(conn, workers):
     rid = enqueue(conn, "tests.support.tasks.add", 1, 1)
