@@ -148,14 +148,22 @@ def run_spec(
         failure = ImportError(f"Failed to import task {task_path!r}: {exc}")
         return False, json.dumps(_failure(failure, exception_class="ImportError"))
     func = getattr(obj, "func", None) or getattr(obj, "run", None) or obj
-    queue_name = spec.get("queue_name") or "default"
-    alias = resolve_queue_db(queue_name)
+    try:
+        queue_name = spec.get("queue_name") or "default"
+        if not isinstance(queue_name, str):
+            raise TypeError(f"queue_name must be a string, not {type(queue_name).__name__}")
+        priority = int(spec.get("priority") or 0)
+        alias = resolve_queue_db(queue_name)
+    except (TypeError, ValueError) as exc:
+        # Outside the envelope, the worker would only see a process that printed nothing.
+        failure = ValueError(f"Invalid spec: {exc}")
+        return False, json.dumps(_failure(failure, exception_class="ValueError"))
     context = TaskContext(
         result_id=result_id,
         attempt=attempt,
         task_path=task_path,
         queue_name=queue_name,
-        priority=int(spec.get("priority") or 0),
+        priority=priority,
         db_alias=alias,
     )
     captured = io.StringIO()

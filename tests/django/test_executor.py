@@ -80,6 +80,14 @@ def test_unimportable_task():
     assert "Failed to import task 'nope.missing'" in envelope["message"]
 
 
+def test_a_spec_field_of_the_wrong_type_is_reported_in_the_envelope():
+    payload = json.dumps({**json.loads(spec("add", 1, 2)), "priority": "hi"})
+    code, envelope, _ = run("--payload-json", payload)
+    assert code == 1
+    assert envelope["exception_class"] == "ValueError"
+    assert envelope["message"] == ("Invalid spec: invalid literal for int() with base 10: 'hi'")
+
+
 def test_task_path_flag_and_settings_flag():
     code, envelope, _ = run(
         "--payload-json",

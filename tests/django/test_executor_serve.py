@@ -82,7 +82,13 @@ def test_bad_requests_get_failed_envelopes(server):
     other = server.ask(task("add", 1, 2, django={"settings_module": "other.settings"}))
     assert other["result"]["exception_class"] == "ImproperlyConfigured"
     assert "'tests.django.settings'" in other["result"]["message"]
+    queue = server.ask(task("add", 1, 2, queue_name=["x"]))["result"]
+    assert queue["message"] == "Invalid spec: queue_name must be a string, not list"
+    priority = server.ask(task("add", 1, 2, priority="hi"))["result"]
+    assert priority["exception_class"] == "ValueError"
+    assert priority["message"].startswith("Invalid spec: invalid literal for int()")
     assert server.ask(task("add", 1, 2))["result"]["ok"] is True
+    assert server.proc.poll() is None  # the same process answered them all
 
 
 def test_broken_settings_fail_each_task_with_the_reason():
