@@ -257,6 +257,13 @@ def test_prune_commands():
         manage("prune", "--statuses", "RUNNING")
     with pytest.raises(CommandError, match="invalid age"):
         manage("prune", "--older-than", "soon")
+    _aged(recent, status="SUCCESSFUL", finished_at=long_ago)
+    for command in ("prune", "prune-successful", "prune-workers", "reclaim"):
+        with pytest.raises(CommandError, match=r"^--older-than is empty: give an age such as 7d"):
+            manage(command, "--older-than", " ")
+    with pytest.raises(CommandError, match=r"^--statuses: unknown status BOGUS, DONE; use "):
+        manage("prune", "--statuses", "bogus,SUCCESSFUL,done")
+    assert TaskRun.objects.count() == 2  # neither removed the aged SUCCESSFUL row
     Worker.objects.create(worker_id="old", last_seen_at=long_ago)
     Worker.objects.create(worker_id="new")
     assert manage("prune-workers")[0].strip() == "Deleted 1 worker(s)."

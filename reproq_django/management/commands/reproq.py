@@ -121,10 +121,14 @@ def enqueue_command(task_name: str) -> str:
 
 
 def parse_age(text: str) -> dt.timedelta:
-    """``<int><s|m|h|d>`` (an empty value is zero), as reproq-django's housekeeping flags."""
+    """``<int><s|m|h|d>``, as reproq-django's housekeeping flags.
+
+    reproq-django read an empty value as zero; here it is an error, because these flags
+    choose what to delete, and an unset shell variable (``--older-than "$AGE"``) then pruned
+    every finished row."""
     text = text.strip()
     if not text:
-        return dt.timedelta(0)
+        raise CommandError("--older-than is empty: give an age such as 7d (0s for any age)")
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
     number, unit = text[:-1], text[-1:]
     if unit not in units or not number.isdigit():
@@ -548,11 +552,19 @@ class Command(BaseCommand):
         self._prune(options, ["SUCCESSFUL"], "finished_at")
 
     def handle_prune(self, options: dict[str, Any]) -> None:
+        from reproq_django.models import TaskRunStatus
+
         statuses = [s.strip().upper() for s in options["statuses"].split(",") if s.strip()]
         if not statuses:
             raise CommandError("--statuses needs at least one status")
         if "RUNNING" in statuses:
             raise CommandError("refusing to prune RUNNING tasks; reclaim them first")
+        known = {TaskRunStatus.READY, TaskRunStatus.WAITING, *TaskRunStatus.TERMINAL}
+        unknown = [status for status in statuses if status not in known]
+        if unknown:
+            raise CommandError(
+                f"--statuses: unknown status {', '.join(unknown)}; use {', '.join(sorted(known))}"
+            )
         self._prune(options, statuses, options["field"])
 
     def _prune(self, options: dict[str, Any], statuses: list[str], field: str) -> None:
