@@ -297,3 +297,25 @@ def test_doctor_uses_the_cli(tmp_path, monkeypatch, capfd):
     assert "OK   dsn: answers:" in out
     assert "OK   schema: complete" in out
     assert "OK   executor: reproq_django.executor importable" in out
+
+
+@pytest.mark.django_db
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_an_unknown_or_non_postgres_database_alias_is_refused(settings):
+    # A wrong --database fell through to the CLI's own DSN (or the embedded server) and
+    # migrated or ran against that instead; the table commands raised a traceback.
+    for command in ("migrate-worker", "stats", "pause-queue q", "prune", "doctor"):
+        with pytest.raises(
+            CommandError, match=r"^--database 'nosuch' is not in DATABASES; use one of: default"
+        ):
+            manage(*command.split(), "--database", "nosuch")
+    settings.DATABASES = {
+        **settings.DATABASES,
+        "lite": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+    }
+    with pytest.raises(
+        CommandError,
+        match=r"^--database 'lite' is django.db.backends.sqlite3, not PostgreSQL",
+    ):
+        manage("migrate-worker", "--database", "lite")
+    assert not QueueControl.objects.filter(queue_name="q").exists()

@@ -34,12 +34,36 @@ from reproq_django.schema import TABLES
 PASSTHROUGH = ("worker", "beat", "schedule", "config", "doctor")
 
 
+def known_alias(alias: str) -> str:
+    """``alias`` if it is in DATABASES; a wrong ``--database`` must not fall through to
+    another database (the CLI's own DSN, or the embedded server)."""
+    if alias not in settings.DATABASES:
+        raise CommandError(
+            f"--database {alias!r} is not in DATABASES; use one of: "
+            + ", ".join(sorted(settings.DATABASES))
+        )
+    return alias
+
+
 def database_dsn(alias: str | None = None) -> str | None:
-    """A libpq DSN for a Django database alias (DATABASE_URL wins when no alias is asked for)."""
+    """A libpq DSN for a Django database alias (DATABASE_URL wins when no alias is asked for).
+
+    None when no alias is asked for and the default database is not PostgreSQL: the CLI then
+    uses its own configuration. An alias asked for must be a PostgreSQL database."""
     if alias is None and os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
-    db = settings.DATABASES.get(alias or default_db_alias())
+    db = (
+        settings.DATABASES[known_alias(alias)]
+        if alias
+        else settings.DATABASES.get(default_db_alias())
+    )
     if not db or "postgresql" not in db.get("ENGINE", ""):
+        if alias:
+            engine = (db or {}).get("ENGINE", "") or "no ENGINE"
+            raise CommandError(
+                f"--database {alias!r} is {engine}, not PostgreSQL; reproq's worker needs a "
+                "PostgreSQL database"
+            )
         return None
     params = {
         "dbname": db.get("NAME"),
@@ -400,7 +424,7 @@ class Command(BaseCommand):
         from reproq_django.db import parse_result_id
 
         alias, raw = parse_result_id(options["id"])
-        return options["database"] or alias, raw
+        return known_alias(options["database"] or alias), raw
 
     def handle_logs(self, options: dict[str, Any]) -> None:
         alias, raw = self._task_target(options)
@@ -419,7 +443,7 @@ class Command(BaseCommand):
         from reproq_cli.db.queries import read_sql_resource
         from reproq_django.models import PeriodicTask
 
-        alias = options["database"] or default_db_alias()
+        alias = known_alias(options["database"] or default_db_alias())
         connection = connections[alias]
         if connection.vendor != "postgresql":
             if options["if_supported"]:
@@ -690,7 +714,7 @@ class Command(BaseCommand):
     def _aliases(self, options: dict[str, Any]) -> list[str]:
         if options.get("all_databases"):
             return queue_db_aliases()
-        return [options.get("database") or default_db_alias()]
+        return [known_alias(options.get("database") or default_db_alias())]
 
     def handle_stats(self, options: dict[str, Any]) -> None:
         from django.db.models import Count
@@ -728,7 +752,7 @@ class Command(BaseCommand):
     def _set_paused(self, options: dict[str, Any], *, paused: bool) -> None:
         from reproq_django.models import QueueControl
 
-        alias = options["database"] or default_db_alias()
+        alias = known_alias(options["database"] or default_db_alias())
         now = timezone.now()
         QueueControl.objects.using(alias).update_or_create(
             queue_name=options["queue"],
@@ -756,7 +780,8 @@ class Command(BaseCommand):
 
         autodiscover()
         count = sync_recurring_tasks(
-            using=options["database"], clear_missing=options["clear_missing"]
+            using=options["database"] and known_alias(options["database"]),
+            clear_missing=options["clear_missing"],
         )
         if count == 0:
             self.stdout.write("No recurring tasks found.")
@@ -799,7 +824,7 @@ class Command(BaseCommand):
             mismatch = binary.version_mismatch(version)
             if mismatch:
                 self.stdout.write(f"WARN worker binary: {mismatch}")
-        alias = options["database"] or default_db_alias()
+        alias = known_alias(options["database"] or default_db_alias())
         connection = connections[alias]
         try:
             tables = set(connection.introspection.table_names())
