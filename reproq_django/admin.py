@@ -125,19 +125,35 @@ class TaskRunAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected failed tasks")
     def retry_failed_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
-        count = queryset.filter(status=TaskRunStatus.FAILED).update(
-            status=TaskRunStatus.READY,
-            run_after=timezone.now(),
-            attempts=0,
-            last_error=None,
-            failed_at=None,
-            finished_at=None,
-            leased_until=None,
-            leased_by=None,
-            cancel_requested=False,
-            updated_at=timezone.now(),
-        )
+        count, skipped = 0, 0
+        failed = queryset.filter(status=TaskRunStatus.FAILED)
+        for result_id in failed.values_list("result_id", flat=True):
+            now = timezone.now()
+            try:
+                # One row at a time: a spec that is READY or RUNNING again (enqueued anew,
+                # or twice in this selection) may be active only once (the unique index).
+                with transaction.atomic(using=queryset.db):
+                    count += failed.filter(result_id=result_id).update(
+                        status=TaskRunStatus.READY,
+                        run_after=now,
+                        attempts=0,
+                        last_error=None,
+                        failed_at=None,
+                        finished_at=None,
+                        leased_until=None,
+                        leased_by=None,
+                        cancel_requested=False,
+                        updated_at=now,
+                    )
+            except IntegrityError:
+                skipped += 1
         self.message_user(request, f"Retried {count} task(s).")
+        if skipped:
+            self.message_user(
+                request,
+                f"Skipped {skipped} task(s) whose spec is already queued or running.",
+                messages.WARNING,
+            )
 
     @admin.action(description="Discard selected failed tasks")
     def discard_failed_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:

@@ -90,3 +90,26 @@ def test_worker_and_queue_actions(staff):
     assert QueueControl.objects.get().paused is True
     action(staff, "queuecontrol", "resume_queues", ["mail"])
     assert QueueControl.objects.get().paused is False
+
+
+def test_retry_skips_a_spec_that_is_active_again(staff):
+    first = tasks.add.enqueue(5, 5)
+    TaskRun.objects.filter(pk=int(first.id)).update(status="FAILED")
+    again = tasks.add.enqueue(5, 5)  # the same spec, queued anew
+    assert again.id != first.id
+    response = staff.post(
+        reverse("admin:reproq_django_taskrun_changelist"),
+        {"action": "retry_failed_tasks", "_selected_action": [first.id]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    notes = [str(m) for m in response.context["messages"]]
+    assert notes == [
+        "Retried 0 task(s).",
+        "Skipped 1 task(s) whose spec is already queued or running.",
+    ]
+    # Both failed, selected together: one of them can be queued again.
+    TaskRun.objects.filter(pk=int(again.id)).update(status="FAILED")
+    action(staff, "taskrun", "retry_failed_tasks", [first.id, again.id])
+    statuses = sorted(TaskRun.objects.values_list("status", flat=True))
+    assert statuses == ["FAILED", "READY"]
