@@ -331,6 +331,8 @@ class ReproqBackend(BaseTaskBackend):
         return await sync_to_async(self.get_result, thread_sensitive=True)(result_id)
 
     def save_metadata(self, result_id: int | str, metadata: dict[str, Any]) -> int:
+        if not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict, not {type(metadata).__name__}")
         alias, raw = parse_result_id(result_id)
         return (
             TaskRun.objects.using(alias)

@@ -48,13 +48,23 @@ def map_status(raw: str) -> TaskResultStatus:
 
 def task_error(entry: dict[str, Any]) -> TaskError:
     """An errors_json entry as Django's TaskError."""
-    path = entry.get("exception_class") or _KIND_EXCEPTIONS.get(
-        str(entry.get("kind")), "builtins.RuntimeError"
-    )
+    path = entry.get("exception_class")
+    if not isinstance(path, str) or not path:
+        path = _KIND_EXCEPTIONS.get(str(entry.get("kind")), "builtins.RuntimeError")
     if "." not in path:
         path = f"builtins.{path}"
-    traceback = entry.get("traceback") or str(entry.get("message") or entry.get("kind") or "")
-    return TaskError(exception_class_path=path, traceback=traceback)
+    traceback = entry.get("traceback") or entry.get("message") or entry.get("kind") or ""
+    return TaskError(exception_class_path=path, traceback=str(traceback))
+
+
+def _list(value: Any) -> list[Any]:
+    # Rows are written by other tools too (and by hand): a column of the wrong JSON type
+    # reads as empty rather than making the result unreadable.
+    return list(value) if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
 
 
 def unknown_task(*args: Any, **kwargs: Any) -> None:
@@ -62,9 +72,9 @@ def unknown_task(*args: Any, **kwargs: Any) -> None:
     raise RuntimeError("this task's code is not importable in this process")
 
 
-def resolve_task(task_path: str | None, backend_alias: str) -> Task:
+def resolve_task(task_path: Any, backend_alias: str) -> Task:
     try:
-        obj = import_string(task_path or "")
+        obj = import_string(task_path if isinstance(task_path, str) else "")
     except ImportError:
         obj = None
     if isinstance(obj, Task):
@@ -90,8 +100,8 @@ class TaskResultProxy(TaskResult):
         cls, run: TaskRun, *, alias: str, result_id: str, task: Task | None = None
     ) -> TaskResultProxy:
         """``task``: the row's task when the caller has it (enqueue), else found by path."""
-        spec = run.spec_json if isinstance(run.spec_json, dict) else {}
-        errors = run.errors_json if isinstance(run.errors_json, list) else []
+        spec = _dict(run.spec_json)
+        errors = _list(run.errors_json)
         if task is None:
             task = resolve_task(run.task_path or spec.get("task_path"), run.backend_alias)
         proxy = cls(
@@ -102,15 +112,15 @@ class TaskResultProxy(TaskResult):
             started_at=run.started_at,
             finished_at=run.finished_at,
             last_attempted_at=run.last_attempted_at,
-            args=list(spec.get("args") or []),
-            kwargs=dict(spec.get("kwargs") or {}),
+            args=_list(spec.get("args")),
+            kwargs=_dict(spec.get("kwargs")),
             backend=run.backend_alias,
             errors=[task_error(e) for e in errors if isinstance(e, dict)],
-            worker_ids=list(run.worker_ids or []),
+            worker_ids=_list(run.worker_ids),
             result_id=str(run.result_id),
             db_alias=alias,
             raw_status=run.status,
-            metadata=dict(run.metadata_json or {}),
+            metadata=_dict(run.metadata_json),
             errors_json=errors,
             data=run,
         )

@@ -239,6 +239,30 @@ def test_save_metadata():
     assert backend().save_metadata(result.id, {"amount": decimal.Decimal("2.5")}) == 1
     result.refresh()
     assert result.metadata == {"amount": "2.5"}
+    with pytest.raises(TypeError, match=r"^metadata must be a dict, not list$"):
+        backend().save_metadata(result.id, [1, 2])
+    result.refresh()
+    assert result.metadata == {"amount": "2.5"}
+
+
+def test_a_row_with_wrong_json_types_still_reads_as_a_result():
+    # Rows written by other tools or by hand: the worker fails such a task, and its result
+    # must stay readable to show why.
+    result = tasks.add.enqueue(4, 4)
+    TaskRun.objects.filter(result_id=int(result.id)).update(
+        status="FAILED",
+        spec_json={"task_path": 5, "args": 5, "kwargs": "abc"},
+        task_path="x.y",
+        metadata_json=[1, 2],
+        worker_ids=5,
+        errors_json=[{"exception_class": 5, "kind": "app_error", "message": "boom"}, "junk"],
+    )
+    fetched = backend().get_result(result.id)
+    assert (fetched.args, fetched.kwargs, fetched.metadata, fetched.worker_ids) == ([], {}, {}, [])
+    (error,) = fetched.errors
+    assert (error.exception_class_path, error.traceback) == ("builtins.RuntimeError", "boom")
+    TaskRun.objects.filter(result_id=int(result.id)).update(task_path="")
+    assert backend().get_result(result.id).task.name == "unknown_task"
 
 
 def test_schema_came_from_reproq_sql():
