@@ -76,12 +76,16 @@ class _DjangoCompatibleEncoder(json.JSONEncoder):
 
 
 def canonical_json(obj: Any) -> str:
-    """The canonical text of a spec: sorted keys, compact, raw UTF-8, Django's encodings."""
+    """The canonical text of a spec: sorted keys, compact, raw UTF-8, Django's encodings.
+
+    NaN and the infinities raise ValueError: they are not JSON, and jsonb refuses them, so
+    no stored spec (and no hash) has them."""
     return json.dumps(
         obj,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
+        allow_nan=False,
         cls=_DjangoCompatibleEncoder,
     )
 

@@ -20,6 +20,10 @@ class ReproqDjangoConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Django registers its task backends' system checks when django.tasks is imported,
+        # which `manage.py check` alone never does: the backend's checks would not run.
+        import django.tasks  # noqa: F401
+
         from reproq_django.memlog import start_memory_logger
 
         start_memory_logger()

@@ -16,12 +16,15 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.core.checks import CheckMessage
+from django.core.checks import Error as CheckError
 from django.core.checks import Warning as CheckWarning
 from django.db import IntegrityError, connections, transaction
 from django.tasks import Task
 from django.tasks.backends.base import BaseTaskBackend
-from django.tasks.exceptions import TaskResultDoesNotExist
+from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.utils import timezone
+from django.utils.connection import ConnectionDoesNotExist
 
 from reproq_django import pg_enqueue, raytask, signals
 from reproq_django.db import (
@@ -90,12 +93,14 @@ class ReproqBackend(BaseTaskBackend):
         concurrency_key = kwargs.pop("concurrency_key", concurrency_key_of(task))
         concurrency_limit = kwargs.pop("concurrency_limit", concurrency_limit_of(task))
         ray = raytask.options_for(task, kwargs.pop("ray_options", None))
-        priority = 0 if priority is None else int(priority)
+        priority = _priority(priority)
         run_after = _normalize_run_after(run_after)
         if callable(concurrency_key):
             concurrency_key = concurrency_key(*args, **kwargs)
         if isinstance(concurrency_key, str) and not concurrency_key.strip():
             concurrency_key = None
+        _text_or_none("lock_key", lock_key)
+        _text_or_none("concurrency_key", concurrency_key)
         limit = max(_int(concurrency_limit, 0), 0)
         options = self.options
         timeout_seconds = _int(options.get("TIMEOUT_SECONDS", 900), 900)
@@ -344,17 +349,57 @@ class ReproqBackend(BaseTaskBackend):
         return await sync_to_async(self.save_metadata, thread_sensitive=True)(result_id, metadata)
 
     def check(self, **kwargs: Any) -> list[CheckMessage]:
-        messages: list[CheckMessage] = []
-        for alias in {resolve_queue_db(q) for q in (self._configured_queues or ["default"])}:
-            if connections[alias].vendor != "postgresql":
+        messages = self._check_options()
+        try:
+            aliases = {resolve_queue_db(q) for q in (self._configured_queues or ["default"])}
+            vendors = {alias: connections[alias].vendor for alias in aliases}
+        except (ValueError, ConnectionDoesNotExist) as exc:
+            # A check reports; raising here would stop every management command instead.
+            messages.append(
+                CheckError(
+                    f"task backend {self.alias!r}: the queue routing names no usable "
+                    f"database: {exc}",
+                    hint="REPROQ_QUEUE_DATABASES maps queue names (or globs) to aliases in "
+                    "DATABASES",
+                    id="reproq_django.E002",
+                )
+            )
+            return messages
+        for alias, vendor in vendors.items():
+            if vendor != "postgresql":
                 messages.append(
                     CheckWarning(
-                        f"database {alias!r} is {connections[alias].vendor}: tasks can be "
+                        f"database {alias!r} is {vendor}: tasks can be "
                         "enqueued and inspected, but `reproq worker` needs PostgreSQL",
                         id="reproq_django.W001",
                     )
                 )
         return messages
+
+    def _check_options(self) -> list[CheckMessage]:
+        """OPTIONS of the wrong type: at enqueue they were read as the default, or failed there."""
+        options = self.options
+        where = f"TASKS[{self.alias!r}]['OPTIONS']"
+        if not isinstance(options, dict):
+            return [
+                CheckError(
+                    f"{where} must be a dict, not {type(options).__name__}",
+                    id="reproq_django.E001",
+                )
+            ]
+        problems = []
+        for name in ("TIMEOUT_SECONDS", "MAX_ATTEMPTS"):
+            value = options.get(name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                problems.append(f"{name} must be a whole number of at least 1, not {value!r}")
+        if not isinstance(options.get("DEDUP_ACTIVE", True), bool):
+            problems.append(f"DEDUP_ACTIVE must be True or False, not {options['DEDUP_ACTIVE']!r}")
+        expires = options.get("EXPIRES_IN")
+        if expires is not None and not isinstance(expires, dt.timedelta):
+            problems.append(f"EXPIRES_IN must be a datetime.timedelta or None, not {expires!r}")
+        return [CheckError(f"{where}: {problem}", id="reproq_django.E001") for problem in problems]
 
 
 def concurrency_key_of(task: Task) -> Any:
@@ -367,6 +412,25 @@ def concurrency_limit_of(task: Task) -> Any:
     from reproq_django.concurrency import concurrency_for
 
     return concurrency_for(task)[1]
+
+
+def _priority(value: Any) -> int:
+    """The enqueue-time ``priority`` kwarg, held to the range Django holds ``Task.priority`` to
+    (a value past a 32-bit int failed in the INSERT, inside the caller's transaction)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidTask(f"priority must be an int, not {type(value).__name__}")
+    if not TASK_MIN_PRIORITY <= value <= TASK_MAX_PRIORITY:
+        raise InvalidTask(
+            f"priority {value} is out of range: use {TASK_MIN_PRIORITY} to {TASK_MAX_PRIORITY}"
+        )
+    return value
+
+
+def _text_or_none(name: str, value: Any) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a string or None, not {type(value).__name__}")
 
 
 def _normalize_run_after(value: Any) -> dt.datetime | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 from django.apps import apps
@@ -16,6 +17,9 @@ from django.db import models
 from reproq_cli.spec import canonical_json, sha256_hex, spec_hash
 
 TYPE_MARKER = "__reproq_type__"
+# \u0000 as an escape (an odd number of backslashes before it), not a literal backslash
+# followed by "u0000": jsonb cannot store NUL in a string.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 __all__ = [
     "TYPE_MARKER",
@@ -29,6 +33,7 @@ __all__ = [
     "normalize_and_hash",
     "normalize_json",
     "spec_hash_for",
+    "storable_json",
 ]
 
 
@@ -95,9 +100,26 @@ def decode_args_kwargs(
     return decode_payload(args, using=using), decode_payload(kwargs, using=using)
 
 
+def storable_json(value: Any) -> str:
+    """The canonical text of ``value``, or a ValueError saying why PostgreSQL would refuse it.
+
+    Refused here, a bad value costs the caller nothing; refused by the database, it aborts
+    the caller's transaction."""
+    try:
+        text = canonical_json(value)
+    except ValueError as exc:
+        raise ValueError(f"cannot store a task's arguments or metadata: {exc}") from None
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        raise ValueError(
+            "cannot store a task's arguments or metadata: a string holds a NUL character "
+            "(\\x00), which PostgreSQL's jsonb refuses"
+        )
+    return text
+
+
 def normalize_json(value: Any) -> Any:
     """The value as it will be stored: the canonical text parsed back (Decimal -> str, ...)."""
-    return json.loads(canonical_json(value))
+    return json.loads(storable_json(value))
 
 
 def normalize_and_hash(spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -109,7 +131,7 @@ def normalize_and_hash(spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
 def canonical_spec(spec: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
     """(the spec as stored, its spec_hash, its canonical text): the text is also what an
     INSERT can send, which spares encoding the spec a second time."""
-    text = canonical_json(spec)
+    text = storable_json(spec)
     return json.loads(text), sha256_hex(text), text
 
 

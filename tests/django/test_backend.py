@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import re
+import subprocess
+import sys
 import uuid
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.tasks import TaskResultStatus, task_backends
 from django.tasks.base import TaskError
-from django.tasks.exceptions import TaskResultDoesNotExist
+from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
 from django.utils import timezone
 
 from reproq_cli.spec import canonical_json, spec_hash
@@ -18,6 +21,7 @@ from reproq_django import signals
 from reproq_django.models import TaskRun
 from reproq_django.proxy import TaskResultProxy
 from tests.django.sampleapp import tasks
+from tests.django.support import sqlite_env
 
 pytestmark = pytest.mark.django_db
 
@@ -148,6 +152,35 @@ def test_decimal_uuid_datetime_arguments_are_canonicalised():
     assert run.spec_json["kwargs"] == {"when": "2025-01-01T12:00:00.123Z"}
     assert run.spec_hash.strip() == spec_hash(run.spec_json)
     assert canonical_json(run.spec_json).startswith('{"args":["1.50"')
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"priority": 101}, InvalidTask, "priority 101 is out of range: use -100 to 100"),
+        ({"priority": 2**40}, InvalidTask, "priority 1099511627776 is out of range"),
+        ({"priority": 1.7}, InvalidTask, "priority must be an int, not float"),
+        ({"priority": "abc"}, InvalidTask, "priority must be an int, not str"),
+        ({"lock_key": {"a": 1}}, TypeError, "lock_key must be a string or None, not dict"),
+        ({"concurrency_key": ["a"]}, TypeError, "concurrency_key must be a string or None"),
+        ({"x": float("nan")}, ValueError, "cannot store a task's arguments or metadata: Out of"),
+        ({"x": "a\x00b"}, ValueError, "cannot store a task's arguments or metadata: a string"),
+    ],
+)
+def test_bad_enqueue_values_are_refused_before_the_database(options, error, message):
+    # Refused by PostgreSQL instead, they aborted the caller's transaction.
+    with transaction.atomic():
+        with pytest.raises(error, match=f"^{re.escape(message)}"):
+            tasks.add.enqueue(1, 2, **options)
+        with pytest.raises(error, match=f"^{re.escape(message)}"):
+            backend().bulk_enqueue([(tasks.add, (3, 4), {}), (tasks.add, (1, 2), options)])
+        tasks.add.enqueue(5, 6)  # the transaction is still usable
+    assert TaskRun.objects.count() == 1
+
+
+def test_a_literal_backslash_u0000_is_not_a_nul():
+    result = tasks.add.enqueue("\\u0000", "x")
+    assert TaskRun.objects.get(result_id=int(result.id)).spec_json["args"] == ["\\u0000", "x"]
 
 
 def test_unknown_queue_is_rejected():
@@ -391,3 +424,48 @@ def test_bulk_enqueue_racing_a_concurrent_enqueue_returns_its_row():
     assert int(results[0].id) == ids[0]
     assert results[0].raw_status == "READY"
     assert TaskRun.objects.count() == 2
+
+
+def test_the_system_check_reports_bad_options_and_routing(settings):
+    from reproq_django.backend import ReproqBackend
+
+    def ids_and_text(params):
+        messages = ReproqBackend("bad", params).check()
+        return [(m.id, m.msg) for m in messages if m.id.startswith("reproq_django.E")]
+
+    assert ids_and_text({"OPTIONS": [1]}) == [
+        ("reproq_django.E001", "TASKS['bad']['OPTIONS'] must be a dict, not list")
+    ]
+    options = {
+        "TIMEOUT_SECONDS": "abc",
+        "MAX_ATTEMPTS": 0,
+        "DEDUP_ACTIVE": "false",
+        "EXPIRES_IN": 60,
+    }
+    where = "TASKS['bad']['OPTIONS']"
+    assert ids_and_text({"OPTIONS": options}) == [
+        ("reproq_django.E001", f"{where}: TIMEOUT_SECONDS must be a whole number of at least 1, not 'abc'"),
+        ("reproq_django.E001", f"{where}: MAX_ATTEMPTS must be a whole number of at least 1, not 0"),
+        ("reproq_django.E001", f"{where}: DEDUP_ACTIVE must be True or False, not 'false'"),
+        ("reproq_django.E001", f"{where}: EXPIRES_IN must be a datetime.timedelta or None, not 60"),
+    ]  # fmt: skip
+    good = {"TIMEOUT_SECONDS": 60, "MAX_ATTEMPTS": 1, "EXPIRES_IN": dt.timedelta(days=1)}
+    assert ids_and_text({"OPTIONS": good}) == []
+    settings.REPROQ_QUEUE_DATABASES = {"high": "nosuchdb"}
+    (routing,) = ids_and_text({"QUEUES": ["default", "high"]})
+    assert routing[0] == "reproq_django.E002"
+    assert "the queue routing names no usable database" in routing[1]
+    assert "nosuchdb" in routing[1]
+
+
+def test_manage_py_check_runs_the_backends_check(tmp_path):
+    # Nothing in `manage.py check` imports django.tasks, whose import registers the check.
+    result = subprocess.run(
+        [sys.executable, "-m", "django", "check"],
+        env=sqlite_env(),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert "reproq_django.W001" in result.stderr + result.stdout
