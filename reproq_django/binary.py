@@ -132,13 +132,16 @@ def release_url(tag: str, asset: str) -> str:
 
 
 def _is_url(text: str) -> bool:
-    return urlsplit(text).scheme in ("http", "https", "file")
+    try:
+        return urlsplit(text).scheme in ("http", "https", "file")
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise CommandError(f"--source {text!r} is not a valid URL: {exc}") from None
 
 
 def _open_url(url: str, *, missing: str) -> BinaryIO:
     """A readable response for ``url``; one-line errors (``missing`` is the 404 message)."""
-    request = urllib.request.Request(url, headers={"User-Agent": f"reproq/{__version__}"})
     try:
+        request = urllib.request.Request(url, headers={"User-Agent": f"reproq/{__version__}"})
         return cast(BinaryIO, urllib.request.urlopen(request, timeout=TIMEOUT))
     except urllib.error.HTTPError as exc:
         exc.close()
@@ -160,6 +163,8 @@ def _open_url(url: str, *, missing: str) -> BinaryIO:
             f"cannot reach {url}: {exc}; check the network and REPROQ_RELEASE_URL, "
             "or download the file yourself and use --source PATH"
         ) from None
+    except ValueError as exc:  # urllib's own parsing: a bad port, an unclosed bracket
+        raise CommandError(f"{url!r} is not a valid URL: {exc}") from None
 
 
 def _expected_digest(text: str, where: str, asset: str) -> str:

@@ -193,6 +193,16 @@ def test_init_executor_stub(tmp_path):
         call_command("reproq_init_executor", "--path", str(path), stdout=io.StringIO())
 
 
+def test_paths_and_urls_that_cannot_be_used_are_one_line_errors(tmp_path):
+    nowhere = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(CommandError, match=rf"^cannot write {nowhere}/x.py: No such file"):
+        call_command("reproq_init_executor", "--path", str(nowhere / "x.py"))
+    with pytest.raises(CommandError, match=rf"^cannot write {nowhere}/r.yaml: No such file"):
+        manage("init", "--config", str(nowhere / "r.yaml"), "--skip-migrate")
+    with pytest.raises(CommandError, match=r"^--source 'http://\[::1' is not a valid URL: "):
+        manage("install", "--source", "http://[::1")
+
+
 def test_memory_logger_in_django_processes(tmp_path):
     script = (
         "import logging, django; logging.basicConfig(level=logging.INFO); django.setup();"

@@ -160,6 +160,17 @@ def parse_age(text: str) -> dt.timedelta:
     return dt.timedelta(**{units[unit]: int(number)})
 
 
+def write_file(path: Path, text: str) -> None:
+    """Write a file the user asked for; a path that cannot be written is a one-line error."""
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise CommandError(
+            f"cannot write {path}: {exc.strerror or exc}; choose a path in an existing, "
+            "writable directory"
+        ) from None
+
+
 def example_config(suffix: str, allowed: list[str]) -> str:
     """A commented starting config; the DSN is left to DATABASE_URL or manage.py."""
     modules = allowed or ["myapp.tasks."]
@@ -691,7 +702,7 @@ class Command(BaseCommand):
                 ]
             )
         for filename, text in files.items():
-            (cwd / filename).write_text(text)
+            write_file(cwd / filename, text)
             self.stdout.write(f"Wrote {cwd / filename}")
 
     def handle_init(self, options: dict[str, Any]) -> None:
@@ -702,7 +713,7 @@ class Command(BaseCommand):
             self.stdout.write(f"{path} exists; keeping it (use --force to overwrite).")
         else:
             prefixes, _ = discover_allowed_modules()
-            path.write_text(example_config(path.suffix, prefixes))
+            write_file(path, example_config(path.suffix, prefixes))
             self.stdout.write(f"Wrote {path}")
         if not options["skip_migrate"]:
             call_command("migrate", verbosity=0)

@@ -7,6 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from reproq_django.management.commands.reproq import write_file
+
 STUB = '''#!/usr/bin/env python
 """Runs one reproq task: point worker.executor_module or python_bin at this project."""
 import sys
@@ -28,6 +30,6 @@ class Command(BaseCommand):
         path = Path(options["path"])
         if path.exists() and not options["force"]:
             raise CommandError(f"{path} exists; use --force to overwrite it")
-        path.write_text(STUB)
+        write_file(path, STUB)
         path.chmod(0o755)
         self.stdout.write(f"Wrote {path}")
