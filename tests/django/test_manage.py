@@ -129,10 +129,20 @@ def test_worker_runs_the_projects_tasks(tmp_path, monkeypatch):
     monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "tests.django.settings")
     monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = tasks.add.enqueue(4, 5)
-    _, err = manage("worker", "--burst", "--queues", "default,high")
+    # Django's own options after the subcommand stay Django's (the CLI refused them).
+    _, err = manage(
+        "worker", "--burst", "--settings", "tests.django.settings", "--queues", "default,high",
+        "--verbosity=1", "--no-color",
+    )  # fmt: skip
     assert "Auto-configured ALLOWED_TASK_MODULES=" in err
     result.refresh()
     assert result.return_value == 9
+
+
+def test_a_cli_usage_error_keeps_its_exit_code():
+    with pytest.raises(CommandError, match=r"^reproq config exited with status 2$") as caught:
+        manage("config", "--no-such-flag")
+    assert caught.value.returncode == 2
 
 
 def test_systemd_units(tmp_path, monkeypatch):

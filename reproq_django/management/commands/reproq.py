@@ -34,6 +34,18 @@ from reproq_django.schema import TABLES
 PASSTHROUGH = ("worker", "beat", "schedule", "config", "doctor")
 
 
+def _django_options() -> argparse.ArgumentParser:
+    """Django's options for every command, as they may follow a pass-through subcommand
+    (``manage.py reproq worker --burst --settings x``); long forms only, exact names."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--settings")
+    parser.add_argument("--pythonpath")
+    parser.add_argument("--verbosity", type=int, choices=[0, 1, 2, 3])
+    for flag in ("--traceback", "--no-color", "--force-color", "--skip-checks"):
+        parser.add_argument(flag, action="store_true")
+    return parser
+
+
 def known_alias(alias: str) -> str:
     """``alias`` if it is in DATABASES; a wrong ``--database`` must not fall through to
     another database (the CLI's own DSN, or the embedded server)."""
@@ -315,6 +327,11 @@ class Command(BaseCommand):
         def parse_args(args: Any = None, namespace: Any = None) -> argparse.Namespace:
             known, extras = parser.parse_known_args(args, namespace)
             if getattr(known, "subcommand", None) in PASSTHROUGH:
+                # Django's own options given after the subcommand are Django's, not the CLI's.
+                django_options, extras = _django_options().parse_known_args(extras)
+                for name, value in vars(django_options).items():
+                    if value not in (None, False):
+                        setattr(known, name, value)
                 known.cli_args = [a for a in extras if a != "--"]
                 return known
             return strict(args, namespace)  # reports the unknown arguments
@@ -361,7 +378,8 @@ class Command(BaseCommand):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if code != 0:
-            raise CommandError(f"reproq {cli_args[0]} exited with status {code}")
+            # The CLI's own exit code (2 for a usage error), not manage.py's generic 1.
+            raise CommandError(f"reproq {cli_args[0]} exited with status {code}", returncode=code)
 
     def handle_worker(self, options: dict[str, Any]) -> None:
         cli_args = options.get("cli_args", [])
