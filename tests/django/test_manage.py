@@ -166,6 +166,10 @@ def test_systemd_units(tmp_path, monkeypatch):
     assert "OnCalendar=*-*-* *:*:00" in timer
     assert "Persistent=true" in timer
     assert out.count("Wrote ") == 4
+    for flag in ("--queues", "--user", "--env-file"):
+        with pytest.raises(CommandError, match=rf"^{flag} 'x\\nExecStartPre=/bin/true' holds"):
+            manage("systemd", flag, "x\nExecStartPre=/bin/true")
+    assert "ExecStartPre" not in (tmp_path / f"reproq-worker-{name}.service").read_text()
 
 
 @pytest.mark.django_db

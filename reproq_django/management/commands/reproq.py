@@ -645,6 +645,13 @@ class Command(BaseCommand):
     def handle_systemd(self, options: dict[str, Any]) -> None:
         import getpass
 
+        for key, value in options.items():
+            # A unit file is line-based: a newline in a value would add lines of its own.
+            if isinstance(value, str) and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+                raise CommandError(
+                    f"--{key.replace('_', '-')} {value!r} holds a control character "
+                    "(a newline?); give it on one line"
+                )
         cwd = Path.cwd()
         name = cwd.name
         user = options["user"] or getpass.getuser()
