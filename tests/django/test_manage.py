@@ -316,11 +316,22 @@ def test_doctor_uses_the_cli(tmp_path, monkeypatch, capfd):
     )
     manage("migrate-worker")  # transactional tests may have emptied rate_limits
     capfd.readouterr()
-    manage("doctor", "--strict")
+    _, err = manage("doctor", "--strict")
     out = capfd.readouterr().out
     assert "OK   dsn: answers:" in out
     assert "OK   schema: complete" in out
     assert "OK   executor: reproq_django.executor importable" in out
+    # The file's allow-list is the worker's: an auto-configured variable would outrank it.
+    assert "OK   allow-list: x." in out
+    assert "Auto-configured" not in err
+    # Without one, doctor checks the list `manage.py reproq worker` fills in (it warned).
+    (tmp_path / "reproq.yaml").write_text(
+        yaml.safe_dump({"worker": {"python_bin": sys.executable}})
+    )
+    _, err = manage("doctor")
+    out = capfd.readouterr().out
+    assert "OK   allow-list: reproq_django.tasks., tests.django.sampleapp.tasks." in out
+    assert "Auto-configured ALLOWED_TASK_MODULES=reproq_django.tasks.,tests.django" in err
 
 
 @pytest.mark.django_db

@@ -172,6 +172,25 @@ def parse_age(text: str) -> dt.timedelta:
     return dt.timedelta(**{units[unit]: int(number)})
 
 
+def _file_sets_allowed_modules(cli_args: list[str], env: dict[str, str]) -> bool:
+    """Whether the config file the CLI will read sets worker.allowed_task_modules: the
+    variable set for it would outrank the file (env > file), so it is left alone then."""
+    from reproq_cli.config import resolve
+    from reproq_cli.errors import ReproqError
+
+    explicit = None
+    for i, arg in enumerate(cli_args):
+        if arg == "--config" and i + 1 < len(cli_args):
+            explicit = cli_args[i + 1]
+        elif arg.startswith("--config="):
+            explicit = arg.partition("=")[2]
+    try:
+        config = resolve("worker", config_path=explicit, env=env)
+    except ReproqError:
+        return False  # the CLI reports the broken file itself
+    return config.values["worker.allowed_task_modules"].source == "file"
+
+
 def write_file(path: Path, text: str) -> None:
     """Write a file the user asked for; a path that cannot be written is a one-line error."""
     try:
@@ -381,11 +400,16 @@ class Command(BaseCommand):
             # The CLI's own exit code (2 for a usage error), not manage.py's generic 1.
             raise CommandError(f"reproq {cli_args[0]} exited with status {code}", returncode=code)
 
-    def handle_worker(self, options: dict[str, Any]) -> None:
+    def _allowed_modules_env(self, options: dict[str, Any]) -> dict[str, str]:
+        """The CLI's environment with ALLOWED_TASK_MODULES filled from the installed apps'
+        tasks modules when neither the flag nor the variable sets it: what `worker` runs
+        with, so `doctor` and `config` describe that worker."""
         cli_args = options.get("cli_args", [])
         env = self._cli_env(options["database"])
-        if not any(a.startswith("--allowed-task-modules") for a in cli_args) and not env.get(
-            "ALLOWED_TASK_MODULES"
+        if (
+            not any(a.startswith("--allowed-task-modules") for a in cli_args)
+            and not env.get("ALLOWED_TASK_MODULES")
+            and not _file_sets_allowed_modules(cli_args, env)
         ):
             prefixes, problems = discover_allowed_modules()
             for problem in problems:
@@ -395,7 +419,11 @@ class Command(BaseCommand):
                 self.stderr.write(
                     f"Auto-configured ALLOWED_TASK_MODULES={env['ALLOWED_TASK_MODULES']}"
                 )
-        self._run_cli(["worker", *cli_args], env)
+        return env
+
+    def handle_worker(self, options: dict[str, Any]) -> None:
+        env = self._allowed_modules_env(options)
+        self._run_cli(["worker", *options.get("cli_args", [])], env)
 
     def handle_beat(self, options: dict[str, Any]) -> None:
         self._run_cli(["beat", *options.get("cli_args", [])], self._cli_env(options["database"]))
@@ -406,7 +434,8 @@ class Command(BaseCommand):
         )
 
     def handle_config(self, options: dict[str, Any]) -> None:
-        self._run_cli(["config", *options.get("cli_args", [])], self._cli_env(options["database"]))
+        env = self._allowed_modules_env(options)
+        self._run_cli(["config", *options.get("cli_args", [])], env)
 
     def handle_doctor(self, options: dict[str, Any]) -> None:
         cli_args = options.get("cli_args", [])
@@ -426,7 +455,7 @@ class Command(BaseCommand):
             report.write(f"WARN binary: {' '.join(command)}: {mismatch}")
         else:
             report.write(f"OK   binary: {' '.join(command)} ({version})")
-        self._run_cli(["doctor", *cli_args], self._cli_env(options["database"]))
+        self._run_cli(["doctor", *cli_args], self._allowed_modules_env(options))
         if mismatch and "--strict" in cli_args:
             raise CommandError(f"doctor --strict: {mismatch}")
 
