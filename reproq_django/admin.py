@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -23,6 +24,15 @@ from reproq_django.models import (
 
 ALIVE_WINDOW = dt.timedelta(minutes=2)
 STALE_WORKER_AGE = dt.timedelta(minutes=10)
+
+
+class ReproqModelAdmin(admin.ModelAdmin):
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        # PostgreSQL refuses NUL in a text parameter; from a filter or the search box it
+        # became a 500 when the page rendered. The admin's answer to a bad filter is ?e=1.
+        if any("\x00" in value for value in request.GET.values()):
+            raise IncorrectLookupParameters("a filter or search value holds a NUL character")
+        return super().get_changelist_instance(request)
 
 
 class LeaseStatusFilter(admin.SimpleListFilter):
@@ -45,7 +55,7 @@ class LeaseStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(TaskRun)
-class TaskRunAdmin(admin.ModelAdmin):
+class TaskRunAdmin(ReproqModelAdmin):
     list_display = (
         "result_id",
         "status",
@@ -188,7 +198,7 @@ class TaskRunAdmin(admin.ModelAdmin):
 
 
 @admin.register(Worker)
-class WorkerAdmin(admin.ModelAdmin):
+class WorkerAdmin(ReproqModelAdmin):
     list_display = ("worker_id", "hostname", "state", "concurrency", "queues", "last_seen_at")
     search_fields = ("worker_id", "hostname")
     actions = ("delete_stale_workers",)
@@ -207,7 +217,7 @@ class WorkerAdmin(admin.ModelAdmin):
 
 
 @admin.register(QueueControl)
-class QueueControlAdmin(admin.ModelAdmin):
+class QueueControlAdmin(ReproqModelAdmin):
     list_display = ("queue_name", "paused", "paused_at", "reason", "updated_at")
     actions = ("pause_queues", "resume_queues")
 
@@ -224,13 +234,13 @@ class QueueControlAdmin(admin.ModelAdmin):
 
 
 @admin.register(PeriodicTask)
-class PeriodicTaskAdmin(admin.ModelAdmin):
+class PeriodicTaskAdmin(ReproqModelAdmin):
     list_display = ("name", "cron_expr", "task_path", "queue_name", "enabled", "next_run_at")
     search_fields = ("name", "task_path")
 
 
 @admin.register(WorkflowRun)
-class WorkflowRunAdmin(admin.ModelAdmin):
+class WorkflowRunAdmin(ReproqModelAdmin):
     list_display = (
         "workflow_id",
         "status",
@@ -243,6 +253,6 @@ class WorkflowRunAdmin(admin.ModelAdmin):
 
 
 @admin.register(RateLimit)
-class RateLimitAdmin(admin.ModelAdmin):
+class RateLimitAdmin(ReproqModelAdmin):
     list_display = ("key", "tokens_per_second", "burst_size", "current_tokens", "last_refilled_at")
     search_fields = ("key",)

@@ -113,3 +113,12 @@ def test_retry_skips_a_spec_that_is_active_again(staff):
     action(staff, "taskrun", "retry_failed_tasks", [first.id, again.id])
     statuses = sorted(TaskRun.objects.values_list("status", flat=True))
     assert statuses == ["FAILED", "READY"]
+
+
+def test_a_nul_in_a_filter_or_search_is_a_bad_filter_not_a_500(staff):
+    tasks.add.enqueue(1, 2)
+    for model, query in (("taskrun", "queue_name__exact=%00"), ("worker", "q=a%00b")):
+        url = reverse(f"admin:reproq_django_{model}_changelist")
+        response = staff.get(f"{url}?{query}")
+        assert response.status_code == 302, model
+        assert response["Location"] == f"{url}?e=1"
