@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -147,19 +146,48 @@ def mask_dsn(dsn: str) -> str:
     if not dsn:
         return dsn
     if "://" in dsn:
-        try:
-            parts = urlsplit(dsn)
-        except ValueError:
-            return re.sub(r"(://[^:/@]*:)[^@]*@", rf"\1{MASK}@", dsn)
-        masked = _QUERY_PASSWORD.sub(rf"\g<1>{MASK}", parts.query)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, _, hostinfo = netloc.rpartition("@")
-            user, colon, password = userinfo.partition(":")
-            if colon and password:
-                netloc = f"{user}:{MASK}@{hostinfo}"
-        return urlunsplit((parts.scheme, netloc, parts.path, masked, parts.fragment))
+        scheme, _, rest = dsn.partition("://")
+        password = _url_password(rest)
+        if password is not None:
+            user = rest.partition(":")[0]
+            rest = f"{user}:{MASK}@{rest[len(user) + len(password) + 2 :]}"
+        base, question, query = rest.partition("?")
+        query = _QUERY_PASSWORD.sub(rf"\g<1>{MASK}", query)
+        return f"{scheme}://{base}{question}{query}"
     return _KV_PASSWORD.sub(rf"\g<1>{MASK}", dsn)
+
+
+def _url_password(rest: str) -> str | None:
+    """The password of a URL DSN (``rest`` is what follows ``://``) where libpq finds it:
+    the user info runs to the first ``@`` that comes before any ``/``, so it may hold ``?``
+    or ``#``, which a URL parser would take for the query or the fragment."""
+    userinfo = re.match(r"[^@/]*@", rest)
+    if userinfo is not None:
+        _user, colon, password = userinfo.group(0)[:-1].partition(":")
+        return password if colon and password else None
+    # No user info for libpq, but it looks like a password (one with a "/"): an error about
+    # the DSN would quote it, so mask it too.
+    intended = re.match(r"[^:/@]*:(.+)@", rest)
+    return intended.group(1) if intended else None
+
+
+_QUERY_PASSWORD_VALUE = re.compile(r"[?&]password=([^&#]*)", re.IGNORECASE)
+
+
+def mask_secrets(text: str, dsn: str) -> str:
+    """``text`` (a driver's message about ``dsn``) with the DSN's password masked wherever
+    it appears: libpq quotes the raw DSN, or the token it could not parse, in its errors."""
+    if not dsn:
+        return text
+    text = text.replace(dsn, mask_dsn(dsn))
+    url_password = _url_password(dsn.partition("://")[2]) if "://" in dsn else None
+    secrets = [url_password] if url_password else []
+    secrets += [m.group(1) for m in _QUERY_PASSWORD_VALUE.finditer(dsn)]
+    secrets += [m.group(2).strip("'") for m in _KV_PASSWORD.finditer(dsn)]
+    # Longest first, so a password that contains another is masked whole.
+    for secret in sorted({s for s in secrets if s and s != MASK}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
 
 
 # --- resolved configuration -------------------------------------------------------------------

@@ -17,7 +17,7 @@ from psycopg import conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from reproq_cli.config import mask_dsn
+from reproq_cli.config import mask_dsn, mask_secrets
 from reproq_cli.db.queries import query
 from reproq_cli.errors import ConfigError, DatabaseError
 
@@ -47,9 +47,14 @@ def connection_kwargs(dsn: str) -> dict[str, Any]:
     """Validated keyword arguments for psycopg: a parse error is a config error."""
     try:
         parsed = conninfo.conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
+    except (psycopg.ProgrammingError, UnicodeDecodeError) as exc:
+        # UnicodeDecodeError: a percent-encoded value (%A0) that is not UTF-8; its text
+        # holds only the offending bytes, no secret.
+        reason = mask_secrets(one_line(exc), dsn)
+        if isinstance(exc, UnicodeDecodeError):
+            reason = f"a percent-encoded value is not UTF-8 ({exc.reason})"
         raise ConfigError(
-            f"invalid DSN {mask_dsn(dsn)!r}: {one_line(exc)}",
+            f"invalid DSN {mask_dsn(dsn)!r}: {reason}",
             hint="use postgresql://user:pass@host:5432/db or 'host=… dbname=… user=…'",
         ) from None
     kwargs: dict[str, Any] = {}
@@ -69,7 +74,7 @@ def connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[dict[str
 
 def cannot_connect(dsn: str, exc: Exception) -> DatabaseError:
     return DatabaseError(
-        f"cannot connect to {describe_target(dsn)}: {one_line(exc)}",
+        f"cannot connect to {describe_target(dsn)}: {mask_secrets(one_line(exc), dsn)}",
         hint="check the DSN (--dsn, DATABASE_URL or the config file) and that the server is up",
     )
 

@@ -105,6 +105,23 @@ def test_unreachable_key_value_dsn_from_env(run_cli):
     assert "s3cret" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://x:s3cret@[::1",  # libpq quotes the whole DSN
+        "postgresql://x:s3%zzcret@127.0.0.1:1/db",  # libpq quotes the bad token
+        "postgresql://x:s3%A0cret@127.0.0.1:1/db",  # not UTF-8 once decoded (was exit 3)
+    ],
+)
+def test_a_malformed_dsn_never_shows_its_password(run_cli, dsn):
+    result = run_cli("stats", "--dsn", dsn)
+    assert_one_line_error(result, "invalid DSN 'postgresql://x:****@")
+    assert "s3" not in result.stderr
+    result = run_cli("cancel", "--id", "1", env={"DATABASE_URL": dsn})
+    assert_one_line_error(result, "invalid DSN 'postgresql://x:****@")
+    assert "s3" not in result.stderr
+
+
 def test_garbage_dsn(run_cli):
     result = run_cli("migrate", "--dsn", "this is not = a dsn = at all")
     assert_one_line_error(result, "invalid DSN")

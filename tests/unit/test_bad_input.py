@@ -147,6 +147,22 @@ def test_dsns_are_accepted_or_rejected_in_one_line(dsn):
 
 
 @SETTINGS
+@given(
+    password=st.text(alphabet=string.ascii_letters + string.digits + "%[]:/?&=", min_size=8),
+    template=st.sampled_from(
+        ["postgresql://app:{}@[::1", "postgresql://app:{}@db:5x/app", "host=db password={} x"]
+    ),
+)
+def test_an_invalid_dsn_error_never_shows_the_password(password, template):
+    dsn = template.format(password)
+    try:
+        connection_kwargs(dsn)
+    except ConfigError as exc:
+        if password not in template:
+            assert password not in exc.message, exc.message
+
+
+@SETTINGS
 @given(password=st.text(alphabet=string.ascii_letters + string.digits, min_size=8, max_size=16))
 def test_passwords_never_shown(password):
     for template in ("postgresql://app:{}@db/app", "host=db password={} dbname=x"):
