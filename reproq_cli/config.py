@@ -50,6 +50,9 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 DURATION_HINT = "use Go duration syntax, e.g. 300ms, 5s, 1m30s, 1h"
 
 
+MAX_DURATION_NS = float(2**63 - 1)
+
+
 def parse_duration(text: str) -> float:
     """Parse a Go ``time.ParseDuration`` string into seconds.
 
@@ -77,6 +80,10 @@ def parse_duration(text: str) -> float:
         number, unit = match.groups()
         total_ns += float(number) * _DURATION_UNITS_NS[unit]
         pos = match.end()
+    if total_ns > MAX_DURATION_NS:
+        # Go's Duration is an int64 of nanoseconds; past it ParseDuration fails, and here
+        # the value would overflow the clocks and timeouts it is used with.
+        raise ValueError(f"duration {original!r} is out of range (at most 2562047h)")
     return sign * total_ns / 1e9
 
 
@@ -403,6 +410,10 @@ def _is_unset(value: Any) -> bool:
 
 def _check_range(setting: Setting, value: Any) -> str | None:
     if setting.kind in {"int", "float", "duration"}:
+        if not math.isfinite(value):
+            return "must be a finite number"
+        if setting.maximum is not None and value > setting.maximum:
+            return f"must be <= {setting.maximum:g}"
         if setting.strictly_positive and value <= 0:
             return "must be a positive duration" if setting.kind == "duration" else "must be > 0"
         if setting.minimum is not None and value < setting.minimum:
@@ -465,7 +476,7 @@ def resolve(
             if problem:
                 raise ConfigError(
                     f"invalid {file_key} in {path}: {_describe(raw)} {problem}",
-                    hint=_fix_hint(setting, f"in {path}"),
+                    hint=_range_hint(setting, f"in {path}"),
                 )
             resolved = Resolved(value, "file", f"{path}: {file_key}")
         if setting.env and env.get(setting.env, "") != "":
@@ -481,7 +492,7 @@ def resolve(
             if problem:
                 raise ConfigError(
                     f"invalid {setting.env} {_describe(raw_env)} ({problem})",
-                    hint=_fix_hint(setting, f"in the environment variable {setting.env}"),
+                    hint=_range_hint(setting, f"in the environment variable {setting.env}"),
                 )
             if not _is_unset(value):
                 resolved = Resolved(value, "env", f"env {setting.env}")
@@ -500,7 +511,7 @@ def resolve(
             if problem:
                 raise ConfigError(
                     f"invalid value for {flag_name}: {_describe(raw_flag)} {problem}",
-                    hint=_fix_hint(setting, f"after {flag_name}"),
+                    hint=_range_hint(setting, f"after {flag_name}"),
                     exit_code=2,
                 )
             # An explicit empty flag (--dsn "") still counts: the user asked for it.
@@ -510,6 +521,18 @@ def resolve(
     config = Config(mode=mode, path=path, values=values, warnings=warnings)
     _check_cross_field(config)
     return config
+
+
+def _range_hint(setting: Setting, where: str) -> str:
+    low, high = setting.minimum, setting.maximum
+    if setting.kind == "duration" or (low is None and high is None):
+        return _fix_hint(setting, where)
+    what = _expected(setting.kind)
+    if low is not None and high is not None:
+        return f"give {what} from {low:g} to {high:g} {where}"
+    if low is not None:
+        return f"give {what} of at least {low:g} {where}"
+    return f"give {what} of at most {high:g} {where}"
 
 
 def _fix_hint(setting: Setting, where: str) -> str:

@@ -46,7 +46,8 @@ class Setting:
 
     ``file_keys`` are read in order, later keys winning (``worker.dsn`` beats root ``dsn``).
     ``default`` may be a callable for values computed at resolve time.
-    ``minimum`` is the smallest accepted value for numbers and durations (in seconds).
+    ``minimum`` is the smallest accepted value for numbers and durations (in seconds),
+    ``maximum`` the largest.
     """
 
     key: str
@@ -56,6 +57,7 @@ class Setting:
     env: str | None = None
     flag: str | None = None
     minimum: float | None = None
+    maximum: float | None = None
     strictly_positive: bool = False
     choices: tuple[str, ...] | None = None
     secret: bool = False
@@ -120,7 +122,10 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
         10,
         flag="--concurrency",
         minimum=1,
-        help="maximum tasks running at once",
+        # Two runner threads per slot are started at once: an extra digit must not take the
+        # host's memory (each task is a process; nobody runs thousands on one worker).
+        maximum=1000,
+        help="maximum tasks running at once (1 to 1000)",
     ),
     _s(
         "worker.lease_seconds",

@@ -57,6 +57,12 @@ def database_url(config: Config) -> str:
     return dsn
 
 
+def clamp_limit(limit: int) -> int:
+    """A --limit as SQL's LIMIT takes it: a bigint; a larger one would fail the statement
+    and means "all of them" anyway."""
+    return min(limit, 2**63 - 1)
+
+
 def render_rows(headers: list[str], rows: list[list[str]]) -> None:
     """A rich table on a terminal; tab-separated lines (the Go format) otherwise."""
     if console.is_terminal():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
 from reproq_cli import console
@@ -16,6 +18,10 @@ from reproq_cli.commands._common import (
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import delete_rate_limit, list_rate_limits, set_rate_limit
 from reproq_cli.errors import UsageError
+
+# The columns: tokens_per_second is a real (float4), burst_size an integer.
+MAX_RATE = 1e9
+MAX_BURST = 2**31 - 1
 
 
 @usage_group("limit")
@@ -38,8 +44,15 @@ def set_(
         raise UsageError("DSN and --key required", hint="e.g. --key queue:default --rate 5")
     if rate < 0:
         raise UsageError("tokens_per_second must be >= 0", hint="use --rate 0 to disable")
+    if not math.isfinite(rate) or rate > MAX_RATE:
+        # nan passed the >= 0 check and was stored: a limit that never limited.
+        raise UsageError(
+            f"--rate {rate} is not a usable rate", hint=f"give tokens per second, 0 to {MAX_RATE:g}"
+        )
     if burst <= 0:
         raise UsageError("burst_size must be > 0", hint="e.g. --burst 1")
+    if burst > MAX_BURST:
+        raise UsageError(f"burst_size must be <= {MAX_BURST}", hint="e.g. --burst 100")
     with connection(command_dsn(dsn, config_path)) as conn:
         set_rate_limit(conn, key, rate, burst)
     if as_json:

@@ -21,7 +21,10 @@ from reproq_cli.errors import ReproqError, UsageError
 @dsn_option
 @config_option
 @click.option("--id", "result_id", type=int, required=True, help="result_id of the task.")
-@click.option("--tail", "lines", type=int, default=200, show_default=True, help="0 = all lines.")
+@click.option(
+    "--tail", "lines", type=click.IntRange(min=0), default=200, show_default=True,
+    help="0 = all lines.",
+)  # fmt: skip
 @click.option("--max-bytes", type=int, default=1_000_000, show_default=True)
 @click.option("--show-path", is_flag=True, help="Print the logs_uri instead of the logs.")
 @json_option

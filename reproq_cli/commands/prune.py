@@ -6,6 +6,7 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    clamp_limit,
     command_dsn,
     config_option,
     dsn_option,
@@ -33,7 +34,8 @@ def expired(
     """Delete tasks past their expires_at (READY and WAITING included, RUNNING never)."""
     url = command_dsn(dsn, config_path)
     with connection(url) as conn, console.working("Pruning expired tasks"):
-        count = prune_expired(conn, limit=limit if limit > 0 else None, dry_run=dry_run)
+        limited = clamp_limit(limit) if limit > 0 else None
+        count = prune_expired(conn, limit=limited, dry_run=dry_run)
     if as_json:
         console.print_json({"dry_run": dry_run, "count": count})
     elif dry_run:

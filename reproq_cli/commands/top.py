@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import os
 import select
 import sys
@@ -22,6 +23,7 @@ from reproq_cli import console
 from reproq_cli.commands._common import command_dsn, config_option, dsn_option
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import stats_snapshot
+from reproq_cli.errors import UsageError
 
 
 @contextlib.contextmanager
@@ -102,12 +104,20 @@ def render(snapshot: dict[str, Any]) -> Group:
 @click.command(name="top")
 @dsn_option
 @config_option
-@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds per refresh.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds per refresh (0.1 to 3600).",
+)
 def command(dsn: str | None, config_path: str | None, interval: float) -> None:
     """Live view: per-queue depth and running, rates over the last minute, workers, schedules.
 
     q or Ctrl+C quits.
     """
+    if math.isnan(interval):  # FloatRange lets NaN through: it compares false both ways
+        raise UsageError("--interval nan is not a number of seconds", hint="e.g. --interval 2")
     url = command_dsn(dsn, config_path)
     with (
         connection(url) as conn,

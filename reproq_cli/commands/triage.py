@@ -6,6 +6,7 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    clamp_limit,
     command_dsn,
     config_option,
     dsn_option,
@@ -36,7 +37,7 @@ def command() -> None:
 def list_(dsn: str | None, config_path: str | None, limit: int, queue: str, as_json: bool) -> None:
     """Most recent failures first."""
     with connection(command_dsn(dsn, config_path)) as conn:
-        rows = triage_list(conn, queue=queue or None, limit=limit if limit > 0 else 50)
+        rows = triage_list(conn, queue=queue or None, limit=clamp_limit(limit) if limit > 0 else 50)
     if as_json:
         console.print_json(rows)
         return

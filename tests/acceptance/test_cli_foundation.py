@@ -149,6 +149,34 @@ def test_bad_duration_is_one_line(run_cli, tmp_path):
     assert_one_line_error(result, "invalid worker.poll_max_backoff in reproq.toml", "5 seconds")
 
 
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        # A 2**31 concurrency started 2**32 threads and took the host's memory.
+        (["worker", "--concurrency", "2147483647"], ["--concurrency: 2147483647 must be <= 1000"]),
+        (["worker", "--priority-aging-factor", "nan"], ["NaN must be a finite number"]),
+        (["beat", "--once", "--interval", "99999999999h"], ["'99999999999h' is out of range"]),
+        (["limit", "set", "--key", "k", "--rate", "nan"], ["--rate nan is not a usable rate"]),
+        (["limit", "set", "--key", "k", "--burst", "99999999999"], ["burst_size must be <= "]),
+        (["top", "--interval", "nan"], ["--interval nan is not a number of seconds"]),
+    ],
+)
+def test_values_out_of_any_sane_range_are_usage_errors(run_cli, args, fragments):
+    # Each failed later: an internal error (exit 3), a stored NaN, or memory exhaustion.
+    result = run_cli(*args, "--dsn", UNREACHABLE)
+    assert_one_line_error(result, *fragments)
+    assert result.returncode == 2
+
+
+def test_a_huge_value_in_the_config_file_names_the_key(run_cli, tmp_path):
+    (tmp_path / "reproq.yaml").write_text(
+        "worker:\n  concurrency: 99999999999999999999999\n  poll_max_backoff: 99999999999h\n"
+    )
+    result = run_cli("config", cwd=tmp_path)
+    assert_one_line_error(result, "invalid worker.concurrency in reproq.yaml", "must be <= 1000")
+    assert result.stderr.splitlines()[1] == "hint: give an integer from 1 to 1000 in reproq.yaml"
+
+
 def test_bad_env_value_is_one_line(run_cli):
     result = run_cli("config", env={"PRIORITY_AGING_FACTOR": "high"})
     assert_one_line_error(result, "invalid PRIORITY_AGING_FACTOR", "high")

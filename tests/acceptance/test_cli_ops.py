@@ -174,6 +174,9 @@ def test_prune_expired(run_cli, conn, db_dsn):
     }
     assert row(conn, running)["status"] == "RUNNING"
     assert ready not in remaining
+    # Past a bigint, a limit is "all of them" (it was an internal error, exit 3).
+    huge = run_cli("prune", "expired", "--dsn", db_dsn, "--dry-run", "--limit", str(10**20))
+    assert huge.stdout == "Would prune 0 expired task(s)\n", huge.stderr
 
 
 def test_triage(run_cli, conn, db_dsn):
@@ -192,6 +195,8 @@ def test_triage(run_cli, conn, db_dsn):
         run_cli("triage", "list", "--dsn", db_dsn, "--queue", "mail", "--json").stdout
     )
     assert [r["result_id"] for r in only_mail] == [a]
+    huge = run_cli("triage", "list", "--dsn", db_dsn, "--limit", str(10**20), "--json")
+    assert len(json.loads(huge.stdout)) == 2, huge.stderr
     shown = run_cli("triage", "inspect", "--dsn", db_dsn, "--id", str(a)).stdout.splitlines()
     assert shown[0] == f"Result ID: {a}"
     assert shown[4] == "Attempts: 3/3"
