@@ -57,6 +57,13 @@ def replay(conn: psycopg.Connection[Any], result_id: int) -> int | None:
             query("active_by_spec_hash"), {"spec_hash": spec_hash["spec_hash"]}
         ).fetchone()
         raise ReplayConflict(active["result_id"], active["status"]) from None
+    except psycopg.errors.CheckViolation:
+        # The copy takes its task_path from the spec (as the Go worker's does); a row whose
+        # spec has none (older rows, or written by hand) has nothing to run.
+        raise DatabaseError(
+            f"task {result_id} cannot be replayed: its spec_json has no task_path",
+            hint="enqueue the task again from Django, or fix the row's spec_json",
+        ) from None
     return None if row is None else int(row["result_id"])
 
 

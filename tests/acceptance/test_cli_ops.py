@@ -148,6 +148,17 @@ def test_replay(run_cli, conn, db_dsn):
     assert "error: no task with result_id 9999" in missing.stderr
     unknown = run_cli("replay", "--dsn", db_dsn, "--spec-hash", "abc")
     assert "error: no task with spec_hash abc" in unknown.stderr
+    # A row whose spec names no task (its column does): the copy would have no task_path.
+    bare = conn.execute(
+        "INSERT INTO task_runs (spec_json, spec_hash, task_path, status)"
+        " VALUES ('{}', 'bare', 'tests.support.tasks.add', 'FAILED') RETURNING result_id"
+    ).fetchone()[0]
+    refused = run_cli("replay", "--dsn", db_dsn, "--id", str(bare))
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines()[0] == (
+        f"error: task {bare} cannot be replayed: its spec_json has no task_path"
+    )
+    assert len(refused.stderr.splitlines()) == 2
 
 
 def test_prune_expired(run_cli, conn, db_dsn):
