@@ -436,16 +436,19 @@ def resolve(
     config_path: str | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    only: frozenset[str] | None = None,
 ) -> Config:
     """Resolve every setting of ``mode``: defaults < file < env < flags.
 
     ``flags`` maps setting keys to the values given on the command line (only the ones the
     user actually passed); strings are parsed like env values, typed values are kept.
+    ``only``: resolve (and check) just these keys, e.g. the DSN for an operator command,
+    which a mistake in a worker setting of the same file must not stop.
     """
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else cwd
     flags = flags or {}
-    settings = SETTINGS_BY_MODE[mode]
+    settings = [s for s in SETTINGS_BY_MODE[mode] if only is None or s.key in only]
 
     path, _why = resolve_config_path(config_path, env, cwd)
     file_data: dict[str, Any] = {}
@@ -546,7 +549,7 @@ def _fix_hint(setting: Setting, where: str) -> str:
 
 
 def _check_cross_field(config: Config) -> None:
-    if config.mode != "worker":
+    if config.mode != "worker" or "worker.poll_min_backoff" not in config.values:
         return
     low = config.values["worker.poll_min_backoff"]
     high = config.values["worker.poll_max_backoff"]

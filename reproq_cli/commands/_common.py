@@ -37,8 +37,14 @@ def json_option[F: Callable[..., Any]](func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
 
 
-def load_config(mode: Mode, *, config_path: str | None, flags: dict[str, Any]) -> Config:
-    config = resolve(mode, flags=flags, config_path=config_path)
+def load_config(
+    mode: Mode,
+    *,
+    config_path: str | None,
+    flags: dict[str, Any],
+    only: frozenset[str] | None = None,
+) -> Config:
+    config = resolve(mode, flags=flags, config_path=config_path, only=only)
     for message in config.warnings:
         console.warning(message)
     return config
@@ -46,7 +52,10 @@ def load_config(mode: Mode, *, config_path: str | None, flags: dict[str, Any]) -
 
 def command_dsn(dsn: str | None, config_path: str | None) -> str:
     """The DSN a database command uses: --dsn, DATABASE_URL, the config file, else embedded."""
-    return database_url(load_config("worker", config_path=config_path, flags={"dsn": dsn}))
+    config = load_config(
+        "worker", config_path=config_path, flags={"dsn": dsn}, only=frozenset({"dsn"})
+    )
+    return database_url(config)
 
 
 def database_url(config: Config) -> str:

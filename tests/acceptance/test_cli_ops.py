@@ -91,6 +91,19 @@ def test_doctor_reports_missing_schema_and_bad_config(run_cli, empty_db_dsn, tmp
     assert broken.stdout.startswith("FAIL config: cannot parse YAML config file reproq.yaml")
 
 
+def test_a_bad_worker_setting_does_not_stop_operator_commands(run_cli, db_dsn, tmp_path):
+    # The operator commands read only the DSN from the file: a typo in a worker setting must
+    # not keep anyone from cancelling a task or listing limits (the worker still refuses it).
+    (tmp_path / "reproq.yaml").write_text(f"dsn: '{db_dsn}'\nworker:\n  concurrency: abc\n")
+    listed = run_cli("limit", "ls", "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert any(r["key"] == "global" for r in json.loads(listed.stdout))
+    assert run_cli("triage", "list", cwd=tmp_path).stdout == "No failed tasks.\n"
+    worker = run_cli("worker", "--burst", cwd=tmp_path)
+    assert worker.returncode == 1
+    assert worker.stderr.startswith("error: invalid worker.concurrency in reproq.yaml")
+
+
 def test_limit_set_ls_rm(run_cli, db_dsn):
     empty = run_cli("limit", "ls", "--dsn", db_dsn)
     assert empty.stdout.splitlines()[0] == "Key\tTokens/s\tBurst\tCurrent\tLastRefill"
