@@ -87,6 +87,7 @@ def start(env: Mapping[str, str]) -> str:
     """Start (or reuse) the embedded server and return a DSN for the ``reproq`` database."""
     pgserver = _server_module()
     directory = data_dir(env)
+    _check_directory(directory)
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
         server = pgserver.get_server(directory, cleanup_mode=None)
@@ -100,6 +101,26 @@ def start(env: Mapping[str, str]) -> str:
             hint=f"check that {directory.parent} is writable, or set a DSN "
             "(--dsn, DATABASE_URL, config file)",
         ) from None
+
+
+def _check_directory(directory: Path) -> None:
+    """What initdb would refuse, said in one line (its own refusal is a screenful of output
+    under a hint that blames the parent directory)."""
+    where = f"the embedded PostgreSQL's directory {directory}"
+    hint = f"point {DIR_ENV} at a new or empty directory, or set a DSN"
+    if directory.exists() and not directory.is_dir():
+        raise DatabaseError(f"{where} is a file, not a directory", hint=hint)
+    if directory.is_dir() and not (directory / "PG_VERSION").is_file():
+        try:
+            occupied = any(directory.iterdir())
+        except OSError as exc:
+            raise DatabaseError(f"cannot read {where}: {exc.strerror or exc}", hint=hint) from None
+        if occupied:
+            raise DatabaseError(
+                f"{where} holds other files and no PostgreSQL cluster; reproq will not "
+                "create one among them",
+                hint=hint,
+            )
 
 
 def stop(env: Mapping[str, str]) -> bool:

@@ -296,3 +296,17 @@ def test_embedded_fallback_and_management(run_cli, embedded_env):
         is False
     )
     assert run_cli("embedded", "stop", env=embedded_env).stdout.strip() == "not running"
+
+
+def test_an_unusable_embedded_directory_is_one_line(run_cli, embedded_env):
+    directory = Path(embedded_env["REPROQ_EMBEDDED_DIR"])
+    directory.mkdir(parents=True)
+    (directory / "notes.txt").write_text("mine")
+    result = run_cli("stats", env=embedded_env)
+    assert_one_line_error(result, f"{directory} holds other files and no PostgreSQL cluster")
+    assert (directory / "notes.txt").read_text() == "mine"
+    (directory / "notes.txt").unlink()
+    directory.rmdir()
+    directory.write_text("a file")
+    result = run_cli("embedded", "start", env=embedded_env)
+    assert_one_line_error(result, f"{directory} is a file, not a directory")
