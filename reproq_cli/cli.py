@@ -128,8 +128,14 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except click.exceptions.Abort:
         console.error("aborted")
         sys.exit(130)
+    except click.UsageError as exc:
+        # click's own form is four lines (usage, a --help pointer, a blank, the error); ours
+        # is the error and where the usage is, like every other error.
+        where = exc.ctx.command_path if exc.ctx is not None else "reproq"
+        console.error(exc.format_message(), f"see `{where} --help`")
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        console.error(exc.format_message())
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         console.error("interrupted")

@@ -310,3 +310,18 @@ def test_an_unusable_embedded_directory_is_one_line(run_cli, embedded_env):
     directory.write_text("a file")
     result = run_cli("embedded", "start", env=embedded_env)
     assert_one_line_error(result, f"{directory} is a file, not a directory")
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "where"),
+    [
+        (["worker", "--concurrency", "abc"], "Invalid value for '--concurrency'", "reproq worker"),
+        (["triage", "bogus"], "No such command 'bogus'.", "reproq triage"),
+        (["worker", "--log-format", "xml"], "'xml' is not one of 'json', 'text'", "reproq worker"),
+    ],
+)
+def test_click_usage_errors_are_one_error_line_and_a_hint(run_cli, args, message, where):
+    result = run_cli(*args)
+    assert_one_line_error(result, message)
+    assert result.stderr.splitlines()[1] == f"hint: see `{where} --help`"
+    assert result.returncode == 2
