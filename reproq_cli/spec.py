@@ -163,6 +163,23 @@ def _go_compact_raw(raw: str) -> str:
     return "".join(out)
 
 
+def go_time(moment: dt.datetime, *, digits: int | None = 0) -> str:
+    """``moment`` in the local zone as Go's time.Format writes RFC 3339: a zero offset is
+    ``Z`` (Python writes ``+00:00``). ``digits``: 0 for seconds (RFC3339), 3 for fixed
+    milliseconds (slog), None for RFC3339Nano (the fraction with its trailing zeros cut)."""
+    local = moment.astimezone()
+    if digits == 0:
+        text = local.isoformat(timespec="seconds")
+    elif digits == 3:
+        text = local.isoformat(timespec="milliseconds")
+    else:
+        text = local.replace(microsecond=0).isoformat(timespec="seconds")
+        if local.microsecond:
+            fraction = f".{local.microsecond:06d}".rstrip("0")
+            text = text[:19] + fraction + text[19:]
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 def _rfc3339_seconds_utc(moment: dt.datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("scheduled_at must be timezone-aware")

@@ -18,6 +18,7 @@ from reproq_cli.commands._common import (
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import delete_rate_limit, list_rate_limits, set_rate_limit
 from reproq_cli.errors import UsageError
+from reproq_cli.spec import go_time
 
 # The columns: tokens_per_second is a real (float4), burst_size an integer.
 MAX_RATE = 1e9
@@ -83,7 +84,7 @@ def ls(dsn: str | None, config_path: str | None, as_json: bool) -> None:
                 f"{r['tokens_per_second']:.2f}",
                 str(r["burst_size"]),
                 f"{r['current_tokens']:.2f}",
-                r["last_refilled_at"].astimezone().isoformat(timespec="seconds"),
+                go_time(r["last_refilled_at"]),
             ]
             for r in rows
         ],

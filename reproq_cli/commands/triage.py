@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import click
 
 from reproq_cli import console
@@ -17,10 +19,11 @@ from reproq_cli.commands._common import (
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import triage_inspect, triage_list, triage_retry
 from reproq_cli.errors import ReproqError, UsageError
+from reproq_cli.spec import go_time
 
 
-def _when(value: object) -> str:
-    return value.astimezone().isoformat(timespec="seconds") if value else ""  # type: ignore[attr-defined]
+def _when(value: dt.datetime | None) -> str:
+    return go_time(value) if value else ""
 
 
 @usage_group("triage")

@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from reproq_cli.spec import go_time
+
 REPLAY_SIZE = 200
 SUBSCRIBER_CAPACITY = 50
 
@@ -31,7 +33,7 @@ class Event:
     task_id: int = 0
     worker_id: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
-    ts: str = field(default_factory=lambda: dt.datetime.now().astimezone().isoformat())
+    ts: str = field(default_factory=lambda: go_time(dt.datetime.now(), digits=None))
 
     def to_json(self) -> str:
         # Field order and omissions as the Go worker writes them; the TUI reads either way.

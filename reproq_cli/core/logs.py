@@ -13,6 +13,8 @@ import sys
 import threading
 from typing import Any, Literal, TextIO
 
+from reproq_cli.spec import go_time
+
 LogFormat = Literal["json", "text"]
 REDACTED = "[REDACTED]"
 
@@ -70,7 +72,7 @@ def redact(value: Any) -> Any:
 
 def _timestamp() -> str:
     # RFC 3339 with milliseconds and the local offset, like Go's slog JSON handler.
-    return dt.datetime.now().astimezone().isoformat(timespec="milliseconds")
+    return go_time(dt.datetime.now(), digits=3)
 
 
 def _plain(value: Any) -> Any:

@@ -45,6 +45,7 @@ from reproq_cli.core.rayexec import LOST, RayRunner, parse_runtime_env, ray_inst
 from reproq_cli.db.tasks import FencingError, TaskStore
 from reproq_cli.errors import ConfigError, DatabaseError
 from reproq_cli.models import ClaimedTask, Failure
+from reproq_cli.spec import go_time
 
 REGISTRY_INTERVAL = 30.0
 HEALTH_TIMEOUT = 5.0
@@ -872,7 +873,7 @@ def _age(since: datetime) -> float:
 
 
 def _next_run(delay: float) -> str:
-    return (datetime.now().astimezone() + timedelta(seconds=delay)).isoformat()
+    return go_time(datetime.now() + timedelta(seconds=delay), digits=None)
 
 
 def _failed_event(failure: Failure) -> tuple[Level, str, str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from tests.support.harness import enqueue, row
 
@@ -105,9 +106,11 @@ def test_a_bad_worker_setting_does_not_stop_operator_commands(run_cli, db_dsn, t
 
 
 def test_limit_set_ls_rm(run_cli, db_dsn):
-    empty = run_cli("limit", "ls", "--dsn", db_dsn)
+    empty = run_cli("limit", "ls", "--dsn", db_dsn, env={"TZ": "UTC"})
     assert empty.stdout.splitlines()[0] == "Key\tTokens/s\tBurst\tCurrent\tLastRefill"
     assert empty.stdout.splitlines()[1].startswith("global\t0.00\t1\t0.00\t")
+    # RFC 3339 as Go writes it in a UTC zone: second precision, "Z".
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", empty.stdout.split("\t")[-1].strip())
     result = run_cli(
         "limit", "set", "--dsn", db_dsn, "--key", "queue:mail", "--rate", "2.5", "--burst", "4"
     )

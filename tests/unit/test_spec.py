@@ -129,3 +129,29 @@ def test_periodic_rejects_invalid_raw_json():
             scheduled_at=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
             max_attempts=3,
         )
+
+
+@pytest.mark.parametrize(
+    ("tz", "digits", "expected"),
+    [
+        ("UTC", 0, "2026-01-02T03:04:05Z"),
+        ("UTC", 3, "2026-01-02T03:04:05.120Z"),
+        ("UTC", None, "2026-01-02T03:04:05.12Z"),
+        ("Asia/Kolkata", 0, "2026-01-02T08:34:05+05:30"),
+        ("America/New_York", None, "2026-01-01T22:04:05.12-05:00"),
+    ],
+)
+def test_go_time_writes_rfc3339_as_go_does(monkeypatch, tz, digits, expected):
+    # Go's time.Format(RFC3339) writes a zero offset as Z; Python's isoformat as +00:00.
+    import time
+
+    from reproq_cli.spec import go_time
+
+    monkeypatch.setenv("TZ", tz)
+    time.tzset()
+    try:
+        moment = dt.datetime(2026, 1, 2, 3, 4, 5, 120000, tzinfo=dt.UTC)
+        assert go_time(moment, digits=digits) == expected
+    finally:
+        monkeypatch.undo()
+        time.tzset()
