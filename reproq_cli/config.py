@@ -268,6 +268,25 @@ def resolve_config_path(
     return None, "none found"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; Go's yaml.v3 (and TOML) refuse them. A second
+    ``worker:`` would otherwise drop every setting of the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_file(path: Path, *, cwd: Path | None = None) -> dict[str, Any]:
     """Read a YAML or TOML config file into a dict; every failure names the file.
 
@@ -288,7 +307,10 @@ def load_file(path: Path, *, cwd: Path | None = None) -> dict[str, Any]:
             hint="check the path given by --config or REPROQ_CONFIG",
         ) from exc
     try:
-        data = tomllib.loads(raw.decode("utf-8")) if suffix == ".toml" else yaml.safe_load(raw)
+        if suffix == ".toml":
+            data = tomllib.loads(raw.decode("utf-8"))
+        else:
+            data = yaml.load(raw, Loader=_UniqueKeyLoader)  # a SafeLoader
     except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
         reason = " ".join(str(exc).split())
         kind = "TOML" if suffix == ".toml" else "YAML"

@@ -365,6 +365,15 @@ def test_bad_duration_names_file_key_and_value(tmp_path):
     assert "300ms" in (err.hint or "")
 
 
+def test_a_duplicate_yaml_key_is_an_error_not_a_silent_merge(tmp_path):
+    # PyYAML kept the second `worker:` and dropped the first one's settings.
+    err = _error(tmp_path, "worker:\n  concurrency: 3\nworker:\n  queues: [a]\n")
+    assert err.message.startswith("cannot parse YAML config file reproq.yaml")
+    assert "found duplicate key 'worker'" in err.message
+    err = _error(tmp_path, "worker:\n  concurrency: 3\n  concurrency: 4\n")
+    assert "found duplicate key 'concurrency'" in err.message
+
+
 def test_duration_without_unit_in_file(tmp_path):
     err = _error(tmp_path, "worker:\n  exec_timeout: 30\n")
     assert "missing unit" in err.message
