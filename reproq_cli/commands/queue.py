@@ -15,11 +15,23 @@ from reproq_cli.commands._common import (
 )
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import list_queues, set_queue_paused
+from reproq_cli.errors import UsageError
 
 
 @usage_group("queue")
 def command() -> None:
     """Pause, resume and list queues."""
+
+
+def _queue_name(name: str) -> str:
+    """A name a worker can be given in --queues: not blank, no comma, one printable line."""
+    if not name.strip() or "," in name or any(not ch.isprintable() for ch in name):
+        raise UsageError(
+            f"queue name {name!r} cannot be a queue: it is blank, or holds a comma or a "
+            "control character",
+            hint="e.g. reproq queue pause mail",
+        )
+    return name
 
 
 @command.command(name="pause")
@@ -29,6 +41,7 @@ def command() -> None:
 @config_option
 def pause(name: str, reason: str | None, dsn: str | None, config_path: str | None) -> None:
     """Workers stop claiming NAME (running tasks finish)."""
+    name = _queue_name(name)
     with connection(command_dsn(dsn, config_path)) as conn:
         set_queue_paused(conn, name, paused=True, reason=reason)
     console.data(f"Queue {name} paused.")
@@ -40,6 +53,7 @@ def pause(name: str, reason: str | None, dsn: str | None, config_path: str | Non
 @config_option
 def resume(name: str, dsn: str | None, config_path: str | None) -> None:
     """Workers claim NAME again."""
+    name = _queue_name(name)
     with connection(command_dsn(dsn, config_path)) as conn:
         set_queue_paused(conn, name, paused=False, reason=None)
     console.data(f"Queue {name} resumed.")

@@ -274,6 +274,11 @@ def test_queue_pause_resume_ls(run_cli, conn, db_dsn):
     run_cli("queue", "resume", "mail", "--dsn", db_dsn)
     paused = conn.execute("SELECT paused, paused_at FROM reproq_queue_controls").fetchone()
     assert paused == (False, None)
+    for bad in ("", " ", "a\nb", "a,b"):
+        refused = run_cli("queue", "pause", bad, "--dsn", db_dsn)
+        assert refused.returncode == 2, bad
+        assert refused.stderr.startswith(f"error: queue name {bad!r} cannot be a queue"), bad
+    assert conn.execute("SELECT count(*) FROM reproq_queue_controls").fetchone() == (1,)
 
 
 def test_stats(run_cli, conn, db_dsn):
