@@ -573,6 +573,14 @@ def _fix_hint(setting: Setting, where: str) -> str:
 def _check_cross_field(config: Config) -> None:
     if config.mode != "worker" or "worker.poll_min_backoff" not in config.values:
         return
+    worker_id = config.values["worker.worker_id"]
+    if not str(worker_id.value).strip():
+        # The lease owner and the registry key: a blank one cannot tell workers apart.
+        raise ConfigError(
+            f"worker.worker_id is blank (from {worker_id.origin})",
+            hint="leave it unset for <host>-<pid>, or give each worker a name",
+            exit_code=2 if worker_id.source == "flag" else 1,
+        )
     low = config.values["worker.poll_min_backoff"]
     high = config.values["worker.poll_max_backoff"]
     if high.value < low.value:

@@ -467,6 +467,15 @@ def test_flag_errors_are_usage_errors(tmp_path):
         resolve("worker", env={}, cwd=tmp_path, flags={"metrics.auth_window": "xyz"})
 
 
+def test_a_blank_worker_id_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"^worker.worker_id is blank \(from flag") as info:
+        resolve("worker", env={}, cwd=tmp_path, flags={"worker.worker_id": ""})
+    assert info.value.exit_code == 2
+    with pytest.raises(ConfigError, match=r"^worker.worker_id is blank \(from env WORKER_ID"):
+        resolve("worker", env={"WORKER_ID": "  "}, cwd=tmp_path)
+    assert resolve("worker", env={}, cwd=tmp_path).get("worker.worker_id").strip()
+
+
 # --- bool settings (worker.no_listen) -------------------------------------------------------------
 
 
