@@ -316,6 +316,7 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
         0,
         flag="--metrics-port",
         minimum=0,
+        maximum=65535,
         help="serve HTTP on :<port> when > 0",
     ),
     _s(

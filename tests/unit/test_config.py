@@ -467,6 +467,11 @@ def test_flag_errors_are_usage_errors(tmp_path):
         resolve("worker", env={}, cwd=tmp_path, flags={"metrics.auth_window": "xyz"})
 
 
+def test_a_port_past_65535_names_its_key(tmp_path):
+    err = _error(tmp_path, "metrics:\n  port: 70000\n")
+    assert err.message == "invalid metrics.port in reproq.yaml: 70000 must be <= 65535"
+
+
 def test_a_blank_worker_id_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"^worker.worker_id is blank \(from flag") as info:
         resolve("worker", env={}, cwd=tmp_path, flags={"worker.worker_id": ""})
