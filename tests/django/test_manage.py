@@ -139,6 +139,14 @@ def test_worker_runs_the_projects_tasks(tmp_path, monkeypatch):
     assert result.return_value == 9
 
 
+@pytest.mark.django_db
+def test_djangos_options_after_a_table_subcommand_are_djangos():
+    out, _ = manage("stats", "--no-color", "--verbosity", "2")
+    assert out.startswith("Database default:")
+    with pytest.raises(CommandError, match=r"unrecognized arguments: --bogus"):
+        manage("stats", "--bogus")
+
+
 def test_a_cli_usage_error_keeps_its_exit_code():
     with pytest.raises(CommandError, match=r"^reproq config exited with status 2$") as caught:
         manage("config", "--no-such-flag")

@@ -341,19 +341,21 @@ class Command(BaseCommand):
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         """Flags this command does not know are passed on to the CLI for worker/beat/config."""
         parser = super().create_parser(prog_name, subcommand, **kwargs)
-        strict = parser.parse_args
 
         def parse_args(args: Any = None, namespace: Any = None) -> argparse.Namespace:
             known, extras = parser.parse_known_args(args, namespace)
+            # Django's own options given after the subcommand are Django's (a subparser
+            # does not know them): `manage.py reproq stats --no-color`.
+            django_options, extras = _django_options().parse_known_args(extras)
+            for name, value in vars(django_options).items():
+                if value not in (None, False):
+                    setattr(known, name, value)
             if getattr(known, "subcommand", None) in PASSTHROUGH:
-                # Django's own options given after the subcommand are Django's, not the CLI's.
-                django_options, extras = _django_options().parse_known_args(extras)
-                for name, value in vars(django_options).items():
-                    if value not in (None, False):
-                        setattr(known, name, value)
                 known.cli_args = [a for a in extras if a != "--"]
                 return known
-            return strict(args, namespace)  # reports the unknown arguments
+            if extras:
+                parser.error(f"unrecognized arguments: {' '.join(extras)}")
+            return known
 
         parser.parse_args = parse_args  # type: ignore[method-assign]
         return parser
