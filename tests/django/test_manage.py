@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 
 import pytest
@@ -34,6 +35,10 @@ def test_pause_and_resume_queue():
     manage("resume-queue", "mail")
     control.refresh_from_db()
     assert (control.paused, control.paused_at, control.reason) == (False, None, "")
+    for bad in ("", "a\nb", "a,b"):
+        with pytest.raises(CommandError, match=rf"^queue name {re.escape(repr(bad))} cannot be"):
+            manage("pause-queue", bad)
+    assert QueueControl.objects.count() == 1
 
 
 @pytest.mark.django_db
@@ -155,7 +160,7 @@ def test_a_cli_usage_error_keeps_its_exit_code():
 
 def test_systemd_units(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    out, _ = manage(
+    out, err = manage(
         "systemd", "--user", "app", "--concurrency", "4", "--queues", "default,high",
         "--env-file", "/etc/reproq.env", "--metrics-auth-token", "tok", "--schedule",
     )  # fmt: skip
@@ -174,6 +179,9 @@ def test_systemd_units(tmp_path, monkeypatch):
     assert "OnCalendar=*-*-* *:*:00" in timer
     assert "Persistent=true" in timer
     assert out.count("Wrote ") == 4
+    assert err.startswith(f"warning: no manage.py in {tmp_path}")
+    (tmp_path / "manage.py").write_text("")
+    assert manage("systemd")[1] == ""
     for flag in ("--queues", "--user", "--env-file"):
         with pytest.raises(CommandError, match=rf"^{flag} 'x\\nExecStartPre=/bin/true' holds"):
             manage("systemd", flag, "x\nExecStartPre=/bin/true")

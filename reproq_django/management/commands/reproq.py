@@ -685,6 +685,11 @@ class Command(BaseCommand):
                 )
         cwd = Path.cwd()
         name = cwd.name
+        if not (cwd / "manage.py").is_file():
+            self.stderr.write(
+                f"warning: no manage.py in {cwd}; the units run {cwd / 'manage.py'}: run this "
+                "from the project's directory"
+            )
         user = options["user"] or getpass.getuser()
         group = options["group"] or user
         manage = cwd / "manage.py"
@@ -819,6 +824,12 @@ class Command(BaseCommand):
     def _set_paused(self, options: dict[str, Any], *, paused: bool) -> None:
         from reproq_django.models import QueueControl
 
+        name = options["queue"]
+        if not name.strip() or "," in name or any(not ch.isprintable() for ch in name):
+            raise CommandError(
+                f"queue name {name!r} cannot be a queue: it is blank, or holds a comma or a "
+                "control character"
+            )
         alias = known_alias(options["database"] or default_db_alias())
         now = timezone.now()
         QueueControl.objects.using(alias).update_or_create(
