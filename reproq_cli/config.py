@@ -122,6 +122,14 @@ def parse_queues(text: str) -> list[str]:
     return parse_list(text) or ["default"]
 
 
+QUEUE_NAME_RULE = "it is blank, or holds a comma or a control character"
+
+
+def is_queue_name(name: str) -> bool:
+    """A name a worker can be given in --queues: not blank, no comma, one printable line."""
+    return bool(name.strip()) and "," not in name and name.isprintable()
+
+
 def is_truthy(value: str | None) -> bool:
     """``1``, ``true``, ``yes``, ``on`` (any case, trimmed) are true; anything else false."""
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}

@@ -13,6 +13,7 @@ from reproq_cli.commands._common import (
     render_rows,
     usage_group,
 )
+from reproq_cli.config import QUEUE_NAME_RULE, is_queue_name
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import list_queues, set_queue_paused
 from reproq_cli.errors import UsageError
@@ -24,11 +25,9 @@ def command() -> None:
 
 
 def _queue_name(name: str) -> str:
-    """A name a worker can be given in --queues: not blank, no comma, one printable line."""
-    if not name.strip() or "," in name or any(not ch.isprintable() for ch in name):
+    if not is_queue_name(name):
         raise UsageError(
-            f"queue name {name!r} cannot be a queue: it is blank, or holds a comma or a "
-            "control character",
+            f"queue name {name!r} cannot be a queue: {QUEUE_NAME_RULE}",
             hint="e.g. reproq queue pause mail",
         )
     return name

@@ -822,14 +822,12 @@ class Command(BaseCommand):
         self._set_paused(options, paused=False)
 
     def _set_paused(self, options: dict[str, Any], *, paused: bool) -> None:
+        from reproq_cli.config import QUEUE_NAME_RULE, is_queue_name
         from reproq_django.models import QueueControl
 
         name = options["queue"]
-        if not name.strip() or "," in name or any(not ch.isprintable() for ch in name):
-            raise CommandError(
-                f"queue name {name!r} cannot be a queue: it is blank, or holds a comma or a "
-                "control character"
-            )
+        if not is_queue_name(name):
+            raise CommandError(f"queue name {name!r} cannot be a queue: {QUEUE_NAME_RULE}")
         alias = known_alias(options["database"] or default_db_alias())
         now = timezone.now()
         QueueControl.objects.using(alias).update_or_create(
