@@ -14,7 +14,7 @@ from reproq_cli.commands._common import (
 from reproq_cli.config import mask_dsn
 from reproq_cli.db import schema
 from reproq_cli.db.connect import connection
-from reproq_cli.errors import SchemaError
+from reproq_cli.errors import SchemaError, UsageError
 
 
 @click.command(name="migrate")
@@ -31,6 +31,8 @@ def command(
     Works on an empty database and on one created by the Go worker's baseline or by
     reproq-django's migrate-worker; running it again changes nothing.
     """
+    if print_only and check:
+        raise UsageError("--print and --check exclude each other", hint="give one of them")
     if print_only:
         console.data(schema.ddl_text())
         return

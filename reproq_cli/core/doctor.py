@@ -48,7 +48,12 @@ def run_checks(config_path: str | None, dsn: str | None) -> list[Check]:
         return checks
     url = config.get("dsn")
     if not url and not has_libpq_location(os.environ):
-        if embedded.fallback_enabled(os.environ):
+        try:
+            fallback = embedded.fallback_enabled(os.environ)
+        except ReproqError as exc:
+            checks.append(Check("dsn", "FAIL", exc.message, exc.hint or ""))
+            return checks
+        if fallback:
             checks.append(
                 Check(
                     "database",

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from reproq_cli.config import parse_bool
 from reproq_cli.defaults import EMBEDDED_ENV
 from reproq_cli.errors import ConfigError, DatabaseError
 
@@ -31,7 +32,17 @@ def data_dir(env: Mapping[str, str]) -> Path:
 
 
 def fallback_enabled(env: Mapping[str, str]) -> bool:
-    return env.get(EMBEDDED_ENV, "").strip().lower() not in {"0", "false", "no", "off"}
+    text = env.get(EMBEDDED_ENV, "")
+    if not text.strip():
+        return True
+    try:
+        return parse_bool(text)
+    except ValueError:
+        # "maybe" read as on would start a database the user may have meant to turn off.
+        raise ConfigError(
+            f"invalid {EMBEDDED_ENV} {text!r}: not a boolean",
+            hint=f"set {EMBEDDED_ENV}=0 to turn the embedded server off, 1 to allow it",
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -298,6 +298,22 @@ def test_embedded_fallback_and_management(run_cli, embedded_env):
     assert run_cli("embedded", "stop", env=embedded_env).stdout.strip() == "not running"
 
 
+def test_a_reproq_embedded_value_that_is_not_a_boolean_is_refused(run_cli, embedded_env):
+    # "maybe" read as on started a database the user may have meant to turn off.
+    result = run_cli("stats", env={**embedded_env, "REPROQ_EMBEDDED": "maybe"})
+    assert_one_line_error(result, "invalid REPROQ_EMBEDDED 'maybe': not a boolean")
+    assert not Path(embedded_env["REPROQ_EMBEDDED_DIR"]).exists()
+    doctor = run_cli("doctor", env={**embedded_env, "REPROQ_EMBEDDED": "maybe"})
+    assert "FAIL dsn: invalid REPROQ_EMBEDDED 'maybe'" in doctor.stdout
+    assert doctor.returncode == 1
+
+
+def test_migrate_print_and_check_exclude_each_other(run_cli):
+    result = run_cli("migrate", "--print", "--check")
+    assert_one_line_error(result, "--print and --check exclude each other")
+    assert result.returncode == 2
+
+
 def test_an_unusable_embedded_directory_is_one_line(run_cli, embedded_env):
     directory = Path(embedded_env["REPROQ_EMBEDDED_DIR"])
     directory.mkdir(parents=True)
