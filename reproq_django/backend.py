@@ -394,7 +394,8 @@ class ReproqBackend(BaseTaskBackend):
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 problems.append(f"{name} must be a whole number of at least 1, not {value!r}")
-        if not isinstance(options.get("DEDUP_ACTIVE", True), bool):
+        if not isinstance(options.get("DEDUP_ACTIVE", True), bool | int):
+            # A string is the trap: "false" is true.
             problems.append(f"DEDUP_ACTIVE must be True or False, not {options['DEDUP_ACTIVE']!r}")
         expires = options.get("EXPIRES_IN")
         if expires is not None and not isinstance(expires, dt.timedelta):

@@ -48,11 +48,12 @@ def connection_kwargs(dsn: str) -> dict[str, Any]:
     try:
         parsed = conninfo.conninfo_to_dict(dsn)
     except (psycopg.ProgrammingError, UnicodeDecodeError) as exc:
-        # UnicodeDecodeError: a percent-encoded value (%A0) that is not UTF-8; its text
-        # holds only the offending bytes, no secret.
-        reason = mask_secrets(one_line(exc), dsn)
         if isinstance(exc, UnicodeDecodeError):
+            # A percent-encoded value (%A0) that is not UTF-8. Its text quotes the bytes,
+            # which may be part of the password: only the reason is shown.
             reason = f"a percent-encoded value is not UTF-8 ({exc.reason})"
+        else:
+            reason = mask_secrets(one_line(exc), dsn)
         raise ConfigError(
             f"invalid DSN {mask_dsn(dsn)!r}: {reason}",
             hint="use postgresql://user:pass@host:5432/db or 'host=… dbname=… user=…'",
