@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from croniter import croniter
 from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
+from reproq_cli.core import cron
 from reproq_django.concurrency import concurrency_for
 from reproq_django.db import resolve_queue_db
 from reproq_django.serialization import encode_args_kwargs
@@ -67,8 +67,11 @@ def recurring(
     max_attempts: int = 3,
     enabled: bool = True,
 ) -> Callable[[T], T]:
-    """Run the decorated task on a 5-field cron ``schedule``, as periodic task ``key``."""
-    croniter(schedule.split(" ", 1)[1] if schedule.startswith(("TZ=", "CRON_TZ=")) else schedule)
+    """Run the decorated task on a 5-field cron ``schedule``, as periodic task ``key``.
+
+    The schedule is checked by the beat's own parser (the Go worker's dialect), so one the
+    beat would refuse at every pass (``@daily``, day of week 7) fails here, at import."""
+    _next_run(schedule, timezone.now())
 
     def decorate(obj: T) -> T:
         concurrency_key, concurrency_limit = concurrency_for(obj)
@@ -95,14 +98,12 @@ def get_recurring_tasks() -> list[RecurringTask]:
 
 
 def _next_run(schedule: str, now: dt.datetime) -> dt.datetime:
-    tz = dt.UTC
-    expression = schedule
-    if schedule.startswith(("TZ=", "CRON_TZ=")):
-        zone, _, expression = schedule.partition(" ")
-        from zoneinfo import ZoneInfo
-
-        tz = ZoneInfo(zone.split("=", 1)[1])  # type: ignore[assignment]
-    return croniter(expression, now.astimezone(tz)).get_next(dt.datetime).astimezone(dt.UTC)
+    """The first run after ``now``; ValueError (CronError) for a schedule the beat refuses or
+    one that never matches (30 February)."""
+    following = cron.parse(schedule).next_after(now)
+    if following is None:
+        raise cron.CronError(f"cron expression {schedule!r} never matches")
+    return following
 
 
 def sync_recurring_tasks(*, using: str | None = None, clear_missing: bool = False) -> int:

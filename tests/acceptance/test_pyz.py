@@ -20,7 +20,7 @@ from tests.conftest import REPO_ROOT
 from tests.support.pyz import build_pyz, plain_python
 
 # What the worker needs and `--help` does not (rich only draws tables and errors).
-HEAVY = ("psycopg", "psycopg_pool", "yaml", "prometheus_client", "croniter", "rich")
+HEAVY = ("psycopg", "psycopg_pool", "yaml", "prometheus_client", "rich")
 
 
 def test_pyz_runs_anywhere_with_a_plain_python(pyz, tmp_path, empty_db_dsn):

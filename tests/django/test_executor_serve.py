@@ -107,7 +107,13 @@ def test_broken_settings_fail_each_task_with_the_reason():
 def test_start_up_skips_what_a_task_does_not_need(server):
     """Each pool process pays its start-up again when it is replaced: the worker's config
     parsers (YAML, TOML) and the scheduler's cron parser stay out of it."""
-    heavy = ["yaml", "tomllib", "reproq_cli.config", "croniter", "reproq_django.recurring"]
+    heavy = [
+        "yaml",
+        "tomllib",
+        "reproq_cli.config",
+        "reproq_cli.core.cron",
+        "reproq_django.recurring",
+    ]
     answer = server.ask(
         {"task_path": "tests.django.sampleapp.probe.loaded", "args": [heavy], "kwargs": {}}
     )

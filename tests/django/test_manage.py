@@ -86,6 +86,22 @@ def test_recurring_stacks_on_task_and_syncs():
     assert tasks.periodic_add.enqueue(1, 2).args == [1, 2]
 
 
+@pytest.mark.parametrize(
+    ("schedule", "message"),
+    [
+        ("@daily", "@daily"),  # croniter took descriptors; the beat refused the row each pass
+        ("0 9 * * 7", "above maximum (6)"),
+        ("0 0 30 2 *", "never matches"),
+    ],
+)
+def test_recurring_refuses_a_schedule_the_beat_would_refuse(schedule, message):
+    from reproq_cli.core.cron import CronError
+    from reproq_django.recurring import recurring
+
+    with pytest.raises(CronError, match=re.escape(message)):
+        recurring(schedule=schedule, key="never")
+
+
 @pytest.mark.django_db
 def test_stress_test():
     out, _ = manage("stress-test", "--count", "25", "--bulk")
