@@ -38,6 +38,10 @@ class Beat:
         except DatabaseError as exc:
             self.log.error("Failed to enqueue periodic tasks", error=str(exc), enqueued=0)
             return
+        for message in result.errors:
+            # The summary below keeps the Go worker's one line with the last error; each row's
+            # own reason (it names the row) is only here.
+            self.log.warn("Periodic task not enqueued", error=message)
         if result.errors:
             self.log.error(
                 "Failed to enqueue periodic tasks",

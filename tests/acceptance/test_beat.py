@@ -37,12 +37,14 @@ def test_once_enqueues_due_tasks_with_the_go_spec_bytes(run_cli, conn, db_dsn):
     logs = parse_logs(result.stdout)
     assert [e["msg"] for e in logs] == [
         "Starting reproq beat",
+        "Periodic task not enqueued",
         "Failed to enqueue periodic tasks",
         "Enqueued periodic tasks",
         "Beat run complete",
     ]
     assert logs[0]["interval"] == 30_000_000_000  # nanoseconds, as Go's slog writes it
     assert "invalid cron expr for broken: parser does not accept descriptors" in logs[1]["error"]
+    assert "invalid cron expr for broken: parser does not accept descriptors" in logs[2]["error"]
     (run,) = conn.execute(
         "SELECT spec_json::text, spec_hash, status, run_after, task_path, max_attempts"
         " FROM task_runs"
@@ -60,6 +62,19 @@ def test_once_enqueues_due_tasks_with_the_go_spec_bytes(run_cli, conn, db_dsn):
     assert conn.execute(
         "SELECT next_run_at < now() FROM periodic_tasks WHERE name = 'broken'"
     ).fetchone() == (True,)
+
+
+def test_every_row_that_fails_is_logged_with_its_reason(run_cli, conn, db_dsn):
+    # The Go-style summary keeps only the last error; the others were logged nowhere.
+    conn.execute(INSERT, ("dow7", "0 9 * * 7", "myapp.x", "{}", "2025-01-01T00:00:00Z"))
+    conn.execute(INSERT, ("payload", "* * * * *", "myapp.y", '"str"', "2025-01-01T00:00:00Z"))
+    logs = parse_logs(run_cli("beat", "--once", "--dsn", db_dsn).stdout)
+    reasons = sorted(e["error"] for e in logs if e["msg"] == "Periodic task not enqueued")
+    assert len(reasons) == 2
+    assert reasons[0].startswith("failed to parse periodic payload for payload: ")
+    assert reasons[1].startswith("invalid cron expr for dow7: ")
+    (summary,) = [e for e in logs if e["msg"] == "Failed to enqueue periodic tasks"]
+    assert summary["error"].startswith("failed to enqueue 2 periodic tasks (last error: ")
 
 
 def test_bad_interval_and_unreachable_database(run_cli):
