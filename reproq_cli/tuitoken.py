@@ -57,23 +57,30 @@ def verify(token: str, secret: str, *, now: float | None = None) -> bool:
     if not secret:
         return False
     parts = token.split(".")
-    if len(parts) != 3:
+    if len(parts) != 3 or not token.isascii():
+        return False
+    # The signature first: nothing an unauthenticated client sends is parsed as JSON (a
+    # header nested 20,000 deep raised RecursionError in the request handler).
+    try:
+        signature = _b64decode(parts[2])
+    except ValueError:
+        return False
+    if not hmac.compare_digest(signature, _sign(secret, f"{parts[0]}.{parts[1]}")):
         return False
     try:
         header: Any = json.loads(_b64decode(parts[0]))
         payload: Any = json.loads(_b64decode(parts[1]))
-        signature = _b64decode(parts[2])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False
     if not isinstance(header, dict) or header.get("alg") != "HS256":
-        return False
-    if not hmac.compare_digest(signature, _sign(secret, f"{parts[0]}.{parts[1]}")):
         return False
     if not isinstance(payload, dict):
         return False
     exp = payload.get("exp")
     current = time.time() if now is None else now
-    if isinstance(exp, int | float) and not isinstance(exp, bool) and math.floor(exp) < current:
+    # NaN or an infinity (Python's json reads them) is no expiry time.
+    numeric = isinstance(exp, int | float) and not isinstance(exp, bool)
+    if numeric and (not math.isfinite(exp) or math.floor(exp) < current):
         return False
     aud = payload.get("aud")
     audiences = aud if isinstance(aud, list) else [aud]

@@ -210,3 +210,19 @@ def test_tls_requires_a_pair_and_sets_tls12_minimum(tmp_path):
         )
     )
     assert mutual is not None and mutual.verify_mode == ssl.CERT_REQUIRED
+
+
+def test_tui_tokens_that_would_crash_the_parser_are_refused():
+    import base64
+
+    from reproq_cli import tuitoken
+    from tests.support.http import make_jwt
+
+    nested = base64.urlsafe_b64encode(b"[" * 20000).decode().rstrip("=")
+    # Unsigned: refused before any JSON is parsed (this raised RecursionError).
+    assert tuitoken.verify(f"{nested}.e30.AAAA", "s3cret") is False
+    assert tuitoken.verify("é.e30.AAAA", "s3cret") is False
+    claims = {"aud": "reproq-tui", "superuser": True}
+    for exp in (float("nan"), float("inf"), float("-inf")):  # json writes NaN, Infinity
+        assert tuitoken.verify(make_jwt("s3cret", {**claims, "exp": exp}), "s3cret") is False
+    assert tuitoken.verify(make_jwt("s3cret", claims), "s3cret") is True
