@@ -17,8 +17,10 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import re
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -37,6 +39,7 @@ from reproq_cli.errors import ConfigError
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 READ_HEADER_TIMEOUT = 5.0
+TASK_ID = re.compile(r"[+-]?[0-9]+")
 WRITE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 60.0
 SHUTDOWN_GRACE = 5.0
@@ -358,6 +361,14 @@ class _Server(ThreadingHTTPServer):
             if self.tls is not None:
                 self.shutdown_request(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-answer (reset, broken pipe, timeout) is not an error
+        # of ours; anything else is one line in the log, not a traceback on stderr.
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            return
+        self.app.log.error("HTTP request failed", error=repr(error), remote_addr=client_address[0])
+
     def close_connections(self, *, idle_only: bool) -> int:
         """Shut down open connections (idle ones only, or all); returns how many remain."""
         with self.lock:
@@ -375,6 +386,9 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     server: _Server
 
+    def version_string(self) -> str:
+        return self.server_version  # http.server appends " " + sys_version, even when empty
+
     def log_message(self, format: str, *args: Any) -> None:
         return None  # the Go server logs no access lines; denials are logged by Authorizer
 
@@ -386,7 +400,20 @@ class _Handler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         self.server.set_idle(self.connection, False)
         self.connection.settimeout(READ_HEADER_TIMEOUT)
-        return super().parse_request()
+        # The timeout above is per read; a client sending a header line every few seconds
+        # would hold the connection and its thread for ever. The whole block gets 5 s, as
+        # Go's ReadHeaderTimeout gives it.
+        deadline = threading.Timer(READ_HEADER_TIMEOUT, self._cut_off)
+        deadline.daemon = True
+        deadline.start()
+        try:
+            return super().parse_request()
+        finally:
+            deadline.cancel()
+
+    def _cut_off(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def __getattr__(self, name: str) -> Any:
         # Every method reaches the router, which answers 404 or 405 like Go's mux.
@@ -396,6 +423,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         self.connection.settimeout(WRITE_TIMEOUT)
+        if self.headers.get("Content-Length", "0").strip() not in ("", "0") or self.headers.get(
+            "Transfer-Encoding"
+        ):
+            # No route takes a body, and it is never read: on a kept-alive connection its
+            # bytes would be parsed as the next request.
+            self.close_connection = True
         url = urlsplit(self.path)
         routes = {"/healthz": self._healthz, "/metrics": self._metrics, "/events": self._events}
         handler = routes.get(url.path)
@@ -440,19 +473,21 @@ class _Handler(BaseHTTPRequestHandler):
 
         task_id = 0
         if param("task_id"):
-            try:
-                task_id = int(param("task_id"))
-            except ValueError:
+            text = param("task_id")
+            # An int64, as Go's strconv.ParseInt reads it (Python's int() also takes "5_0").
+            if not TASK_ID.fullmatch(text) or not -(2**63) <= int(text) < 2**63:
                 self._send(400, b"invalid task_id\n", "text/plain; charset=utf-8")
                 return
+            task_id = int(text)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "keep-alive")
         if head:
+            # Answered and done: a keep-alive header here would undo a client's close.
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        self.send_header("Connection", "keep-alive")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         self.wfile.flush()

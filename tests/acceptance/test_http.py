@@ -425,3 +425,60 @@ def test_bind_failure_does_not_stop_the_worker(conn, workers):
     errors = [e for e in run.logs if e["msg"] == "Metrics server error"]
     assert errors and errors[0]["level"] == "ERROR"
     assert row(conn, rid)["status"] == "SUCCESSFUL"
+
+
+def _raw(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
+    """Send bytes as they are and read until the server closes the connection."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_hostile_clients_get_answers_not_crashes(conn, workers, stop_workers):
+    import socket
+    import struct
+
+    proc = workers.start(*LOCAL, "--metrics-auth-token", TOKEN)
+    port = served_port(workers, proc)
+    auth = f"Authorization: Bearer {TOKEN}\r\n".encode()
+    # A body is never read: the connection closes after the answer, so it cannot smuggle
+    # a second request (it got a second answer, 401 for GET /metrics).
+    smuggled = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = _raw(
+        port,
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(smuggled), smuggled),
+    )
+    assert answer.count(b"HTTP/1.1 ") == 1 and answer.startswith(b"HTTP/1.1 405")
+    # HEAD /events honours Connection: close (it held the socket for the 60 s idle timeout).
+    started = time.monotonic()
+    head = _raw(port, b"HEAD /events HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth + b"\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"keep-alive" not in head
+    assert b"\r\nServer: reproq\r\n" in head  # no trailing space
+    assert time.monotonic() - started < 5
+    for task_id in ("99999999999999999999999999", "5_0"):
+        bad = request(port, f"/events?task_id={task_id}", headers=bearer(TOKEN))
+        assert (bad.status, bad.body) == (400, "invalid task_id\n"), task_id
+    # A header block trickled in one line at a time is cut off at 5 s in all.
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        with pytest.raises(OSError):  # noqa: PT012 - the trickle is what is tested
+            for _ in range(10):
+                time.sleep(1)  # the client's pace, not a wait for a condition
+                sock.sendall(b"X-a: b\r\n")
+            if not sock.recv(1):
+                raise ConnectionResetError("closed")
+    assert time.monotonic() - started < 9
+    # A client that resets the connection before its answer leaves no traceback.
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n")
+    assert request(port, "/healthz", headers=bearer(TOKEN)).status == 200
+    err = workers.outputs[proc.pid][1].read_text()
+    assert "Traceback" not in err, err
