@@ -12,6 +12,7 @@ import datetime as dt
 import secrets
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -168,7 +169,10 @@ def _proxy(request: HttpRequest, kind: str, path: str, *, stream: bool = False) 
         )
     url = worker_base_url() + path
     if request.META.get("QUERY_STRING"):
-        url += "?" + request.META["QUERY_STRING"]
+        # WSGI gives the raw bytes as latin-1 text; sent on as they are, a byte that is not
+        # ASCII or printable made urllib raise (a 500). Percent-encoded, they pass through.
+        raw = request.META["QUERY_STRING"].encode("latin-1", "replace")
+        url += "?" + urllib.parse.quote(raw, safe="=&+%;,/:@!$'()*~-._")
     secret = _secret()
     header = f"Bearer {secret}" if secret else request.headers.get("Authorization", "")
     upstream = urllib.request.Request(url, headers={"Authorization": header} if header else {})

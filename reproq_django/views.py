@@ -150,6 +150,7 @@ def stats(request: HttpRequest) -> JsonResponse:
                     "paused": control.paused,
                     "paused_at": control.paused_at,
                     "reason": control.reason,
+                    "updated_at": control.updated_at,
                     "database": alias,
                 }
             )
@@ -166,6 +167,7 @@ def stats(request: HttpRequest) -> JsonResponse:
             "scheduler": scheduler_status(),
             "top_failing": [{"task_path": path, "count": count} for path, count in top],
             "databases": databases,
+            "fetched_at": timezone.now(),
         }
     )
 

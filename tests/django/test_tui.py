@@ -73,9 +73,11 @@ def test_config_with_public_worker_urls(client, token, settings):
 
 class _Worker(http.server.BaseHTTPRequestHandler):
     seen_auth: ClassVar[list[str]] = []
+    seen_paths: ClassVar[list[str]] = []
 
     def do_GET(self):
         _Worker.seen_auth.append(self.headers.get("Authorization", ""))
+        _Worker.seen_paths.append(self.path)
         if self.path.startswith("/metrics"):
             body, status, kind = b"reproq_workers 1\n", 200, "text/plain"
         elif self.path.startswith("/healthz"):
@@ -113,6 +115,11 @@ def test_proxies(client, token, stub_worker, settings):
     events = client.get("/reproq/tui/events/?queue=default", **headers)
     assert b"".join(events.streaming_content) == b"data: {}\n\n"
     assert events["Cache-Control"] == "no-cache"
+    # Raw bytes that are not printable ASCII in the query (a 500 from urllib) pass through
+    # percent-encoded.
+    odd = client.get("/reproq/tui/healthz/", QUERY_STRING="a=\xff&x=\x01 y", **headers)
+    assert odd.status_code == 503
+    assert _Worker.seen_paths[-1] == "/healthz?a=%FF&x=%01%20y"
     settings.LOW_MEMORY_MODE = "1"
     assert client.get("/reproq/tui/metrics/", **headers).status_code == 503
 

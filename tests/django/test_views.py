@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from reproq_cli import tuitoken
-from reproq_django.models import TaskRun, Worker
+from reproq_django.models import QueueControl, TaskRun, Worker
 from tests.django.sampleapp import tasks
 
 pytestmark = pytest.mark.django_db
@@ -53,6 +53,16 @@ def test_stats_content(client):
     ]
     assert data["scheduler"]["mode"] == "beat"
     assert data["databases"]["default"]["workers"] == 2
+    # The reproq-tui contract's keys (features.md §2): fetched_at, queue_controls[].updated_at.
+    fetched = dt.datetime.fromisoformat(data["fetched_at"])
+    assert abs((timezone.now() - fetched).total_seconds()) < 60
+    QueueControl.objects.create(queue_name="mail", paused=True, reason="smtp")
+    data = client.get("/reproq/stats/", HTTP_AUTHORIZATION=f"Bearer {SECRET}").json()
+    (control,) = data["queue_controls"]
+    assert set(control) == {
+        "queue_name", "paused", "paused_at", "reason", "updated_at", "database"
+    }  # fmt: skip
+    assert control["updated_at"] is not None
 
 
 def test_scheduler_disabled_by_low_memory(client, settings):
