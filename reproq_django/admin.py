@@ -7,11 +7,12 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
+from reproq_cli.db.queries import query
 from reproq_django.models import (
     PeriodicTask,
     QueueControl,
@@ -24,6 +25,15 @@ from reproq_django.models import (
 
 ALIVE_WINDOW = dt.timedelta(minutes=2)
 STALE_WORKER_AGE = dt.timedelta(minutes=10)
+
+
+def _waiting_on_unfinished(alias: str) -> set[int]:
+    """FAILED rows that wait on a task that has not succeeded (reproq triage retry's rule)."""
+    if connections[alias].vendor != "postgresql":
+        return set()
+    with connections[alias].cursor() as cursor:
+        cursor.execute(query("triage_retry_blocked"), {"all": True, "result_id": 0})
+        return {row[0] for row in cursor.fetchall()}
 
 
 class ReproqModelAdmin(admin.ModelAdmin):
@@ -137,7 +147,12 @@ class TaskRunAdmin(ReproqModelAdmin):
     def retry_failed_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
         count, skipped = 0, 0
         failed = queryset.filter(status=TaskRunStatus.FAILED)
+        waiting = _waiting_on_unfinished(queryset.db)
         for result_id in failed.values_list("result_id", flat=True):
+            if result_id in waiting:
+                # READY, a chain child or chord callback would run before what it waits for.
+                skipped += 1
+                continue
             now = timezone.now()
             try:
                 # One row at a time: a spec that is READY or RUNNING again (enqueued anew,
@@ -161,7 +176,8 @@ class TaskRunAdmin(ReproqModelAdmin):
         if skipped:
             self.message_user(
                 request,
-                f"Skipped {skipped} task(s) whose spec is already queued or running.",
+                f"Skipped {skipped} task(s) whose spec is already queued or running, or that "
+                "wait on a task that has not succeeded.",
                 messages.WARNING,
             )
 

@@ -619,12 +619,36 @@ FROM task_runs WHERE result_id = %(result_id)s AND status = 'FAILED';
 -- name: triage_retry
 -- FAILED rows back to READY now, attempts reset; history (errors_json, worker_ids, logs_uri)
 -- and workflow linkage kept (go-worker.md §10.2). %(all)s retries every FAILED row.
-UPDATE task_runs
+-- Unlike the Go worker's, a row that waits on another task that has not succeeded (a chain
+-- child, a chord's callback) is left FAILED: READY, it would run before what it waits for.
+UPDATE task_runs t
 SET status = 'READY', run_after = now(), attempts = 0, started_at = NULL,
     last_attempted_at = NULL, finished_at = NULL, return_json = NULL, last_error = NULL,
     failed_at = NULL, leased_until = NULL, leased_by = NULL, cancel_requested = FALSE,
     updated_at = now()
-WHERE status = 'FAILED' AND (%(all)s OR result_id = %(result_id)s);
+WHERE t.status = 'FAILED' AND (%(all)s OR t.result_id = %(result_id)s)
+-- include: fragment_retry_unblocked
+;
+
+-- name: triage_retry_blocked
+-- The FAILED rows triage_retry leaves alone because they wait on a task that has not succeeded.
+SELECT t.result_id FROM task_runs t
+WHERE t.status = 'FAILED' AND (%(all)s OR t.result_id = %(result_id)s)
+  AND NOT (TRUE
+-- include: fragment_retry_unblocked
+  )
+ORDER BY t.result_id;
+
+-- name: fragment_retry_unblocked
+-- Conditions (each starting with AND) that a FAILED row t waits on nothing unfinished.
+  AND NOT EXISTS (
+      SELECT 1 FROM task_runs p WHERE p.result_id = t.parent_id AND p.status <> 'SUCCESSFUL'
+  )
+  AND NOT EXISTS (
+      SELECT 1 FROM workflow_runs w
+      JOIN task_runs m ON m.workflow_id = w.workflow_id AND m.result_id <> t.result_id
+      WHERE w.callback_result_id = t.result_id AND m.status <> 'SUCCESSFUL'
+  )
 
 -- name: queue_set_paused
 INSERT INTO reproq_queue_controls (queue_name, paused, paused_at, reason, created_at, updated_at)

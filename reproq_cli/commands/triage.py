@@ -17,7 +17,12 @@ from reproq_cli.commands._common import (
     usage_group,
 )
 from reproq_cli.db.connect import connection
-from reproq_cli.db.operations import triage_inspect, triage_list, triage_retry
+from reproq_cli.db.operations import (
+    triage_inspect,
+    triage_list,
+    triage_retry,
+    triage_retry_blocked,
+)
 from reproq_cli.errors import ReproqError, UsageError
 from reproq_cli.spec import go_time
 
@@ -115,13 +120,27 @@ def retry(
     """Put FAILED tasks back to READY with fresh attempts (history is kept)."""
     if not retry_all and result_id <= 0:
         raise UsageError("Provide --id or --all", hint="e.g. reproq triage retry --id 42")
+    target = None if retry_all else result_id
     with (
         connection(command_dsn(dsn, config_path)) as conn,
         console.working("Retrying failed tasks"),
     ):
-        count = triage_retry(conn, result_id=None if retry_all else result_id)
+        blocked = triage_retry_blocked(conn, result_id=target)
+        count = triage_retry(conn, result_id=target)
+    if blocked and target is not None:
+        raise ReproqError(
+            f"task {target} waits on a task that has not succeeded (its chain's parent or "
+            "its chord's members); it would run before it",
+            hint="retry that task first: its success releases this one",
+        )
+    if blocked:
+        console.warning(
+            f"left {len(blocked)} task(s) FAILED that wait on a task that has not succeeded: "
+            + ", ".join(map(str, blocked[:10]))
+            + (" …" if len(blocked) > 10 else "")
+        )
     if as_json:
-        console.print_json({"retried": count})
+        console.print_json({"retried": count, "blocked": blocked})
     elif count:
         console.data(f"Retried {count} task(s)")
     else:

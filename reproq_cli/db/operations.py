@@ -88,8 +88,16 @@ def triage_inspect(conn: psycopg.Connection[Any], result_id: int) -> dict[str, A
     return row
 
 
+def triage_retry_blocked(conn: psycopg.Connection[Any], *, result_id: int | None) -> list[int]:
+    """The FAILED rows (of one id, or all) a retry leaves alone: they wait on a task that has
+    not succeeded (a chain's parent, a chord's members)."""
+    params = {"all": result_id is None, "result_id": result_id or 0}
+    return [r["result_id"] for r in conn.execute(query("triage_retry_blocked"), params)]
+
+
 def triage_retry(conn: psycopg.Connection[Any], *, result_id: int | None) -> int:
-    """Retry one FAILED row, or all of them (None). One statement: a conflict retries none."""
+    """Retry one FAILED row, or all of them (None), but those triage_retry_blocked names. One
+    statement: a conflict retries none."""
     params = {"all": result_id is None, "result_id": result_id or 0}
     try:
         return conn.execute(query("triage_retry"), params).rowcount

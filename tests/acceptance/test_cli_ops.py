@@ -249,6 +249,37 @@ def test_triage(run_cli, conn, db_dsn):
     assert "Provide --id or --all" in run_cli("triage", "retry", "--dsn", db_dsn).stderr
 
 
+def test_triage_retry_leaves_what_waits_on_an_unfinished_task(run_cli, conn, db_dsn):
+    # READY again, a chain child or a chord callback ran beside what it waits for (verify
+    # then failed); retrying the parent or the member is what releases them.
+    import uuid
+
+    from tests.support.harness import row
+
+    parent = enqueue(conn, "add", 1, 1)
+    child = enqueue(conn, "add", 2, 2, columns={"parent_id": parent})
+    workflow = uuid.uuid4()
+    member = enqueue(conn, "add", 3, 3, columns={"workflow_id": workflow})
+    callback = enqueue(conn, "add", 4, 4, columns={"workflow_id": workflow})
+    conn.execute(
+        "INSERT INTO workflow_runs (workflow_id, expected_count, callback_result_id, status)"
+        " VALUES (%s, 1, %s, 'FAILED')",
+        (workflow, callback),
+    )
+    conn.execute("UPDATE task_runs SET status = 'FAILED'")
+    one = run_cli("triage", "retry", "--dsn", db_dsn, "--id", str(child))
+    assert one.returncode == 1
+    assert one.stderr.startswith(f"error: task {child} waits on a task that has not succeeded")
+    result = run_cli("triage", "retry", "--dsn", db_dsn, "--all", "--json")
+    assert json.loads(result.stdout) == {"retried": 2, "blocked": sorted([child, callback])}
+    assert "warning: left 2 task(s) FAILED that wait on a task" in result.stderr
+    statuses = {rid: row(conn, rid)["status"] for rid in (parent, child, member, callback)}
+    assert statuses == {parent: "READY", child: "FAILED", member: "READY", callback: "FAILED"}
+    conn.execute("UPDATE task_runs SET status = 'SUCCESSFUL' WHERE result_id = %s", (parent,))
+    released = run_cli("triage", "retry", "--dsn", db_dsn, "--id", str(child))
+    assert released.stdout == "Retried 1 task(s)\n", released.stderr
+
+
 def test_triage_retry_all_conflict_retries_nothing(run_cli, conn, db_dsn):
     a = enqueue(conn, "add", 1, 1)
     conn.execute("UPDATE task_runs SET status = 'FAILED'")

@@ -106,7 +106,8 @@ def test_retry_skips_a_spec_that_is_active_again(staff):
     notes = [str(m) for m in response.context["messages"]]
     assert notes == [
         "Retried 0 task(s).",
-        "Skipped 1 task(s) whose spec is already queued or running.",
+        "Skipped 1 task(s) whose spec is already queued or running, or that wait on a task "
+        "that has not succeeded.",
     ]
     # Both failed, selected together: one of them can be queued again.
     TaskRun.objects.filter(pk=int(again.id)).update(status="FAILED")
@@ -122,3 +123,14 @@ def test_a_nul_in_a_filter_or_search_is_a_bad_filter_not_a_500(staff):
         response = staff.get(f"{url}?{query}")
         assert response.status_code == 302, model
         assert response["Location"] == f"{url}?e=1"
+
+
+def test_retry_leaves_a_chain_child_whose_parent_failed(staff):
+    parent = TaskRun.objects.get(result_id=int(tasks.add.enqueue(7, 7).id))
+    child = TaskRun.objects.get(result_id=int(tasks.add.enqueue(8, 8).id))
+    TaskRun.objects.filter(pk=child.pk).update(parent_id=parent.pk)
+    TaskRun.objects.filter(pk__in=[parent.pk, child.pk]).update(status="FAILED")
+    action(staff, "taskrun", "retry_failed_tasks", [parent.pk, child.pk])
+    parent.refresh_from_db()
+    child.refresh_from_db()
+    assert (parent.status, child.status) == ("READY", "FAILED")
