@@ -403,9 +403,13 @@ def _supervise(
     finally:
         if exit_fd is not None:
             os.close(exit_fd)
-    for thread in threads:
-        thread.join(timeout=PIPE_DRAIN_SECONDS)
     duration = time.monotonic() - started
+    # What the task left running in its process group (a child it started and did not wait
+    # for) would run on with no lease, and hold the pipes open: the attempt is over.
+    kill_group(proc.pid, signal.SIGKILL)
+    drained = time.monotonic() + PIPE_DRAIN_SECONDS  # one wait for all the pipes, not each
+    for thread in threads:
+        thread.join(timeout=max(drained - time.monotonic(), 0))
     returncode = proc.returncode
     if returncode not in (0, None) and not timed_out:
         # Go appends the wait error to stderr: "exit status 1" / "signal: killed".

@@ -204,6 +204,17 @@ def test_timeout_kills_the_process_group(conn, workers, tmp_path):
     wait_for(lambda: not process_alive(grandchild), timeout=10, what="grandchild to die")
 
 
+@SPAWN_ONLY
+def test_what_a_finished_task_left_running_is_stopped(conn, workers, tmp_path):
+    # It ran on with no lease (and held the pipes open, delaying the result by 4 s).
+    pidfile = tmp_path / "grandchild.pid"
+    rid = enqueue(conn, "leave_grandchild", str(pidfile), 60)
+    workers.run()
+    assert row(conn, rid)["status"] == "SUCCESSFUL"
+    grandchild = int(pidfile.read_text())
+    wait_for(lambda: not process_alive(grandchild), timeout=10, what="grandchild to die")
+
+
 def test_timeout_follows_retry_policy(conn, workers):
     rid = enqueue(conn, "sleep", 30, columns={"timeout_seconds": 1, "max_attempts": 3})
     workers.run()

@@ -39,6 +39,18 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
+def leave_grandchild(pidfile: str, seconds: float) -> str:
+    """Starts a grandchild in the same process group, records its pid, and returns at once."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import time; time.sleep({seconds})"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with open(pidfile, "w") as handle:
+        handle.write(str(child.pid))
+    return "left"
+
+
 def sleep_with_grandchild(pidfile: str, seconds: float) -> None:
     """Starts a grandchild in the same process group, records its pid, then sleeps."""
     child = subprocess.Popen(
