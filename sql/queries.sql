@@ -443,7 +443,8 @@ SET status = 'FAILED',
         'kind', 'workflow_failed',
         'message', 'Workflow failed due to task failure',
         'failed_result_id', %(result_id)s::bigint,
-        'at', now()
+        'at',
+-- include: fragment_error_at
     )),
     last_error = 'workflow_failed: Workflow failed due to task failure',
     failed_at = now(),
@@ -476,7 +477,8 @@ SET status = 'FAILED',
         'kind', 'parent_failed',
         'message', 'Parent task failed',
         'failed_result_id', t.parent_id,
-        'at', now()
+        'at',
+-- include: fragment_error_at
     )),
     updated_at = now()
 FROM descendants d
@@ -505,7 +507,8 @@ SET status = CASE WHEN t.attempts < COALESCE(t.max_attempts, %(max_attempts_defa
         'message', 'Worker heartbeat lost or process crashed',
         'worker_id', t.leased_by,
         'attempt', t.attempts,
-        'at', now()
+        'at',
+-- include: fragment_error_at
     )),
     leased_until = NULL,
     leased_by = NULL,
@@ -1180,3 +1183,9 @@ ORDER BY t.result_id;
 
 -- name: verify_torture_count
 SELECT count(*) AS n FROM task_runs WHERE metadata_json ? 'torture';
+
+-- name: fragment_error_at
+-- An error object's time as the worker writes its own (core.policy.timestamp): UTC, RFC 3339,
+-- the fraction's trailing zeros cut, "Z". now() itself would go into JSON as "+00:00".
+regexp_replace(to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'), '\.?0+$', '')
+    || 'Z'

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
+import re
 import threading
 import uuid
 
@@ -513,6 +515,10 @@ def test_reclaim(conn, pool, store):
     assert r1["errors_json"][0]["kind"] == "lease_expiry"
     assert r2["status"] == "FAILED"
     assert r2["last_error"] == "lease_expiry: Worker heartbeat lost or process crashed"
+    # The time as the worker writes its own error objects: UTC with Z, not "+00:00".
+    at = r1["errors_json"][0]["at"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d*[1-9])?Z", at), at
+    assert abs(dt.datetime.fromisoformat(at) - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
 
 
 def _batch(store, n, queue="default", aging=0.0):
