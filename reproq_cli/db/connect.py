@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from reproq_cli.config import mask_dsn, mask_secrets
 from reproq_cli.db.queries import query
-from reproq_cli.errors import ConfigError, DatabaseError
+from reproq_cli.errors import ConfigError, DatabaseError, SchemaError
 
 DEFAULT_CONNECT_TIMEOUT = 10
 # libpq variables that on their own say where the database is.
@@ -132,6 +132,13 @@ def connection(
     conn = connect(dsn, autocommit=autocommit)
     try:
         yield conn
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn) as exc:
+        # An operator command against a database reproq never set up (or set up by an older
+        # version): say which, instead of an internal error.
+        raise SchemaError(
+            f"{describe_target(dsn)} lacks reproq's schema: {one_line(exc)}",
+            hint="run `reproq migrate` against it (or check the DSN)",
+        ) from None
     finally:
         conn.close()
 

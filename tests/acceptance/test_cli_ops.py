@@ -379,3 +379,13 @@ def test_logs_over_http(run_cli, conn, db_dsn, tmp_path):
         assert "cannot fetch logs from" in missing.stderr
     finally:
         server.shutdown()
+
+
+def test_operator_commands_on_a_database_without_the_schema(run_cli, empty_db_dsn):
+    # It was an internal error ("this is a bug in reproq") naming UndefinedTable.
+    for args in (["queue", "pause", "mail"], ["triage", "list"], ["limit", "ls"]):
+        result = run_cli(*args, "--dsn", empty_db_dsn)
+        assert result.returncode == 1, args
+        lines = result.stderr.splitlines()
+        assert lines[0].startswith("error: ") and "lacks reproq's schema" in lines[0], args
+        assert lines[1] == "hint: run `reproq migrate` against it (or check the DSN)"
