@@ -9,6 +9,7 @@ Everything here answers 404 while METRICS_AUTH_TOKEN is unset.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 import time
 import urllib.error
@@ -82,6 +83,9 @@ def config_payload(request: HttpRequest) -> dict[str, Any]:
     return payload
 
 
+PAIR_CODE = re.compile(r"[0-9a-f]{8}")  # what pair() makes: secrets.token_hex(4)
+
+
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 def pair(request: HttpRequest) -> JsonResponse:
@@ -100,9 +104,12 @@ def pair(request: HttpRequest) -> JsonResponse:
 def pair_status(request: HttpRequest, code: str) -> JsonResponse:
     if not _secret():
         return _disabled()
-    state = cache.get(CACHE_PREFIX + code)
+    state = cache.get(CACHE_PREFIX + code) if PAIR_CODE.fullmatch(code) else None
     if state is None:
         return JsonResponse({"status": "expired"}, status=404)
+    if state.get("status") == "approved":
+        # The token is handed out once: whoever polls the code next finds it expired.
+        cache.delete(CACHE_PREFIX + code)
     return JsonResponse(state)
 
 
@@ -122,9 +129,12 @@ def _authorize(request: HttpRequest) -> HttpResponse:
         return JsonResponse({"error": "superuser required"}, status=403)
     code = request.GET.get("code") or request.POST.get("code") or ""
     key = CACHE_PREFIX + code
-    state = cache.get(key) if code else None
+    state = cache.get(key) if PAIR_CODE.fullmatch(code) else None
     if state is None:
         return render(request, "reproq_tui/authorize.html", {"status": "expired", "code": code})
+    if state.get("status") == "approved":
+        # One token per code: approving again would issue a second 30-day token.
+        return render(request, "reproq_tui/authorize.html", {"status": "approved", "code": code})
     if request.method == "POST":
         token = issue(_secret(), subject=str(request.user.pk), username=request.user.get_username())
         expires = dt.datetime.fromtimestamp(time.time() + 30 * 86400, tz=dt.UTC)

@@ -51,9 +51,14 @@ def test_pairing_flow(client, token):
     assert b"Approve</button>" in page.content
     approved = client.post("/reproq/tui/authorize/", {"code": code})
     assert b"Approved." in approved.content
+    # Approving again issues no second token.
+    assert b"Approved." in client.post("/reproq/tui/authorize/", {"code": code}).content
     status = client.get(f"/reproq/tui/pair/{code}/").json()
     assert status["status"] == "approved"
     assert tuitoken.verify(status["token"], SECRET)
+    # The token is picked up once; whoever polls next finds the code expired.
+    assert client.get(f"/reproq/tui/pair/{code}/").status_code == 404
+    assert client.get("/reproq/tui/pair/" + "a" * 5000 + "/").status_code == 404
     # the token opens stats/
     client.logout()
     headers = {"HTTP_AUTHORIZATION": f"Bearer {status['token']}"}
