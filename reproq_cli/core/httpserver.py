@@ -266,10 +266,22 @@ class Authorizer:
         self.log = log
 
     def check(
-        self, remote_host: str, authorization: str | None, path: str, method: str
+        self,
+        remote_host: str,
+        authorization: str | None,
+        path: str,
+        method: str,
+        remote_port: int = 0,
     ) -> Denial | None:
         """None when the request may proceed, else the answer to send."""
-        context = {"path": path, "method": method, "remote_host": remote_host}
+        # remote_addr as Go's RemoteAddr writes it: host:port, an IPv6 host in brackets.
+        shown = f"[{remote_host}]" if ":" in remote_host else remote_host
+        context = {
+            "path": path,
+            "method": method,
+            "remote_addr": f"{shown}:{remote_port}",
+            "remote_host": remote_host,
+        }
         if self.allow:
             ip = client_ip(remote_host)
             if ip is None or not any(ip in network for network in self.allow):
@@ -440,7 +452,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         app = self.server.app
         denial = app.authorizer.check(
-            self.client_address[0], self.headers.get("Authorization"), url.path, method
+            self.client_address[0],
+            self.headers.get("Authorization"),
+            url.path,
+            method,
+            self.client_address[1],
         )
         if denial is not None:
             self._send(denial.status, denial.body.encode(), "text/plain; charset=utf-8")

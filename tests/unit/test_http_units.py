@@ -119,12 +119,19 @@ def test_limiter_forgets_hosts():
 
 
 def test_authorizer_order_and_tokens():
-    log = Logger(io.StringIO())
+    stream = io.StringIO()
+    log = Logger(stream)
     auth = Authorizer(settings(auth_token="tok", auth_limit=1), log)
     assert auth.check("127.0.0.1", "Bearer tok", "/metrics", "GET") is None
     assert auth.check("127.0.0.1", "bearer tok ", "/metrics", "GET") is None
-    first = auth.check("127.0.0.1", None, "/metrics", "GET")
+    first = auth.check("127.0.0.1", None, "/metrics", "GET", 51234)
     assert first is not None and first.status == 401
+    logged = json.loads(stream.getvalue().splitlines()[-1])
+    assert (logged["msg"], logged["remote_addr"], logged["remote_host"]) == (
+        "Unauthorized request", "127.0.0.1:51234", "127.0.0.1"
+    )  # fmt: skip
+    auth.check("::1", None, "/metrics", "GET", 7)
+    assert json.loads(stream.getvalue().splitlines()[-1])["remote_addr"] == "[::1]:7"
     second = auth.check("127.0.0.1", "Basic dG9r", "/metrics", "GET")
     assert second is not None and second.status == 429
     # open server: everyone in
