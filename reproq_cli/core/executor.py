@@ -426,6 +426,13 @@ def _supervise(
     )
     if not timed_out and stopped_for is None:
         result.envelope = parse_envelope(stdout_text)
+        if out.truncated and not result.envelope.ok:
+            # The envelope is the last thing written: past the cap it is cut, and the task
+            # (which did run) fails with a JSON error that does not say why.
+            result.envelope.message += (
+                f" (stdout passed max_stdout_bytes, {spec.max_stdout_bytes} bytes, and was cut:"
+                " a large return value or print output)"
+            )
     return result
 
 

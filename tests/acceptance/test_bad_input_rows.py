@@ -131,3 +131,7 @@ def test_garbage_partial_and_huge_executor_stdout(db_dsn, tmp_path_factory, outp
     for rid in (partial, big):
         assert tasks[rid]["status"] == "FAILED"
         assert tasks[rid]["last_error"].startswith("Invalid JSON on stdout"), tasks[rid]
+    # Only the one that passed the cap says so.
+    cut = "(stdout passed max_stdout_bytes, 1024 bytes, and was cut"
+    assert cut in tasks[big]["last_error"]
+    assert cut not in tasks[partial]["last_error"]
