@@ -281,6 +281,7 @@ class Worker:
         self._freed: set[int] = set()
         self._running_lock = threading.Lock()
         self._stop_claiming = threading.Event()
+        store.stopping = self._stop_claiming.is_set
         self._hard_stop = threading.Event()
         self._wake = threading.Event()
         self._background_stop = threading.Event()

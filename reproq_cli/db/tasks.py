@@ -7,9 +7,11 @@ and is retried by the worker instead of holding the task's thread.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psycopg
@@ -22,6 +24,8 @@ from reproq_cli.errors import DatabaseError
 from reproq_cli.models import ClaimedTask, Failure, ReclaimedTask
 
 Pool = ConnectionPool[psycopg.Connection[dict[str, Any]]]
+ACQUIRE_SLICE = 0.5
+UNREGISTER_TIMEOUT = 3.0
 
 # Namespaces for claim_key_lock, so a lock_key and a concurrency_key with the same text never
 # share an advisory lock, and every claimer takes them in the same order (no deadlock).
@@ -65,6 +69,27 @@ class TaskStore:
         self.pool = pool
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
+        # Set by the worker when it stops: a claim waiting for a connection gives up at once
+        # (with the database down it waited the pool's 30 s, and the exit with it).
+        self.stopping: Callable[[], bool] = lambda: False
+
+    @contextlib.contextmanager
+    def _claim_connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        """A pool connection, waited for in slices so a stop request is seen within one."""
+        started = time.monotonic()
+        while True:
+            waited = time.monotonic() - started
+            try:
+                conn = self.pool.getconn(timeout=min(ACQUIRE_SLICE, self.pool.timeout - waited))
+                break
+            except PoolTimeout:
+                waited = time.monotonic() - started
+                if self.stopping() or waited >= self.pool.timeout:
+                    raise PoolTimeout(f"couldn't get a connection after {waited:.2f} sec") from None
+        try:
+            yield conn
+        finally:
+            self.pool.putconn(conn)
 
     # --- claim ------------------------------------------------------------------------------
 
@@ -76,7 +101,7 @@ class TaskStore:
         before commit; a claim that lost the race is rolled back (row, attempts and rate-limit
         token untouched) and reported as None.
         """
-        with self.pool.connection() as conn, conn.transaction() as tx:
+        with self._claim_connection() as conn, conn.transaction() as tx:
             row = conn.execute(
                 query("claim_task"),
                 {
@@ -124,7 +149,7 @@ class TaskStore:
         ``claim`` must take. Returns the tasks and, when there are none, whether a task that
         is not plain is waiting (then ``claim`` is worth a try; otherwise the queue is empty
         of anything claimable)."""
-        with self.pool.connection() as conn:
+        with self._claim_connection() as conn:
             rows = conn.execute(
                 query("claim_batch"),
                 {
@@ -255,7 +280,9 @@ class TaskStore:
 
     @_translate_errors
     def unregister(self) -> None:
-        with self.pool.connection() as conn:
+        # At exit: a database that does not answer soon is not waited for (the row is
+        # harmless, and the registry shows it stale).
+        with self.pool.connection(timeout=UNREGISTER_TIMEOUT) as conn:
             conn.execute(query("unregister_worker"), {"worker_id": self.worker_id})
 
     # --- health and metrics -------------------------------------------------------------------

@@ -211,6 +211,32 @@ def test_shutdown_timeout_stops_tasks(conn, workers):
     assert row(conn, rid)["errors_json"][0]["kind"] == "worker_shutdown"
 
 
+def test_sigterm_with_the_database_gone_exits_promptly(tmp_path):
+    # A claim waiting for a pool connection waited the pool's 30 s, and unregistering at exit
+    # another 30: about a minute to stop a worker whose database was down.
+    import time
+
+    from tests.support.harness import WorkerFactory
+    from tests.support.private_pg import PrivateServer
+
+    server = PrivateServer()
+    factory = WorkerFactory(server.dsn, tmp_path)
+    try:
+        proc = factory.start()
+        wait_for(lambda: "Starting reproq worker" in factory.output(proc), what="the worker")
+        server.stop()
+        wait_for(lambda: "LISTEN connection lost" in factory.output(proc), what="lost database")
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        run = factory.finish(proc, timeout=40)
+        assert time.monotonic() - signalled < 15, run.stdout
+        assert run.returncode == 0
+        assert "Worker stopped" in run.messages()
+    finally:
+        factory.cleanup()
+        server.cleanup()
+
+
 # Order is judged by the executions' own clocks (the `record` task), not by the rows' now()
 # timestamps: now() is taken when a statement arrives, which on a busy server can be before
 # the snapshot that first sees the parent's commit.
