@@ -39,8 +39,8 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
-def leave_grandchild(pidfile: str, seconds: float) -> str:
-    """Starts a grandchild in the same process group, records its pid, and returns at once."""
+def _start_grandchild(pidfile: str, seconds: float) -> None:
+    """A grandchild in the same process group that sleeps ``seconds``; its pid in ``pidfile``."""
     child = subprocess.Popen(
         [sys.executable, "-c", f"import time; time.sleep({seconds})"],
         stdout=subprocess.DEVNULL,
@@ -48,18 +48,17 @@ def leave_grandchild(pidfile: str, seconds: float) -> str:
     )
     with open(pidfile, "w") as handle:
         handle.write(str(child.pid))
+
+
+def leave_grandchild(pidfile: str, seconds: float) -> str:
+    """Starts a grandchild and returns at once, without waiting for it."""
+    _start_grandchild(pidfile, seconds)
     return "left"
 
 
 def sleep_with_grandchild(pidfile: str, seconds: float) -> None:
-    """Starts a grandchild in the same process group, records its pid, then sleeps."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", f"import time; time.sleep({seconds})"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    with open(pidfile, "w") as handle:
-        handle.write(str(child.pid))
+    """Starts a grandchild, then sleeps as long as it does."""
+    _start_grandchild(pidfile, seconds)
     time.sleep(seconds)
 
 
