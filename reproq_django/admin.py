@@ -27,13 +27,14 @@ ALIVE_WINDOW = dt.timedelta(minutes=2)
 STALE_WORKER_AGE = dt.timedelta(minutes=10)
 
 
-def _waiting_on_unfinished(alias: str) -> set[int]:
-    """FAILED rows that wait on a task that has not succeeded (reproq triage retry's rule)."""
+def _waits_on_unfinished(alias: str, result_id: int) -> bool:
+    """Whether a FAILED row waits on a task that has not succeeded (reproq triage retry's
+    rule), asked for this row alone: the selection, not every FAILED row of the table."""
     if connections[alias].vendor != "postgresql":
-        return set()
+        return False
     with connections[alias].cursor() as cursor:
-        cursor.execute(query("triage_retry_blocked"), {"all": True, "result_id": 0})
-        return {row[0] for row in cursor.fetchall()}
+        cursor.execute(query("triage_retry_blocked"), {"all": False, "result_id": result_id})
+        return cursor.fetchone() is not None
 
 
 class ReproqModelAdmin(admin.ModelAdmin):
@@ -147,9 +148,8 @@ class TaskRunAdmin(ReproqModelAdmin):
     def retry_failed_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
         count, skipped = 0, 0
         failed = queryset.filter(status=TaskRunStatus.FAILED)
-        waiting = _waiting_on_unfinished(queryset.db)
         for result_id in failed.values_list("result_id", flat=True):
-            if result_id in waiting:
+            if _waits_on_unfinished(queryset.db, result_id):
                 # READY, a chain child or chord callback would run before what it waits for.
                 skipped += 1
                 continue
