@@ -60,6 +60,10 @@ def _int(value: Any, default: int) -> int:
         return default
 
 
+# The largest value of task_runs' integer columns (concurrency_limit, max_attempts, ...).
+INT_MAX = 2**31 - 1
+
+
 class ReproqBackend(BaseTaskBackend):
     supports_defer = True
     supports_priority = True
@@ -102,6 +106,10 @@ class ReproqBackend(BaseTaskBackend):
         _text_or_none("lock_key", lock_key)
         _text_or_none("concurrency_key", concurrency_key)
         limit = max(_int(concurrency_limit, 0), 0)
+        if limit > INT_MAX:
+            # The column is an integer: PostgreSQL would refuse the row and abort the
+            # caller's transaction.
+            raise InvalidTask(f"concurrency_limit {limit} is out of range: use 0 to {INT_MAX}")
         options = self.options
         timeout_seconds = _int(options.get("TIMEOUT_SECONDS", 900), 900)
         max_attempts = _int(options.get("MAX_ATTEMPTS", 3), 3)
@@ -391,9 +399,9 @@ class ReproqBackend(BaseTaskBackend):
         for name in ("TIMEOUT_SECONDS", "MAX_ATTEMPTS"):
             value = options.get(name)
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
+                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT_MAX
             ):
-                problems.append(f"{name} must be a whole number of at least 1, not {value!r}")
+                problems.append(f"{name} must be a whole number from 1 to {INT_MAX}, not {value!r}")
         if not isinstance(options.get("DEDUP_ACTIVE", True), bool | int):
             # A string is the trap: "false" is true.
             problems.append(f"DEDUP_ACTIVE must be True or False, not {options['DEDUP_ACTIVE']!r}")

@@ -163,6 +163,11 @@ def test_decimal_uuid_datetime_arguments_are_canonicalised():
         ({"priority": "abc"}, InvalidTask, "priority must be an int, not str"),
         ({"lock_key": {"a": 1}}, TypeError, "lock_key must be a string or None, not dict"),
         ({"concurrency_key": ["a"]}, TypeError, "concurrency_key must be a string or None"),
+        (
+            {"concurrency_limit": 2**31},
+            InvalidTask,
+            "concurrency_limit 2147483648 is out of range: use 0 to 2147483647",
+        ),
         ({"x": float("nan")}, ValueError, "cannot store a task's arguments or metadata: Out of"),
         ({"x": "a\x00b"}, ValueError, "cannot store a task's arguments or metadata: a string"),
     ],
@@ -335,6 +340,47 @@ def test_bulk_enqueue_is_one_statement():
     assert TaskRun.objects.count() == 300  # (0, 1) was already active: deduplicated
 
 
+def test_the_enqueue_insert_sends_values_as_parameters_through_djangos_wrappers():
+    import psycopg
+
+    seen = []
+
+    def wrapper(execute, sql, params, many, context):
+        seen.append((sql.split()[0], context["cursor"].cursor))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(wrapper):
+        tasks.add.enqueue("it's 100% \\ quoted", 1)
+        tasks.add.enqueue("it's 100% \\ quoted", 1)  # the dedup hit reads the row back
+    assert [verb for verb, _cursor in seen] == ["INSERT", "INSERT", "SELECT"]
+    # Not quoted into the SQL text on the client: the spec's JSON travels as a parameter.
+    assert not isinstance(seen[0][1], psycopg.ClientCursor)
+    (row,) = TaskRun.objects.all()
+    assert row.spec_json["args"] == ["it's 100% \\ quoted", 1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_enqueue_insert_raises_djangos_error_and_the_connection_recovers():
+    import os
+
+    import psycopg
+    from django.db import InternalError, OperationalError
+
+    locker = psycopg.connect(os.environ["REPROQ_TEST_DJANGO_DSN"])  # not autocommit
+    try:
+        locker.execute("LOCK TABLE task_runs IN ACCESS EXCLUSIVE MODE")
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '50ms'")
+            with pytest.raises(OperationalError, match="lock timeout"):
+                tasks.add.enqueue(1, 1)
+            with pytest.raises(InternalError, match="current transaction is aborted"):
+                tasks.add.enqueue(1, 2)
+    finally:
+        locker.close()
+    assert int(tasks.add.enqueue(1, 3).id) > 0
+
+
 def test_returned_rows_match_what_was_stored():
     when = timezone.now() + dt.timedelta(minutes=5)
     backend().options["EXPIRES_IN"] = dt.timedelta(days=1)
@@ -438,18 +484,21 @@ def test_the_system_check_reports_bad_options_and_routing(settings):
     ]
     options = {
         "TIMEOUT_SECONDS": "abc",
-        "MAX_ATTEMPTS": 0,
+        "MAX_ATTEMPTS": 2**31,
         "DEDUP_ACTIVE": "false",
         "EXPIRES_IN": 60,
     }
     where = "TASKS['bad']['OPTIONS']"
     assert ids_and_text({"OPTIONS": options}) == [
-        ("reproq_django.E001", f"{where}: TIMEOUT_SECONDS must be a whole number of at least 1, not 'abc'"),
-        ("reproq_django.E001", f"{where}: MAX_ATTEMPTS must be a whole number of at least 1, not 0"),
+        ("reproq_django.E001", f"{where}: TIMEOUT_SECONDS must be a whole number from 1 to 2147483647, not 'abc'"),
+        ("reproq_django.E001", f"{where}: MAX_ATTEMPTS must be a whole number from 1 to 2147483647, not 2147483648"),
         ("reproq_django.E001", f"{where}: DEDUP_ACTIVE must be True or False, not 'false'"),
         ("reproq_django.E001", f"{where}: EXPIRES_IN must be a datetime.timedelta or None, not 60"),
     ]  # fmt: skip
-    good = {"TIMEOUT_SECONDS": 60, "MAX_ATTEMPTS": 1, "EXPIRES_IN": dt.timedelta(days=1)}
+    assert ids_and_text({"OPTIONS": {"MAX_ATTEMPTS": 0}}) == [
+        ("reproq_django.E001", f"{where}: MAX_ATTEMPTS must be a whole number from 1 to 2147483647, not 0"),
+    ]  # fmt: skip
+    good = {"TIMEOUT_SECONDS": 2**31 - 1, "MAX_ATTEMPTS": 1, "EXPIRES_IN": dt.timedelta(days=1)}
     assert ids_and_text({"OPTIONS": good}) == []
     settings.REPROQ_QUEUE_DATABASES = {"high": "nosuchdb"}
     (routing,) = ids_and_text({"QUEUES": ["default", "high"]})
