@@ -238,6 +238,14 @@ class ForkedProcess:
         self.returncode: int | None = None
         self._exit_fd = pidfd(pid)  # None: already gone, or a kernel before 5.3
 
+    @property
+    def orphaned(self) -> bool:
+        """Its fork server is gone, so it is about to stop itself (die_with_parent) if it
+        has not yet: its watcher thread may not have run, and until then it looks alive."""
+        # poll() sees the server's exit before its reader thread has read the end of its
+        # output.
+        return self._server.gone or self._server.proc.poll() is not None
+
     def poll(self) -> int | None:
         return self._wait(0)
 
@@ -340,6 +348,10 @@ class PoolProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    @property
+    def orphaned(self) -> bool:
+        return isinstance(self.proc, ForkedProcess) and self.proc.orphaned
 
     def _read_stderr(self) -> None:
         poller = select.poll()
@@ -614,9 +626,13 @@ class ExecutorPool:
             process = self._idle.get()
             if process is None:  # a slot whose process is yet to be made, or failed to start
                 return self._new_process()
-            if process.proc.poll() is None:
+            if process.orphaned:
+                # A task handed to it would be lost with it, and charged an attempt.
+                self._replace(process, "its fork server is gone", kill=False)
+            elif process.proc.poll() is None:
                 return process
-            self._replace(process, "exited while idle", kill=False)
+            else:
+                self._replace(process, "exited while idle", kill=False)
 
     def _checkin(self, process: PoolProcess) -> None:
         if self._closed:

@@ -7,6 +7,7 @@ both modes; this file covers what only a pool has.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -93,6 +94,38 @@ def test_a_replacement_still_setting_up_waits_behind_a_ready_process():
         assert pool.replaced == 2
     finally:
         pool.close()
+
+
+def test_an_idle_process_whose_fork_server_died_gets_no_task():
+    # A forked process stops itself once it sees its fork server gone, but only when its
+    # watcher thread gets to run; until then it looks alive. A task handed to it then was
+    # lost with it and charged an attempt (retried 30 s later). SIGSTOP holds it in that
+    # state for as long as the test needs.
+    spec = ExecSpec(sys.executable, "tests.support.executor", "stdin", 1 << 20, 1 << 20, 1 << 20)
+    pool = ExecutorPool(spec, size=1, max_tasks=100, max_memory_mb=0, cwd=str(REPO_ROOT))
+    payload = json.dumps(make_spec(f"{TASKS}.pid"))
+
+    def run_task():
+        result = pool.run_attempt(result_id=1, attempt=1, payload=payload, timeout=10)
+        assert result.envelope is not None and result.envelope.ok, result.stderr
+        return json.loads(result.envelope.return_raw or "null")
+
+    replaced = []
+    pool.on_replace = lambda pid, reason: replaced.append((pid, reason))
+    pool.start()
+    try:
+        assert pool.wait_ready() == 1 and pool.forking
+        orphan = run_task()
+        server = pool._server
+        os.kill(orphan, signal.SIGSTOP)
+        os.kill(server.proc.pid, signal.SIGKILL)
+        wait_for(lambda: server.gone, what="the pool to see its fork server gone")
+        assert run_task() != orphan
+        assert (orphan, "its fork server is gone") in replaced
+    finally:
+        pool.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGKILL)
 
 
 def _spread(conn, ids: list[int]) -> float:
