@@ -340,25 +340,6 @@ def test_bulk_enqueue_is_one_statement():
     assert TaskRun.objects.count() == 300  # (0, 1) was already active: deduplicated
 
 
-def test_the_enqueue_insert_sends_values_as_parameters_through_djangos_wrappers():
-    import psycopg
-
-    seen = []
-
-    def wrapper(execute, sql, params, many, context):
-        seen.append((sql.split()[0], context["cursor"].cursor))
-        return execute(sql, params, many, context)
-
-    with connection.execute_wrapper(wrapper):
-        tasks.add.enqueue("it's 100% \\ quoted", 1)
-        tasks.add.enqueue("it's 100% \\ quoted", 1)  # the dedup hit reads the row back
-    assert [verb for verb, _cursor in seen] == ["INSERT", "INSERT", "SELECT"]
-    # Not quoted into the SQL text on the client: the spec's JSON travels as a parameter.
-    assert not isinstance(seen[0][1], psycopg.ClientCursor)
-    (row,) = TaskRun.objects.all()
-    assert row.spec_json["args"] == ["it's 100% \\ quoted", 1]
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_failing_enqueue_insert_raises_djangos_error_and_the_connection_recovers():
     import os
