@@ -56,3 +56,9 @@ class UsageError(ReproqError):
     """The command line is wrong."""
 
     exit_code = EXIT_USAGE
+
+
+class MissingArgument(ReproqError):
+    """Flags that parsed but are missing or cannot be used as given (``--id`` left at 0,
+    ``--rate -1``). The Go worker's operator commands report these as fatal: exit 1, where
+    a flag that does not parse at all is a usage error (exit 2)."""

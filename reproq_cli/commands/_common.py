@@ -13,6 +13,9 @@ from reproq_cli.config import Config, resolve
 from reproq_cli.db.connect import require_dsn
 from reproq_cli.defaults import Mode
 
+# A result_id flag takes what Go's flag.Int64 takes: a larger number is a usage error.
+INT64 = click.IntRange(-(2**63), 2**63 - 1)
+
 
 def dsn_option[F: Callable[..., Any]](func: F) -> F:
     return click.option(

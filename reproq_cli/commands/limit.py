@@ -17,7 +17,7 @@ from reproq_cli.commands._common import (
 )
 from reproq_cli.db.connect import connection
 from reproq_cli.db.operations import delete_rate_limit, list_rate_limits, set_rate_limit
-from reproq_cli.errors import UsageError
+from reproq_cli.errors import MissingArgument
 from reproq_cli.spec import go_time
 
 # The columns: tokens_per_second is a real (float4), burst_size an integer.
@@ -41,19 +41,19 @@ def set_(
     dsn: str | None, config_path: str | None, key: str, rate: float, burst: int, as_json: bool
 ) -> None:
     """Create or reset a limit (the bucket starts full)."""
-    if not key.strip():
-        raise UsageError("DSN and --key required", hint="e.g. --key queue:default --rate 5")
+    if not key:
+        raise MissingArgument("DSN and --key required", hint="e.g. --key queue:default --rate 5")
     if rate < 0:
-        raise UsageError("tokens_per_second must be >= 0", hint="use --rate 0 to disable")
+        raise MissingArgument("tokens_per_second must be >= 0", hint="use --rate 0 to disable")
     if not math.isfinite(rate) or rate > MAX_RATE:
         # nan passed the >= 0 check and was stored: a limit that never limited.
-        raise UsageError(
+        raise MissingArgument(
             f"--rate {rate} is not a usable rate", hint=f"give tokens per second, 0 to {MAX_RATE:g}"
         )
     if burst <= 0:
-        raise UsageError("burst_size must be > 0", hint="e.g. --burst 1")
+        raise MissingArgument("burst_size must be > 0", hint="e.g. --burst 1")
     if burst > MAX_BURST:
-        raise UsageError(f"burst_size must be <= {MAX_BURST}", hint="e.g. --burst 100")
+        raise MissingArgument(f"burst_size must be <= {MAX_BURST}", hint="e.g. --burst 100")
     with connection(command_dsn(dsn, config_path)) as conn:
         set_rate_limit(conn, key, rate, burst)
     if as_json:
@@ -98,8 +98,8 @@ def ls(dsn: str | None, config_path: str | None, as_json: bool) -> None:
 @json_option
 def rm(dsn: str | None, config_path: str | None, key: str, as_json: bool) -> None:
     """Delete a limit."""
-    if not key.strip():
-        raise UsageError("DSN and --key required", hint="e.g. --key queue:default")
+    if not key:
+        raise MissingArgument("DSN and --key required", hint="e.g. --key queue:default")
     with connection(command_dsn(dsn, config_path)) as conn:
         deleted = delete_rate_limit(conn, key)
     if as_json:

@@ -8,6 +8,7 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    INT64,
     clamp_limit,
     command_dsn,
     config_option,
@@ -23,7 +24,7 @@ from reproq_cli.db.operations import (
     triage_retry,
     triage_retry_blocked,
 )
-from reproq_cli.errors import ReproqError, UsageError
+from reproq_cli.errors import MissingArgument, ReproqError
 from reproq_cli.spec import go_time
 
 
@@ -71,12 +72,12 @@ def list_(dsn: str | None, config_path: str | None, limit: int, queue: str, as_j
 @command.command(name="inspect")
 @dsn_option
 @config_option
-@click.option("--id", "result_id", type=int, default=0)
+@click.option("--id", "result_id", type=INT64, default=0)
 @json_option
 def inspect(dsn: str | None, config_path: str | None, result_id: int, as_json: bool) -> None:
     """Everything about one failed task, spec and error history included."""
-    if result_id <= 0:
-        raise UsageError("DSN and --id required", hint="pass --id <result_id>")
+    if result_id == 0:
+        raise MissingArgument("DSN and --id required", hint="pass --id <result_id>")
     with connection(command_dsn(dsn, config_path)) as conn:
         row = triage_inspect(conn, result_id)
     if row is None:
@@ -111,15 +112,15 @@ def inspect(dsn: str | None, config_path: str | None, result_id: int, as_json: b
 @command.command(name="retry")
 @dsn_option
 @config_option
-@click.option("--id", "result_id", type=int, default=0)
+@click.option("--id", "result_id", type=INT64, default=0)
 @click.option("--all", "retry_all", is_flag=True, help="Every FAILED task (wins over --id).")
 @json_option
 def retry(
     dsn: str | None, config_path: str | None, result_id: int, retry_all: bool, as_json: bool
 ) -> None:
     """Put FAILED tasks back to READY with fresh attempts (history is kept)."""
-    if not retry_all and result_id <= 0:
-        raise UsageError("Provide --id or --all", hint="e.g. reproq triage retry --id 42")
+    if not retry_all and result_id == 0:
+        raise MissingArgument("Provide --id or --all", hint="e.g. reproq triage retry --id 42")
     target = None if retry_all else result_id
     with (
         connection(command_dsn(dsn, config_path)) as conn,

@@ -17,9 +17,15 @@ def test_cancel(run_cli, conn, db_dsn):
     result = run_cli("cancel", "--id", str(rid), "--json", env={"DATABASE_URL": db_dsn})
     assert json.loads(result.stdout) == {"result_id": rid, "cancel_requested": True}
     assert row(conn, rid)["cancel_requested"] is True
+    # As in Go: a missing --id is fatal (exit 1); only a flag that does not parse exits 2.
     missing = run_cli("cancel", "--dsn", db_dsn)
-    assert missing.returncode == 2
+    assert missing.returncode == 1
     assert "error: DSN and --id required" in missing.stderr
+    negative = run_cli("cancel", "--dsn", db_dsn, "--id", "-1")
+    assert (negative.returncode, negative.stdout) == (0, "No RUNNING task found for result_id -1\n")
+    huge = run_cli("cancel", "--dsn", db_dsn, "--id", "99999999999999999999")
+    assert huge.returncode == 2
+    assert "99999999999999999999 is not in the range" in huge.stderr
 
 
 def test_logs(run_cli, conn, db_dsn, tmp_path):
@@ -130,7 +136,7 @@ def test_limit_set_ls_rm(run_cli, db_dsn):
         (["--key", "k", "--burst", "0"], "burst_size must be > 0"),
     ):
         bad = run_cli("limit", "set", "--dsn", db_dsn, *args)
-        assert bad.returncode == 2
+        assert bad.returncode == 1  # Go's fatal, not a flag error
         assert f"error: {message}" in bad.stderr
     run_cli("limit", "rm", "--dsn", db_dsn, "--key", "global")
     assert run_cli("limit", "ls", "--dsn", db_dsn).stdout == "No rate limits configured.\n"
@@ -158,7 +164,9 @@ def test_replay(run_cli, conn, db_dsn):
     spec_hash = source["spec_hash"].strip()
     by_hash = run_cli("replay", "--dsn", db_dsn, "--spec-hash", spec_hash, "--json")
     assert json.loads(by_hash.stdout)["source_id"] == new_id  # the newest row with that hash
-    assert run_cli("replay", "--dsn", db_dsn).returncode == 2
+    assert run_cli("replay", "--dsn", db_dsn).returncode == 1
+    negative = run_cli("replay", "--dsn", db_dsn, "--id", "-5")  # Go looks it up
+    assert (negative.returncode, "no task with result_id -5" in negative.stderr) == (1, True)
     assert "exactly one of --id or --spec-hash" in run_cli("replay", "--dsn", db_dsn).stderr
     missing = run_cli("replay", "--dsn", db_dsn, "--id", "9999")
     assert "error: no task with result_id 9999" in missing.stderr
@@ -246,7 +254,8 @@ def test_triage(run_cli, conn, db_dsn):
     assert (
         run_cli("triage", "retry", "--dsn", db_dsn, "--all").stdout == "No failed tasks updated.\n"
     )
-    assert "Provide --id or --all" in run_cli("triage", "retry", "--dsn", db_dsn).stderr
+    neither = run_cli("triage", "retry", "--dsn", db_dsn)
+    assert (neither.returncode, "Provide --id or --all" in neither.stderr) == (1, True)
 
 
 def test_triage_retry_leaves_what_waits_on_an_unfinished_task(run_cli, conn, db_dsn):
