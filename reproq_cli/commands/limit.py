@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import click
 
@@ -62,6 +63,14 @@ def set_(
         console.data(f"Set rate limit {key}: {rate:.2f} tokens/sec, burst {burst}")
 
 
+def _real(value: float) -> str:
+    """A real (float4) column with two decimals, rounded from the float4's own value as Go
+    rounds it: psycopg parses the server's shortest text (0.045) into a double just below
+    the float4 (0.045000001788...), which rounded the other way (0.04 against Go's 0.05)."""
+    (single,) = struct.unpack("f", struct.pack("f", value))
+    return f"{single:.2f}"
+
+
 @command.command(name="ls")
 @dsn_option
 @config_option
@@ -81,9 +90,9 @@ def ls(dsn: str | None, config_path: str | None, as_json: bool) -> None:
         [
             [
                 r["key"],
-                f"{r['tokens_per_second']:.2f}",
+                _real(r["tokens_per_second"]),
                 str(r["burst_size"]),
-                f"{r['current_tokens']:.2f}",
+                _real(r["current_tokens"]),
                 go_time(r["last_refilled_at"]),
             ]
             for r in rows

@@ -124,6 +124,11 @@ def test_limit_set_ls_rm(run_cli, db_dsn):
     listed = json.loads(run_cli("limit", "ls", "--dsn", db_dsn, "--json").stdout)
     mail = next(r for r in listed if r["key"] == "queue:mail")
     assert (mail["tokens_per_second"], mail["burst_size"], mail["current_tokens"]) == (2.5, 4, 4.0)
+    # The column is a float4: 0.045 is stored as 0.0450000018, which Go's %.2f rounds up.
+    run_cli("limit", "set", "--dsn", db_dsn, "--key", "queue:odd", "--rate", "0.045")
+    odd = run_cli("limit", "ls", "--dsn", db_dsn).stdout
+    assert "queue:odd\t0.05\t1\t1.00\t" in odd
+    run_cli("limit", "rm", "--dsn", db_dsn, "--key", "queue:odd")
     assert run_cli("limit", "rm", "--dsn", db_dsn, "--key", "queue:mail").stdout == (
         "Deleted 1 rate limit(s) for queue:mail\n"
     )
