@@ -13,8 +13,24 @@ from reproq_cli.config import Config, resolve
 from reproq_cli.db.connect import require_dsn
 from reproq_cli.defaults import Mode
 
-# A result_id flag takes what Go's flag.Int64 takes: a larger number is a usage error.
-INT64 = click.IntRange(-(2**63), 2**63 - 1)
+class _Int64(click.ParamType):
+    """What Go's flag.Int64 takes: a larger number is a usage error, not a lookup."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a valid integer", param, ctx)
+        if not -(2**63) <= number < 2**63:
+            self.fail(f"{value} is out of range (a 64-bit integer)", param, ctx)
+        return number
+
+
+INT64 = _Int64()
 
 
 def dsn_option[F: Callable[..., Any]](func: F) -> F:

@@ -25,7 +25,7 @@ def test_cancel(run_cli, conn, db_dsn):
     assert (negative.returncode, negative.stdout) == (0, "No RUNNING task found for result_id -1\n")
     huge = run_cli("cancel", "--dsn", db_dsn, "--id", "99999999999999999999")
     assert huge.returncode == 2
-    assert "99999999999999999999 is not in the range" in huge.stderr
+    assert "99999999999999999999 is out of range (a 64-bit integer)" in huge.stderr
 
 
 def test_logs(run_cli, conn, db_dsn, tmp_path):
