@@ -47,6 +47,10 @@ class ConfigError(ReproqError):
 class DatabaseError(ReproqError):
     """The database could not be reached or refused an operation."""
 
+    # The server refused a value the statement carried (a data exception, SQLSTATE class
+    # 22): sending the same statement again cannot succeed.
+    refused_data: bool = False
+
 
 class SchemaError(ReproqError):
     """The database schema is missing objects reproq needs."""

@@ -139,7 +139,7 @@ def run_spec(
     from reproq_django import signals
     from reproq_django.context import TaskContext
     from reproq_django.db import resolve_queue_db
-    from reproq_django.serialization import decode_args_kwargs
+    from reproq_django.serialization import NUL_REFUSED, decode_args_kwargs, holds_nul
 
     task_path = task_path or spec.get("task_path") or ""
     try:
@@ -182,7 +182,11 @@ def run_spec(
             value = func(*call_args, **call_kwargs)
             if inspect.isawaitable(value):
                 value = asyncio.run(_await(value))
-        text = json.dumps({"ok": True, "return": value})
+        # NaN and the infinities are not JSON (the worker refuses the envelope), and jsonb
+        # refuses a NUL: said here, the task fails with the reason.
+        text = json.dumps({"ok": True, "return": value}, allow_nan=False)
+        if holds_nul(text):
+            raise ValueError(f"cannot store the task's return value: {NUL_REFUSED}")
     except BaseException as exc:  # the envelope reports every failure, SystemExit included
         _report_prints(captured)
         _save_metadata(context)

@@ -22,6 +22,7 @@ TYPE_MARKER = "__reproq_type__"
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 __all__ = [
+    "NUL_REFUSED",
     "TYPE_MARKER",
     "DeserializationError",
     "canonical_json",
@@ -30,6 +31,7 @@ __all__ = [
     "decode_payload",
     "encode_args_kwargs",
     "encode_payload",
+    "holds_nul",
     "normalize_and_hash",
     "normalize_json",
     "spec_hash_for",
@@ -109,12 +111,17 @@ def storable_json(value: Any) -> str:
         text = canonical_json(value)
     except ValueError as exc:
         raise ValueError(f"cannot store a task's arguments or metadata: {exc}") from None
-    if "\\u0000" in text and _NUL_ESCAPE.search(text):
-        raise ValueError(
-            "cannot store a task's arguments or metadata: a string holds a NUL character "
-            "(\\x00), which PostgreSQL's jsonb refuses"
-        )
+    if holds_nul(text):
+        raise ValueError(f"cannot store a task's arguments or metadata: {NUL_REFUSED}")
     return text
+
+
+NUL_REFUSED = "a string holds a NUL character (\\x00), which PostgreSQL's jsonb refuses"
+
+
+def holds_nul(text: str) -> bool:
+    """Whether the JSON ``text`` escapes a NUL character, which jsonb cannot store."""
+    return "\\u0000" in text and _NUL_ESCAPE.search(text) is not None
 
 
 def normalize_json(value: Any) -> Any:

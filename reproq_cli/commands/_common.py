@@ -13,6 +13,7 @@ from reproq_cli.config import Config, resolve
 from reproq_cli.db.connect import require_dsn
 from reproq_cli.defaults import Mode
 
+
 class _Int64(click.ParamType):
     """What Go's flag.Int64 takes: a larger number is a usage error, not a lookup."""
 

@@ -74,6 +74,13 @@ class SuccessWriter:
         try:
             written = self.connection.complete_successes([(t, r, u) for t, r, u, _ in batch])
         except Exception as exc:  # every waiter sees it and retries on its own
+            if len(batch) > 1 and getattr(exc, "refused_data", False):
+                # One task's value (a return value jsonb refuses) fails the whole batch,
+                # and its retries would batch with others again: each alone, so only that
+                # task sees the error.
+                for item in batch:
+                    self._write([item])
+                return
             for *_, future in batch:
                 future.set_exception(exc)
             return

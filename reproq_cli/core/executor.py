@@ -201,10 +201,45 @@ def parse_envelope(stdout: str) -> Envelope:
         return Envelope(ok=False, message=f"Invalid JSON on stdout: {exc}")
 
 
+class _NotJson(ValueError):
+    """NaN, Infinity or -Infinity: Python's decoder takes them, Go's and jsonb do not."""
+
+
+def _refuse_constant(name: str) -> Any:
+    where = "in numeric literal" if name.startswith("-") else "looking for beginning of value"
+    raise _NotJson(f"invalid character {name.lstrip('-')[0]!r} {where}")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_WHITESPACE = " \t\n\r"
+
+
+def _raw_members(text: str) -> dict[str, str]:
+    """The raw text of each member of the JSON object ``text`` (already decoded once, so
+    known to be valid), by lower-cased key, the last match winning as in Go."""
+
+    def skip(i: int) -> int:
+        while text[i] in _WHITESPACE:
+            i += 1
+        return i
+
+    members: dict[str, str] = {}
+    i = skip(skip(0) + 1)  # past "{"
+    while text[i] != "}":
+        key, i = json.decoder.scanstring(text, i + 1)
+        i = skip(skip(i) + 1)  # past ":"
+        _value, end = _DECODER.raw_decode(text, i)
+        members[key.lower()] = text[i:end]
+        i = skip(end)
+        if text[i] == ",":
+            i = skip(i + 1)
+    return members
+
+
 def _decode_envelope(text: str) -> Envelope:
     if not text:
         raise ValueError("unexpected end of JSON input")
-    decoder = json.JSONDecoder()
+    decoder = _DECODER
     try:
         value, end = decoder.raw_decode(text)
     except json.JSONDecodeError as exc:
@@ -248,7 +283,9 @@ def _decode_envelope(text: str) -> Envelope:
                 f"json: cannot unmarshal into Go struct field ResultEnvelope.{name} of type string"
             )
         texts[name] = item or ""
-    return_raw = json.dumps(fields["return"]) if "return" in fields else None
+    # Kept as written, like Go's json.RawMessage: re-encoding it turned 1E2 into 100.0,
+    # dropped the scale of 2.50 and made 1e400 an Infinity that jsonb refuses.
+    return_raw = _raw_members(text)["return"] if "return" in fields else None
     return Envelope(ok=bool(ok), return_raw=return_raw, **texts)
 
 

@@ -689,7 +689,7 @@ class Worker:
         if envelope.ok:
             self._free_slot(task)
             try:
-                self._with_retries(
+                written = self._with_retries(
                     log,
                     "mark success",
                     lambda: self._timed_db(
@@ -700,6 +700,19 @@ class Worker:
             except FencingError as exc:
                 log.error("Failed to mark success", error=str(exc))
                 return
+            except DatabaseError as exc:  # refused_data: the return value cannot be stored
+                message = f"the task's return value cannot be stored: {exc}"
+                log.error("Failed to mark success", error=str(exc))
+                failure = policy.app_error(
+                    task, message=message, exception_class="", traceback="", worker_id=s.worker_id
+                )
+                self._fail(
+                    log, task, task_path, failure, logs_uri, event=_failed_event(failure),
+                    error_message=message,
+                )  # fmt: skip
+                return
+            if not written:
+                return  # the row stays RUNNING; its lease running out hands it on
             log.info("Task successful", duration=round(result.duration, 6))
             self.metrics.attempt_finished(task.queue_name, SUCCESS)
             self.metrics.task_finished(task.queue_name, task_path, _age(task.enqueued_at))
@@ -746,7 +759,7 @@ class Worker:
         if failure.retry and failure.delay_seconds >= 0:
             extra["next_run"] = _next_run(failure.delay_seconds)
         try:
-            self._with_retries(
+            written = self._with_retries(
                 log,
                 "mark failure",
                 lambda: self._timed_db(
@@ -756,6 +769,11 @@ class Worker:
             )
         except FencingError as exc:
             log.error("Failed to mark failure", error=str(exc))
+            return
+        except DatabaseError as exc:
+            log.error("Failed to mark failure", error=str(exc))
+            return
+        if not written:
             return
         self.metrics.attempt_finished(task.queue_name, FAILURE, processed=processed)
         if not failure.retry:
@@ -796,16 +814,20 @@ class Worker:
     def _timed_db[R](self, operation: str, action: Callable[[], R]) -> R:
         return timed(lambda seconds: self.metrics.observe_db(operation, seconds), action)
 
-    def _with_retries(self, log: Logger, what: str, action: Callable[[], None]) -> None:
-        """Completion writes survive a short database outage; the lease covers longer ones."""
+    def _with_retries(self, log: Logger, what: str, action: Callable[[], None]) -> bool:
+        """Completion writes survive a short database outage; the lease covers longer ones.
+        False when the write did not happen (logged here); a value the database refused is
+        raised at once, since sending it again cannot help."""
         for delay in (*COMPLETION_RETRIES, None):
             try:
                 action()
-                return
+                return True
             except DatabaseError as exc:
+                if exc.refused_data:
+                    raise
                 if delay is None:
                     log.error(f"Failed to {what}", error=str(exc))
-                    return
+                    return False
                 log.warn(f"Retrying: failed to {what}", error=str(exc), retry_in=delay)
                 time.sleep(delay)
 

@@ -59,7 +59,9 @@ def _translate_errors[**P, R](method: Callable[P, R]) -> Callable[P, R]:
         try:
             return method(*args, **kwargs)
         except (psycopg.Error, PoolTimeout) as exc:
-            raise DatabaseError(f"database error in {method.__name__}: {one_line(exc)}") from exc
+            error = DatabaseError(f"database error in {method.__name__}: {one_line(exc)}")
+            error.refused_data = isinstance(exc, psycopg.errors.DataError)
+            raise error from exc
 
     return wrapper
 

@@ -304,6 +304,27 @@ def test_child_killed_by_signal(conn, workers):
     assert task["last_error"] == "terminated by signal 9 (SIGKILL)"
 
 
+def test_a_return_value_that_cannot_be_stored_fails_its_task_alone(conn, workers):
+    # Both used to fail at the success write: the task stayed RUNNING until its lease ran
+    # out, was logged and counted as a success, and took the successes batched with it down.
+    infinite = enqueue(conn, "infinite", columns={"max_attempts": 1})
+    nul = enqueue(conn, "nul_text", columns={"max_attempts": 1})
+    good = [enqueue(conn, "add", n, 1, unique=str(n)) for n in range(4)]
+    run = workers.run("--concurrency", "4")
+    assert run.returncode == 0, run.stderr
+    assert (row(conn, infinite)["status"], row(conn, infinite)["last_error"]) == (
+        "FAILED",
+        "Invalid JSON on stdout: invalid character 'I' looking for beginning of value",
+    )
+    refused = row(conn, nul)
+    assert refused["status"] == "FAILED"
+    assert refused["last_error"].startswith("the task's return value cannot be stored: ")
+    assert "unsupported Unicode escape sequence" in refused["last_error"]
+    assert [row(conn, rid)["status"] for rid in good] == ["SUCCESSFUL"] * 4
+    successes = {e["result_id"] for e in run.logs if e["msg"] == "Task successful"}
+    assert successes == set(good)
+
+
 @SPAWN_ONLY
 def test_invalid_envelope(conn, workers):
     rid = enqueue(conn, "corrupt_stdout", columns={"max_attempts": 1})

@@ -60,6 +60,19 @@ def test_task_exception_envelope():
     assert "Traceback" in envelope["traceback"]
 
 
+@pytest.mark.parametrize(
+    ("task", "args", "message"),
+    [
+        ("add", [1e308, 1e308], "Out of range float values are not JSON compliant"),
+        ("shout", ["a\x00b"], "cannot store the task's return value: a string holds a NUL"),
+    ],
+)
+def test_a_return_value_that_cannot_be_stored_fails_the_task(task, args, message):
+    code, envelope, _ = run("--payload-json", spec(task, *args))
+    assert (code, envelope["ok"], envelope["exception_class"]) == (1, False, "builtins.ValueError")
+    assert envelope["message"].startswith(message)
+
+
 def test_prints_are_kept_off_stdout():
     code, envelope, stderr = run("--payload-json", spec("shout", "hey"))
     assert (code, envelope) == (0, {"ok": True, "return": "HEY"})

@@ -642,3 +642,46 @@ def test_success_writer_batches_what_arrives_while_it_writes(conn, pool, store, 
     statuses = [row(conn, rid)["status"] for rid in ids]
     assert statuses.count("SUCCESSFUL") == 20
     assert row(conn, lost.result_id)["status"] == "RUNNING"
+
+
+def test_a_return_value_the_database_refuses_fails_only_its_own_success(conn, store, db_dsn):
+    from reproq_cli.core.completions import SuccessWriter
+    from reproq_cli.errors import DatabaseError
+
+    ids = [enqueue(conn, "add", n, 0, unique=str(n)) for n in range(6)]
+    tasks, _ = store.claim_batch("default", 6, aging_factor=0)
+    first, rest = tasks[0], tasks[1:]
+    bad = rest[2]
+    writer = SuccessWriter(store)
+    blocker = psycopg.connect(db_dsn)  # holds the first row: the others queue as one batch
+    blocker.execute("SELECT 1 FROM task_runs WHERE result_id = %s FOR UPDATE", (first.result_id,))
+    outcomes: dict[int, object] = {}
+
+    def write(task) -> None:
+        # jsonb refuses the \u0000 escape: the error the whole batch used to share.
+        value = '"a\\u0000b"' if task is bad else "1"
+        try:
+            writer.write(task, value, None)
+            outcomes[task.result_id] = "ok"
+        except DatabaseError as exc:
+            outcomes[task.result_id] = exc
+
+    threads = [threading.Thread(target=write, args=(first,))]
+    threads[0].start()
+    wait_for(lambda: writer.batches == 1, what="the first batch to start")
+    threads += [threading.Thread(target=write, args=(t,)) for t in rest]
+    for t in threads[1:]:
+        t.start()
+    wait_for(lambda: writer._queue.qsize() == 5, what="5 successes queued behind it")
+    blocker.rollback()
+    blocker.close()
+    for t in threads:
+        t.join(timeout=30)
+    writer.close()
+    refused = outcomes.pop(bad.result_id)
+    assert isinstance(refused, DatabaseError) and refused.refused_data
+    assert "unsupported Unicode escape sequence" in str(refused)
+    assert set(outcomes.values()) == {"ok"}
+    statuses = {rid: row(conn, rid)["status"] for rid in ids}
+    assert statuses.pop(bad.result_id) == "RUNNING"
+    assert set(statuses.values()) == {"SUCCESSFUL"}

@@ -100,6 +100,16 @@ def touch(path: str) -> str:
     return path
 
 
+def infinite() -> float:
+    """A return value JSON has no number for (json.dumps writes Infinity)."""
+    return float("inf")
+
+
+def nul_text() -> str:
+    """A return value jsonb refuses (its JSON has a \\u0000 escape)."""
+    return "a\x00b"
+
+
 def pid() -> int:
     return os.getpid()
 

@@ -88,6 +88,35 @@ def test_envelope_parsing(stdout, expected):
     assert (envelope.ok, envelope.return_raw, envelope.message) == expected
 
 
+@pytest.mark.parametrize(
+    ("stdout", "raw"),
+    [
+        # Kept as written, like Go's json.RawMessage (jsonb then keeps 2.50's scale).
+        ('{"ok": true, "return": 1E2}', "1E2"),
+        ('{"ok": true, "return": {"b": 1, "a": 2.50}}', '{"b": 1, "a": 2.50}'),
+        ('{"ok":true,"return":1e400}', "1e400"),  # re-encoded, it was Infinity
+        (' { "Return" : "x\\u00e9" , "RETURN" : [ 1 , 2 ] , "ok" : true } ', "[ 1 , 2 ]"),
+    ],
+)
+def test_the_return_value_is_kept_raw(stdout, raw):
+    assert parse_envelope(stdout).return_raw == raw
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("NaN", "invalid character 'N' looking for beginning of value"),
+        ("[1, Infinity]", "invalid character 'I' looking for beginning of value"),
+        ("-Infinity", "invalid character 'I' in numeric literal"),
+    ],
+)
+def test_nan_and_infinity_are_not_json(value, error):
+    # Python's decoder takes them; jsonb refused them at the success write, which failed
+    # every success in the same batch (and the task stayed RUNNING).
+    envelope = parse_envelope(f'{{"ok": true, "return": {value}}}')
+    assert (envelope.ok, envelope.message) == (False, f"Invalid JSON on stdout: {error}")
+
+
 def test_envelope_wrong_types_are_errors():
     assert parse_envelope('{"ok": "yes"}').message.startswith("Invalid JSON on stdout: json:")
     assert parse_envelope('{"ok": false, "message": 3}').message.startswith(
