@@ -386,3 +386,25 @@ def test_an_unknown_or_non_postgres_database_alias_is_refused(settings):
     ):
         manage("migrate-worker", "--database", "lite")
     assert not QueueControl.objects.filter(queue_name="q").exists()
+
+
+def test_the_cli_gets_the_databases_options_too(monkeypatch):
+    from django.db import connections
+    from psycopg import conninfo
+
+    from reproq_django.management.commands.reproq import database_dsn
+
+    # Left out, the worker reached another database (OPTIONS' service), the public schema
+    # instead of the project's search_path, or the server without TLS.
+    options = {
+        "options": "-c search_path=elsewhere",
+        "sslmode": "disable",
+        "prepare_threshold": 3,  # Django's, not libpq's
+        "connect_timeout": 7,
+    }
+    monkeypatch.setitem(connections["default"].settings_dict, "OPTIONS", options)
+    params = conninfo.conninfo_to_dict(database_dsn("default"))
+    assert params["options"] == "-c search_path=elsewhere"
+    assert (params["sslmode"], params["connect_timeout"]) == ("disable", "7")
+    assert params["dbname"] == connections["default"].settings_dict["NAME"]
+    assert "prepare_threshold" not in params and "context" not in params

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import os
 import signal
 import subprocess
@@ -19,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections, transaction
 from django.tasks import task_backends
 from django.utils import timezone
-from psycopg import conninfo
+from psycopg import conninfo, pq
 
 from reproq_cli.defaults import DEFAULT_PYTHON_BIN_ENV
 from reproq_django import binary
@@ -77,14 +79,23 @@ def database_dsn(alias: str | None = None) -> str | None:
                 "PostgreSQL database"
             )
         return None
-    params = {
-        "dbname": db.get("NAME"),
-        "user": db.get("USER"),
-        "password": db.get("PASSWORD"),
-        "host": db.get("HOST"),
-        "port": db.get("PORT"),
-    }
-    return conninfo.make_conninfo(**{k: str(v) for k, v in params.items() if v})
+    # Django's own connection parameters, OPTIONS included (service, sslmode, options such
+    # as a search_path, ...): without them the CLI reached another database, or the same
+    # one without TLS. Django's keys that libpq does not know (cursor_factory, context,
+    # prepare_threshold, pool) stay behind.
+    try:
+        params = connections[alias or default_db_alias()].get_connection_params()
+    except ImproperlyConfigured as exc:
+        raise CommandError(str(exc)) from None
+    keywords = _libpq_keywords()
+    return conninfo.make_conninfo(
+        **{k: str(v) for k, v in params.items() if k in keywords and v not in (None, "")}
+    )
+
+
+@functools.cache
+def _libpq_keywords() -> frozenset[str]:
+    return frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
 
 
 def discover_allowed_modules() -> tuple[list[str], list[str]]:
