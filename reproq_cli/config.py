@@ -200,9 +200,21 @@ def mask_secrets(text: str, dsn: str) -> str:
     secrets += [m.group(1) for m in _QUERY_PASSWORD_VALUE.finditer(dsn)]
     secrets += [m.group(2).strip("'") for m in _KV_PASSWORD.finditer(dsn)]
     # Longest first, so a password that contains another is masked whole.
-    for secret in sorted({s for s in secrets if s and s != MASK}, key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
+    ordered = sorted({s for s in secrets if s and s != MASK}, key=len, reverse=True)
+
+    def mask_quoted(match: re.Match[str]) -> str:
+        quoted = match.group(0)
+        for secret in ordered:
+            quoted = quoted.replace(secret, MASK)
+        return quoted
+
+    # Only inside what libpq quotes (the DSN or the token it could not parse): replaced
+    # everywhere, a short password garbled the message and its gaps spelled the password
+    # out ("on" made "connection" into "c****necti****").
+    return _QUOTED.sub(mask_quoted, text)
+
+
+_QUOTED = re.compile(r'"[^"]*"')
 
 
 # --- resolved configuration -------------------------------------------------------------------

@@ -97,6 +97,15 @@ def test_unreachable_dsn_is_one_line_with_masked_password(run_cli):
     assert "s3cret" not in result.stderr
 
 
+def test_a_short_password_does_not_garble_the_message(run_cli):
+    # Masked wherever it appeared, "on" made "connection" into "c****necti****": the
+    # message was unreadable and its gaps spelled the password out.
+    result = run_cli("migrate", "--dsn", "postgresql://app:on@127.0.0.1:1/appdb")
+    assert_one_line_error(result, "cannot connect to postgresql://app:****@127.0.0.1:1/appdb: ")
+    assert 'connection to server at "127.0.0.1", port 1 failed' in result.stderr
+    assert "****" not in result.stderr.split(": ", 2)[2]
+
+
 def test_unreachable_key_value_dsn_from_env(run_cli):
     result = run_cli(
         "migrate", env={"DATABASE_URL": "host=127.0.0.1 port=1 user=app password=s3cret"}
