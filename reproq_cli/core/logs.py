@@ -40,7 +40,7 @@ _REDACT_FRAGMENTS = ("secret", "token", "password", "apikey", "api_key", "author
 
 # One encoder for every value (json.dumps with options builds a new one per call) and each
 # key encoded once: the worker logs two lines per task, and this was most of their cost.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, default=str).encode
+_ENCODE = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
 _KEYS: dict[str, str] = {}
 # JSON leaves these unescaped, but many readers end a line at them (Python's splitlines,
 # JavaScript); escaped, a record stays on the one line that its final newline ends. Go's slog
@@ -118,7 +118,8 @@ class Logger:
         if self.fmt == "json":
             # Written pair by pair: like Go's slog, an attribute may repeat a key ("msg").
             pairs = [("time", _timestamp()), ("level", level), ("msg", message), *merged.items()]
-            line = "{" + ", ".join(f"{_key(k)}: {_ENCODE(v)}" for k, v in pairs) + "}"
+            # Compact, as slog writes it: tools match '"level":"ERROR"'.
+            line = "{" + ",".join(f"{_key(k)}:{_ENCODE(v)}" for k, v in pairs) + "}"
         else:
             text = " ".join(f"{k}={_text_value(v)}" for k, v in merged.items())
             line = f"{_timestamp()} {level:<5} {message}" + (f"  {text}" if text else "")

@@ -22,6 +22,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     exposition,
     gc_collector,
     platform_collector,
@@ -37,6 +38,8 @@ from reproq_cli.process import rss_bytes
 COLLECT_INTERVAL = 5.0
 COLLECT_TIMEOUT = 10.0
 
+# The Go client's default buckets (prometheus_client's add .075, .75 and 7.5).
+GO_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 QUEUE_WAIT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
@@ -46,6 +49,8 @@ FAILURE = "failure"
 
 class Metrics:
     def __init__(self) -> None:
+        # The Go client exports no *_created series; an exporter's scrape shows the same set.
+        disable_created_metrics()
         r = self.registry = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         process_collector.ProcessCollector(registry=r)
@@ -68,10 +73,18 @@ class Metrics:
             registry=r,
         )
         self.claim_duration = Histogram(
-            "reproq_claim_duration_seconds", "Time spent in claim attempts.", ["queue"], registry=r
+            "reproq_claim_duration_seconds",
+            "Time spent in claim attempts.",
+            ["queue"],
+            buckets=GO_BUCKETS,
+            registry=r,
         )
         self.exec_duration = Histogram(
-            "reproq_exec_duration_seconds", "Time spent executing tasks.", ["queue"], registry=r
+            "reproq_exec_duration_seconds",
+            "Time spent executing tasks.",
+            ["queue"],
+            buckets=GO_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
             "reproq_queue_wait_duration_seconds",
@@ -84,6 +97,7 @@ class Metrics:
             "reproq_db_operation_duration_seconds",
             "Database operation latency.",
             ["operation"],
+            buckets=GO_BUCKETS,
             registry=r,
         )
         self.task_latency = Histogram(

@@ -551,12 +551,13 @@ class Worker:
             )
             return
         if not policy.is_allowed(task_path, s.allowed_task_modules):
-            log.warn("Task rejected by validator", task_path=task_path)
+            failure = policy.security_violation(task_path)
+            log.warn("Task rejected by validator", task_path=task_path, error=failure.summary)
             self._fail(
                 log,
                 task,
                 task_path,
-                policy.security_violation(task_path),
+                failure,
                 None,
                 event=("warn", "task_rejected", "task rejected by validator", "security_violation"),
             )
@@ -577,7 +578,7 @@ class Worker:
             )
         except InfraError as exc:
             self.metrics.observe_exec(task.queue_name, time.perf_counter() - started)
-            log.error("Execution infrastructure error", error=str(exc))
+            log.error("Execution pipeline error", error=str(exc))  # the Go worker's words
             failure = policy.infra_error(task, str(exc), s.worker_id, retryable=exc.retryable)
             self._fail(
                 log,
@@ -796,7 +797,10 @@ class Worker:
             meta["attempt"] = str(task.attempts)
         if task.max_attempts > 0:
             meta["max_attempts"] = str(task.max_attempts)
-        meta.update({key: value for key, value in metadata.items() if value})
+        # exception_class is sent even when empty (go-worker.md §6.3); the rest only when set.
+        meta.update(
+            {key: value for key, value in metadata.items() if value or key == "exception_class"}
+        )
         if self.settings.process_role:
             meta.setdefault("role", self.settings.process_role)
         self.events.publish(

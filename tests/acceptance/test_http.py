@@ -108,6 +108,16 @@ def test_metrics_hold_every_go_name_and_count_outcomes(conn, workers, stop_worke
     assert value(found, "reproq_worker_mem_usage_bytes") > 10_000_000
     # the client's own collectors stand in for Go's go_* series
     assert "process_resident_memory_bytes" in found
+    # The Go client's default buckets, and no *_created series (which it does not export).
+    buckets = {
+        sample.labels["le"]
+        for sample in found["reproq_claim_duration_seconds"]
+        if sample.name.endswith("_bucket") and sample.labels.get("queue") == "default"
+    }
+    go = {"0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0"}
+    assert buckets == go | {"+Inf"}
+    every = [sample.name for family in found.values() for sample in family]
+    assert not [name for name in every if name.endswith("_created")]
 
     # OpenMetrics on request, as Prometheus asks for it
     om = request(
@@ -338,10 +348,15 @@ def test_failure_events_carry_reasons(conn, workers, stop_workers):
     port = served_port(workers, proc)
     retry = enqueue(conn, "fail", "once more", columns={"max_attempts": 2})
     rejected = enqueue(conn, "evil.tasks.run")
+    silent = enqueue(conn, "exit_silently", 3, columns={"max_attempts": 1})
     stream = EventStream(port, "/events").start()
     wait_for(lambda: stream.has("task_retry", retry), what="task_retry")
     wait_for(lambda: stream.has("task_rejected", rejected), what="task_rejected")
+    wait_for(lambda: stream.has("task_failed", silent), what="task_failed")
     events = stream.events()
+    # No envelope, so no exception class: sent empty (go-worker.md §6.3), not left out.
+    silent_event = next(e for e in events if e["type"] == "task_failed")
+    assert silent_event["metadata"]["exception_class"] == ""
     retry_event = next(e for e in events if e["type"] == "task_retry")
     assert retry_event["level"] == "warn"
     assert retry_event["metadata"]["exception_class"].endswith("ValueError")

@@ -140,7 +140,8 @@ def test_disallowed_module_never_runs(conn, workers, tmp_path):
         "security violation: unauthorized task module path: tests.support.tasks.touch"
     )
     assert not marker.exists()
-    assert "Task rejected by validator" in run.messages()
+    (rejected,) = [e for e in run.logs if e["msg"] == "Task rejected by validator"]
+    assert rejected["error"] == task["last_error"]  # go-worker.md §5.1: task_path and error
 
 
 def test_a_spec_naming_another_task_than_its_column_never_runs(conn, workers, tmp_path):

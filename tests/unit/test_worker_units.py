@@ -176,8 +176,9 @@ def test_json_log_lines():
     assert record["worker_id"] == "w1"
     assert record["spec_json"] == "[REDACTED]"
     assert record["attempt"] == 2
-    assert line.startswith('{"time": "')
-    assert '"msg": "Task failed"' in line
+    # Compact, as slog writes it: tools grep for '"level":"ERROR"'.
+    assert line.startswith('{"time":"')
+    assert '"level":"WARN","msg":"Task failed"' in line
 
 
 def test_text_log_lines():
