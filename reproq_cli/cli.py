@@ -7,6 +7,7 @@ run, so ``reproq --help`` and ``reproq --version`` stay fast (hatch's lazy-comma
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -115,10 +116,24 @@ def root(ctx: click.Context, verbose: bool) -> None:
         ctx.exit(EXIT_ERROR)
 
 
+def _require_utf8(args: list[str]) -> None:
+    # Python keeps undecodable bytes as lone surrogates, which every encode (a query, a
+    # file name in a message) then fails on, far from here, as an internal error.
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ReproqError(
+                f"argument {os.fsencode(arg)!r} is not valid UTF-8",
+                hint="pass the value in UTF-8",
+            ) from None
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run the CLI; every error a user can fix ends here as `error:`/`hint:` lines."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
+        _require_utf8(args)
         result = root.main(args=args, prog_name="reproq", standalone_mode=False)
     except ReproqError as exc:
         if _verbose:

@@ -351,3 +351,10 @@ def test_click_usage_errors_are_one_error_line_and_a_hint(run_cli, args, message
     assert_one_line_error(result, message)
     assert result.stderr.splitlines()[1] == f"hint: see `{where} --help`"
     assert result.returncode == 2
+
+
+def test_an_argument_that_is_not_utf8_is_one_line(run_cli):
+    # It reached the database encoder and was reported as a bug (exit 3).
+    result = run_cli("triage", "list", "--queue", "q\udcff", "--dsn", UNREACHABLE)
+    assert_one_line_error(result, "argument b'q\\xff' is not valid UTF-8")
+    assert result.returncode == 1
