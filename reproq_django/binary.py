@@ -19,11 +19,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, cast
 from urllib.parse import urlsplit
@@ -258,6 +259,7 @@ def install_from(location: str, target: Path, *, verify: bool, log: Log) -> str:
     asset = asset_name()
     with _open_source(location, asset=asset, verify=verify, log=log) as (stream, expected):
         created = _make_parents(target.parent)
+        _remove_stale_partials(target)
         staging: Path | None = None
         installed = False
         try:
@@ -292,7 +294,13 @@ def install_from(location: str, target: Path, *, verify: bool, log: Log) -> str:
                     f"{location} does not run ({exc}); it was not installed: this machine "
                     f"needs {asset}"
                 ) from None
-            os.replace(temp, target)
+            try:
+                os.replace(temp, target)
+            except OSError as exc:  # the target is a directory, or not writable
+                raise CommandError(
+                    f"cannot install as {target}: {exc.strerror or exc}; set REPROQ_WORKER_BIN "
+                    "to a file path that can be written"
+                ) from None
             installed = True
             return version
         finally:
@@ -304,6 +312,16 @@ def install_from(location: str, target: Path, *, verify: bool, log: Log) -> str:
                         directory.rmdir()
                     except OSError:
                         break
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Staging directories an install that was killed (SIGTERM, SIGKILL) left behind.
+    Older than an hour: one as young may belong to an install still running."""
+    cutoff = time.time() - 3600
+    for stale in target.parent.glob(f".{target.name}-*.partial"):
+        with suppress(OSError):
+            if stale.is_dir() and stale.stat().st_mtime < cutoff:
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _copy(stream: BinaryIO, path: Path, location: str) -> str:

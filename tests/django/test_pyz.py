@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -192,6 +193,34 @@ def test_install_from_a_local_file(project, pyz, tmp_path):
         manage("install", "--source", str(tmp_path / "missing.pyz"))
     with pytest.raises(CommandError, match=r"^--build needs a source checkout of reproq, and "):
         manage("install", "--build", "--source", str(tmp_path))
+
+
+def test_install_onto_a_directory_and_after_a_killed_install(project, pyz, monkeypatch, tmp_path):
+    source = str(pyz.path.parent)
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    monkeypatch.setenv("REPROQ_WORKER_BIN", str(occupied))
+    # os.replace's IsADirectoryError came out as a traceback.
+    with pytest.raises(CommandError, match=rf"^cannot install as {occupied}: Is a directory; set"):
+        manage("install", "--source", source)
+    assert not list(tmp_path.glob(".*.partial"))
+    # A staging directory that a killed install left behind goes with the next install
+    # (once it is an hour old: a younger one may belong to an install still running).
+    target = tmp_path / "bin" / "reproq"
+    monkeypatch.setenv("REPROQ_WORKER_BIN", str(target))
+    target.parent.mkdir()
+    stale, fresh = target.parent / ".reproq-old.partial", target.parent / ".reproq-new.partial"
+    for leftover in (stale, fresh):
+        leftover.mkdir()
+        (leftover / "reproq").write_bytes(b"half")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    manage("install", "--source", source)
+    assert sorted(p.name for p in target.parent.iterdir()) == [".reproq-new.partial", "reproq"]
+    # upgrade checks --database before it replaces the binary
+    before = target.stat().st_mtime_ns
+    with pytest.raises(CommandError, match=r"^--database 'nosuch' is not in DATABASES"):
+        manage("upgrade", "--source", source, "--database", "nosuch")
+    assert target.stat().st_mtime_ns == before
 
 
 def test_release_url_template(settings, monkeypatch):

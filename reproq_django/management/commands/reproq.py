@@ -487,9 +487,12 @@ class Command(BaseCommand):
         self.stdout.write(f"Installed {version} at {target.resolve()}")
 
     def handle_upgrade(self, options: dict[str, Any]) -> None:
+        # The database is checked before the binary is replaced: a wrong --database used to
+        # fail only after the install had happened.
+        env = None if options["skip_worker_migrate"] else self._cli_env(options["database"])
         self.handle_install(options)
-        if not options["skip_worker_migrate"]:
-            self._run_cli(["migrate"], self._cli_env(options["database"]))
+        if env is not None:
+            self._run_cli(["migrate"], env)
 
     def _task_target(self, options: dict[str, Any]) -> tuple[str, str]:
         from reproq_django.db import parse_result_id
