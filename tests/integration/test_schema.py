@@ -205,6 +205,7 @@ def catalog(conn: psycopg.Connection) -> dict:
               SELECT 1 FROM pg_depend d
               WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
           )
+        ORDER BY p.proname
         """
     ).fetchall()
     rate_limits = conn.execute(
