@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 
+from reproq_cli.db.connect import one_line
 from reproq_cli.db.queries import query, read_sql_resource, sql_root
 from reproq_cli.errors import DatabaseError, SchemaError
 
@@ -98,7 +99,7 @@ def apply(conn: psycopg.Connection[Any]) -> list[str]:
                     first_line = statement.splitlines()[0]
                     raise DatabaseError(
                         f"migration {migration.name} failed at `{first_line}`: "
-                        f"{str(exc).strip().splitlines()[0]}",
+                        f"{one_line(exc)}",  # with PostgreSQL's DETAIL, which names the cause
                         hint="fix the database state the message names, then run "
                         "`reproq migrate` again (every step is idempotent)",
                     ) from None

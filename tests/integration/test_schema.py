@@ -419,3 +419,21 @@ def test_split_statements_keeps_dollar_bodies_whole():
         "-- c\nSELECT 1;\nDO $$\nBEGIN\n  PERFORM 1;\nEND\n$$;\nSELECT 'a;' ;\n"
     )
     assert statements == ["SELECT 1;", "DO $$\nBEGIN\n  PERFORM 1;\nEND\n$$;", "SELECT 'a;' ;"]
+
+
+def test_a_failing_migration_statement_says_why(empty_db_dsn, conn_for):
+    from reproq_cli.errors import ReproqError
+
+    conn = conn_for(empty_db_dsn)
+    run_script(conn, REPO_ROOT / "tests" / "fixtures" / "django_legacy.sql")
+    # Two active rows with one spec_hash: the unique index cannot be built. PostgreSQL's
+    # DETAIL, which names the hash, was dropped from the message.
+    conn.execute("UPDATE task_runs SET status = 'READY', spec_hash = 'dup'")
+    conn.execute("CREATE TEMP TABLE copy AS SELECT * FROM task_runs")
+    conn.execute("UPDATE copy SET result_id = result_id + 1000")
+    conn.execute("INSERT INTO task_runs SELECT * FROM copy")
+    with pytest.raises(ReproqError) as caught:
+        migrate(empty_db_dsn)
+    message = str(caught.value)
+    assert 'could not create unique index "idx_task_runs_spec_unique"' in message
+    assert "Key (spec_hash)=(dup) is duplicated." in message
