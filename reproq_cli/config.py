@@ -590,9 +590,34 @@ def _fix_hint(setting: Setting, where: str) -> str:
     return f"give {_expected(setting.kind)} {where}"
 
 
+def _check_limiter(config: Config) -> None:
+    """The auth limiter's sizes, as the Go worker checks them (go-worker.md §1.1 steps 4 and
+    12): from the environment always, otherwise only when there is an HTTP server to limit;
+    either way a fatal error (exit 1), not a flag error."""
+    serving = bool(config.values["metrics.addr"].value) or config.values["metrics.port"].value > 0
+    for key, env, flag in (
+        ("metrics.auth_limit", "METRICS_AUTH_LIMIT", "--metrics-auth-limit"),
+        ("metrics.auth_max_entries", "METRICS_AUTH_MAX_ENTRIES", "--metrics-auth-max-entries"),
+    ):
+        resolved = config.values[key]
+        if resolved.value >= 1:
+            continue
+        if resolved.source == "env":
+            raise ConfigError(
+                f"invalid {env} {_describe(str(resolved.value))} (must be a positive integer)",
+                hint=f"e.g. {env}=30",
+            )
+        if serving:
+            raise ConfigError(
+                f"{flag} must be a positive integer (from {resolved.origin})",
+                hint=f"give {flag} a value of at least 1",
+            )
+
+
 def _check_cross_field(config: Config) -> None:
     if config.mode != "worker" or "worker.poll_min_backoff" not in config.values:
         return
+    _check_limiter(config)
     worker_id = config.values["worker.worker_id"]
     if not str(worker_id.value).strip():
         # The lease owner and the registry key: a blank one cannot tell workers apart.

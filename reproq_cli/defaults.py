@@ -342,7 +342,7 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
         30,
         env="METRICS_AUTH_LIMIT",
         flag="--metrics-auth-limit",
-        minimum=1,
+        minimum=None,  # >= 1 is checked by config._check_limiter (when, as Go does)
         help="denied requests allowed per window per host",
     ),
     _s(
@@ -360,7 +360,7 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
         1000,
         env="METRICS_AUTH_MAX_ENTRIES",
         flag="--metrics-auth-max-entries",
-        minimum=1,
+        minimum=None,  # >= 1 is checked by config._check_limiter (when, as Go does)
         help="most hosts the limiter tracks",
     ),
     _s(

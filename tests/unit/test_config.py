@@ -525,3 +525,24 @@ def test_default_python_bin_is_replaceable_but_below_the_file(tmp_path, monkeypa
     (tmp_path / "reproq.yaml").write_text("worker:\n  python_bin: /opt/py/bin/python3\n")
     config = resolve("worker", env={}, cwd=tmp_path)
     assert config.get("worker.python_bin") == "/opt/py/bin/python3"
+
+
+def test_the_auth_limiter_sizes_are_checked_as_go_checks_them(tmp_path):
+    # From the environment always; from a flag or the file only when there is an HTTP
+    # server to limit; a fatal error (exit 1) either way. They were checked always, exit 2.
+    off = resolve("worker", env={}, cwd=tmp_path, flags={"metrics.auth_limit": 0})
+    assert off.get("metrics.auth_limit") == 0
+    (tmp_path / "reproq.yaml").write_text("metrics:\n  auth_max_entries: -3\n")
+    assert resolve("worker", env={}, cwd=tmp_path).get("metrics.auth_max_entries") == -3
+    with pytest.raises(ConfigError) as caught:
+        resolve("worker", env={}, cwd=tmp_path, flags={"metrics.port": 9100})
+    assert caught.value.message == (
+        "--metrics-auth-max-entries must be a positive integer "
+        "(from reproq.yaml: metrics.auth_max_entries)"
+    )
+    assert caught.value.exit_code == 1
+    (tmp_path / "reproq.yaml").unlink()
+    with pytest.raises(ConfigError) as caught:
+        resolve("worker", env={"METRICS_AUTH_LIMIT": "0"}, cwd=tmp_path)
+    assert caught.value.message == 'invalid METRICS_AUTH_LIMIT "0" (must be a positive integer)'
+    assert caught.value.exit_code == 1
