@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 import time
 import uuid
 from typing import Any
@@ -25,7 +26,14 @@ def _b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def _b64decode(text: str) -> bytes:
+    """Raw (unpadded) base64url, strictly, as Go's RawURLEncoding decodes it: Python's
+    decoder skipped characters outside the alphabet and took padding."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not raw base64url")
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 

@@ -233,3 +233,20 @@ def test_tui_tokens_that_would_crash_the_parser_are_refused():
     for exp in (float("nan"), float("inf"), float("-inf")):  # json writes NaN, Infinity
         assert tuitoken.verify(make_jwt("s3cret", {**claims, "exp": exp}), "s3cret") is False
     assert tuitoken.verify(make_jwt("s3cret", claims), "s3cret") is True
+
+
+def test_tui_token_segments_are_strict_raw_base64url():
+    from reproq_cli import tuitoken
+    from tests.support.http import make_jwt
+
+    good = make_jwt("s3cret", {"aud": "reproq-tui", "superuser": True})
+    assert tuitoken.verify(good, "s3cret") is True
+    head, body, signature = good.split(".")
+    # Go's RawURLEncoding refuses padding and characters outside the alphabet; Python's
+    # decoder skipped them, so these variants of a valid token were accepted.
+    for variant in (
+        f"{head}.{body}.{signature}==",
+        f"{head}.{body}.{signature[:5]}!!$${signature[5:]}",
+        f"{head}=.{body}.{signature}",
+    ):
+        assert tuitoken.verify(variant, "s3cret") is False, variant
