@@ -46,7 +46,8 @@ _DURATION_UNITS_NS = {
     "m": 60_000_000_000,
     "h": 3_600_000_000_000,
 }
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+# ASCII digits only ([0-9], not \d): Go's ParseDuration takes no other.
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")
 DURATION_HINT = "use Go duration syntax, e.g. 300ms, 5s, 1m30s, 1h"
 
 
@@ -74,7 +75,7 @@ def parse_duration(text: str) -> float:
     while pos < len(text):
         match = _DURATION_PART.match(text, pos)
         if match is None:
-            if re.fullmatch(r"[\d.]+", text[pos:]):
+            if re.fullmatch(r"[0-9.]+", text[pos:]):
                 raise ValueError(f"missing unit in duration {original!r}")
             raise ValueError(f"invalid duration {original!r}")
         number, unit = match.groups()
@@ -369,20 +370,24 @@ def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
 # --- coercion ------------------------------------------------------------------------------------
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+# What Go's strconv.ParseFloat takes in decimal (plus inf/nan, refused just after).
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(?i:inf(inity)?|nan)")
+
+
 def _coerce_text(setting: Setting, text: str) -> Any:
     """Parse a string value (env var, flag, or a file string) into the setting's type."""
     if setting.kind == "str":
         return text
     if setting.kind == "int":
-        try:
-            return int(text.strip())
-        except ValueError:
-            raise ValueError(f"{text!r} is not an integer") from None
+        # As Go's strconv.Atoi: ASCII digits (int() also took "5_0" and other scripts' digits).
+        if not _INTEGER.fullmatch(text.strip()):
+            raise ValueError(f"{text!r} is not an integer")
+        return int(text.strip())
     if setting.kind == "float":
-        try:
-            value = float(text.strip())
-        except ValueError:
-            raise ValueError(f"{text!r} is not a number") from None
+        if not _FLOAT.fullmatch(text.strip()):
+            raise ValueError(f"{text!r} is not a number")
+        value = float(text.strip())
         if not math.isfinite(value):
             raise ValueError(f"{text!r} is not a finite number")
         return value

@@ -448,6 +448,11 @@ def test_missing_explicit_file(tmp_path):
         ({"METRICS_AUTH_WINDOW": "0s"}, "must be a positive duration"),
         ({"METRICS_AUTH_WINDOW": "soon"}, "invalid METRICS_AUTH_WINDOW"),
         ({"METRICS_AUTH_MAX_ENTRIES": "-3"}, "invalid METRICS_AUTH_MAX_ENTRIES"),
+        # Go's Atoi, ParseFloat and ParseDuration take ASCII digits only; int() and \d did not
+        ({"METRICS_AUTH_LIMIT": "5_0"}, "invalid METRICS_AUTH_LIMIT"),
+        ({"METRICS_AUTH_MAX_ENTRIES": "\u0663"}, "invalid METRICS_AUTH_MAX_ENTRIES"),
+        ({"PRIORITY_AGING_FACTOR": "1_0.5"}, "invalid PRIORITY_AGING_FACTOR"),
+        ({"METRICS_AUTH_WINDOW": "\u0663s"}, "invalid METRICS_AUTH_WINDOW"),
     ],
 )
 def test_env_errors(tmp_path, env, fragment):
