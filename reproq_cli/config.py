@@ -411,21 +411,32 @@ def _coerce_file(setting: Setting, value: Any) -> Any:
         raise ValueError(f"{json.dumps(value, default=str)} is not a boolean")
     if isinstance(value, bool):
         raise ValueError(f"{json.dumps(value)} is a boolean, expected {_expected(kind)}")
+    # Go's yaml.v3 reads a number into a string field as its text (worker_id: 12345), an
+    # integral float into an int (30.0), and 1e3 as a float (PyYAML's YAML 1.1 leaves it a
+    # string); these are taken the same way.
     if kind == "str":
         if isinstance(value, str):
             return value
+        if isinstance(value, int | float):
+            return str(value)
         raise ValueError(f"{json.dumps(value, default=str)} is not a string")
     if kind == "int":
         if isinstance(value, int):
             return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         raise ValueError(f"{json.dumps(value, default=str)} is not an integer")
     if kind == "float":
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)
         if isinstance(value, int | float) and math.isfinite(value):
             return float(value)
         raise ValueError(f"{json.dumps(value, default=str)} is not a number")
     if kind == "duration":
         if isinstance(value, str):
             return parse_duration(value.strip())
+        if value == 0:
+            return 0.0  # "0" is a duration with no unit, in Go too
         if isinstance(value, int | float):
             raise ValueError(
                 f'missing unit in duration {value!r} (write it as a string, e.g. "{value}s")'
@@ -434,8 +445,10 @@ def _coerce_file(setting: Setting, value: Any) -> Any:
     # lists: a real list, or a comma string as a convenience
     if isinstance(value, str):
         return _coerce_text(setting, value)
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        items = [item.strip() for item in value if item.strip()]
+    if isinstance(value, list) and all(
+        isinstance(item, str | int | float) and not isinstance(item, bool) for item in value
+    ):
+        items = [str(item).strip() for item in value if str(item).strip()]
         return items
     raise ValueError(f"{json.dumps(value, default=str)} is not a list of strings")
 

@@ -551,3 +551,24 @@ def test_the_auth_limiter_sizes_are_checked_as_go_checks_them(tmp_path):
         resolve("worker", env={"METRICS_AUTH_LIMIT": "0"}, cwd=tmp_path)
     assert caught.value.message == 'invalid METRICS_AUTH_LIMIT "0" (must be a positive integer)'
     assert caught.value.exit_code == 1
+
+
+def test_yaml_scalars_are_read_as_gos_yaml_reads_them(tmp_path):
+    # Each was refused ("12345 is not a string", "30.0 is not an integer", ...) where the
+    # Go worker's yaml.v3 takes it.
+    (tmp_path / "reproq.yaml").write_text(
+        "worker:\n  worker_id: 12345\n  queues: [1, two]\n  priority_aging_factor: 1e3\n"
+        "  lease_seconds: 30.0\n  poll_min_backoff: 0\n"
+    )
+    config = resolve("worker", env={}, cwd=tmp_path)
+    assert config.get("worker.worker_id") == "12345"
+    assert config.get("worker.queues") == ["1", "two"]
+    assert config.get("worker.priority_aging_factor") == 1000.0
+    assert config.get("worker.lease_seconds") == 30
+    assert config.get("worker.poll_min_backoff") == 0.0
+    (tmp_path / "reproq.yaml").write_text("worker:\n  lease_seconds: 30.5\n")
+    with pytest.raises(ConfigError, match=r"30\.5 is not an integer"):
+        resolve("worker", env={}, cwd=tmp_path)
+    (tmp_path / "reproq.yaml").write_text("worker:\n  poll_min_backoff: 5\n")
+    with pytest.raises(ConfigError, match="missing unit in duration 5"):
+        resolve("worker", env={}, cwd=tmp_path)
