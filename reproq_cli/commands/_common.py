@@ -43,13 +43,20 @@ def dsn_option[F: Callable[..., Any]](func: F) -> F:
     )(func)
 
 
+def _first(_ctx: click.Context, _param: click.Parameter, given: tuple[str, ...]) -> str | None:
+    # The Go worker scans its arguments for the first --config; click keeps the last.
+    return given[0] if given else None
+
+
 def config_option[F: Callable[..., Any]](func: F) -> F:
     return click.option(
         "--config",
         "config_path",
-        default=None,
+        multiple=True,
+        callback=_first,
         metavar="PATH",
-        help="Config file (.yaml/.yml/.toml) [env: REPROQ_CONFIG; default: ./reproq.yaml].",
+        help="Config file (.yaml/.yml/.toml) [env: REPROQ_CONFIG; default: ./reproq.yaml]; "
+        "the first one given counts.",
     )(func)
 
 

@@ -358,3 +358,11 @@ def test_an_argument_that_is_not_utf8_is_one_line(run_cli):
     result = run_cli("triage", "list", "--queue", "q\udcff", "--dsn", UNREACHABLE)
     assert_one_line_error(result, "argument b'q\\xff' is not valid UTF-8")
     assert result.returncode == 1
+
+
+def test_the_first_config_flag_counts(run_cli, tmp_path):
+    # As the Go worker scans its arguments; click kept the last one.
+    (tmp_path / "first.yaml").write_text("worker:\n  concurrency: 3\n")
+    result = run_cli("config", "--config", "first.yaml", "--config", "second.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "worker.concurrency              = 3" in result.stdout
