@@ -9,12 +9,23 @@ SELECT 1 AS ok;
 SELECT current_setting('server_version') AS version, current_database() AS database;
 
 -- name: schema_columns
--- Live columns of the reproq tables in the current schema (for `reproq migrate --check`).
-SELECT table_name, column_name, data_type, is_nullable, column_default, is_identity
-FROM information_schema.columns
-WHERE table_schema = current_schema()
-  AND table_name = ANY(%(tables)s)
-ORDER BY table_name, ordinal_position;
+-- Live columns of the reproq tables in the current schema (for `reproq migrate --check`),
+-- in information_schema's terms but from the catalog: information_schema.columns leaves out
+-- the tables the role has no privilege on, which then read as missing.
+SELECT c.relname AS table_name, a.attname AS column_name,
+       format_type(a.atttypid, NULL) AS data_type,
+       CASE WHEN a.attnotnull THEN 'NO' ELSE 'YES' END AS is_nullable,
+       pg_get_expr(d.adbin, d.adrelid) AS column_default,
+       CASE WHEN a.attidentity <> '' THEN 'YES' ELSE 'NO' END AS is_identity,
+       has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE') AS usable
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE c.relnamespace = current_schema()::regnamespace
+  AND c.relkind IN ('r', 'p')
+  AND c.relname = ANY(%(tables)s)
+  AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY c.relname, a.attnum;
 
 -- name: schema_indexes
 -- Every index in the current schema with its validity and uniqueness.

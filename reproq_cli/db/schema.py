@@ -247,6 +247,9 @@ def _family(data_type: str) -> str:
     return "text" if data_type in _TEXT_TYPES else data_type
 
 
+NO_PRIVILEGES = "no read/write privileges on table"
+
+
 def check(conn: psycopg.Connection[Any]) -> list[str]:
     """Everything the schema lacks, one readable line each; empty when complete."""
     problems: list[str] = []
@@ -258,6 +261,12 @@ def check(conn: psycopg.Connection[Any]) -> list[str]:
         if live is None:
             problems.append(f"table {table} is missing")
             continue
+        if not next(iter(live.values()))["usable"]:
+            # Present but out of reach: `reproq migrate` would fail on it the same way.
+            problems.append(
+                f"{NO_PRIVILEGES} {table} for this role (GRANT SELECT, INSERT, UPDATE, DELETE "
+                f"ON {table} TO it, as the table's owner)"
+            )
         for name, data_type, not_null, has_default in expected:
             column = live.get(name)
             if column is None:
@@ -297,7 +306,7 @@ def check(conn: psycopg.Connection[Any]) -> list[str]:
             problems.append(f"trigger {trigger} on task_runs is missing")
     if not objects["has_constraint"]:
         problems.append(f"check constraint {EXPECTED_CONSTRAINT} on task_runs is missing")
-    if "rate_limits" in columns:
+    if "rate_limits" in columns and next(iter(columns["rate_limits"].values()))["usable"]:
         seeded = conn.execute(query("schema_global_rate_limit")).fetchone()
         if seeded is None:
             problems.append("rate_limits row 'global' is missing")
@@ -309,7 +318,14 @@ def require_tables(pool: Any, dsn: str) -> None:
     from reproq_cli.config import mask_dsn
 
     with pool.connection() as conn:
-        missing = [p for p in check(conn) if p.startswith("table ")]
+        problems = check(conn)
+    denied = [p for p in problems if p.startswith(NO_PRIVILEGES)]
+    if denied:
+        raise SchemaError(
+            f"{mask_dsn(dsn)}: {'; '.join(denied)}",
+            hint="connect as a role with those privileges, or have the tables' owner grant them",
+        )
+    missing = [p for p in problems if p.startswith("table ")]
     if missing:
         raise SchemaError(
             f"{mask_dsn(dsn)} is not migrated: {'; '.join(missing)}",

@@ -437,3 +437,24 @@ def test_a_failing_migration_statement_says_why(empty_db_dsn, conn_for):
     message = str(caught.value)
     assert 'could not create unique index "idx_task_runs_spec_unique"' in message
     assert "Key (spec_hash)=(dup) is duplicated." in message
+
+
+def test_a_role_without_privileges_is_told_so_not_that_tables_are_missing(db_dsn, conn_for):
+    from psycopg import conninfo
+
+    conn = conn_for(db_dsn)
+    role = "reproq_limited_role"
+    conn.execute(f"DROP ROLE IF EXISTS {role}")
+    conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        limited = conninfo.make_conninfo(db_dsn, user=role)
+        found = problems(limited)
+        # information_schema hid the tables: "missing", and `reproq migrate` as the fix.
+        assert not [p for p in found if "missing" in p], found
+        assert (
+            "no read/write privileges on table task_runs for this role (GRANT SELECT, "
+            "INSERT, UPDATE, DELETE ON task_runs TO it, as the table's owner)"
+        ) in found
+    finally:
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
