@@ -132,15 +132,16 @@ def release_url(tag: str, asset: str) -> str:
     return template.replace("{tag}", tag).replace("{asset}", asset)
 
 
-def _is_url(text: str) -> bool:
+def _is_url(text: str, given_by: str) -> bool:
     try:
         return urlsplit(text).scheme in ("http", "https", "file")
     except ValueError as exc:  # e.g. an unclosed IPv6 bracket
-        raise CommandError(f"--source {text!r} is not a valid URL: {exc}") from None
+        raise CommandError(f"{given_by} {text!r} is not a valid URL: {exc}") from None
 
 
-def _open_url(url: str, *, missing: str) -> BinaryIO:
-    """A readable response for ``url``; one-line errors (``missing`` is the 404 message)."""
+def _open_url(url: str, *, missing: str, check: str) -> BinaryIO:
+    """A readable response for ``url``; one-line errors (``missing`` is the 404 message,
+    ``check`` names the input to look at)."""
     try:
         request = urllib.request.Request(url, headers={"User-Agent": f"reproq/{__version__}"})
         return cast(BinaryIO, urllib.request.urlopen(request, timeout=TIMEOUT))
@@ -148,20 +149,18 @@ def _open_url(url: str, *, missing: str) -> BinaryIO:
         exc.close()
         if exc.code == 404:
             raise CommandError(missing) from None
-        raise CommandError(
-            f"{url} answered HTTP {exc.code} {exc.reason}; check REPROQ_RELEASE_URL and --tag"
-        ) from None
+        raise CommandError(f"{url} answered HTTP {exc.code} {exc.reason}; check {check}") from None
     except urllib.error.URLError as exc:
         if urlsplit(url).scheme == "file":
             raise CommandError(missing) from None
         reason = getattr(exc.reason, "strerror", None) or exc.reason
         raise CommandError(
-            f"cannot reach {url}: {reason}; check the network and REPROQ_RELEASE_URL, "
+            f"cannot reach {url}: {reason}; check the network and {check}, "
             "or download the file yourself and use --source PATH"
         ) from None
     except (TimeoutError, OSError) as exc:
         raise CommandError(
-            f"cannot reach {url}: {exc}; check the network and REPROQ_RELEASE_URL, "
+            f"cannot reach {url}: {exc}; check the network and {check}, "
             "or download the file yourself and use --source PATH"
         ) from None
     except ValueError as exc:  # urllib's own parsing: a bad port, an unclosed bracket
@@ -180,18 +179,22 @@ def _expected_digest(text: str, where: str, asset: str) -> str:
 
 @contextmanager
 def _open_source(
-    location: str, *, asset: str, verify: bool, log: Log
+    location: str, *, asset: str, verify: bool, log: Log, from_source: bool
 ) -> Iterator[tuple[BinaryIO, str | None]]:
     """The file to install (URL or local path) and the digest its .sha256 promises."""
     checksum_at = location + ".sha256"
     skip = "pass --insecure-skip-verify to install it unverified"
-    if _is_url(location):
+    check = "the --source URL" if from_source else "--tag and REPROQ_RELEASE_URL"
+    if _is_url(location, "--source" if from_source else "REPROQ_RELEASE_URL gave"):
         stream = _open_url(
             location,
             missing=(
-                f"no release asset at {location} (HTTP 404): check --tag and "
+                f"nothing at {location} (HTTP 404): check the --source URL"
+                if from_source
+                else f"no release asset at {location} (HTTP 404): check --tag and "
                 "REPROQ_RELEASE_URL, or build one here with --build"
             ),
+            check=check,
         )
         try:
             expected = None
@@ -202,6 +205,7 @@ def _open_source(
                         f"no checksum at {checksum_at}: refusing to install an unverified "
                         f"binary; publish {asset}.sha256 next to the asset, or {skip}"
                     ),
+                    check=check,
                 ) as response:
                     text = response.read(4096).decode("utf-8", "replace")
                 expected = _expected_digest(text, checksum_at, asset)
@@ -211,6 +215,11 @@ def _open_source(
             stream.close()
         return
     path = Path(location)
+    if not from_source:
+        raise CommandError(
+            f"REPROQ_RELEASE_URL gave {location!r}, which is not an http(s) or file URL; give "
+            "a URL template such as https://example.com/releases/{tag}/{asset}"
+        )
     if not path.is_file():
         raise CommandError(
             f"--source {location}: no such file; give the path of a reproq .pyz "
@@ -247,7 +256,9 @@ def _make_parents(directory: Path) -> list[Path]:
     return created
 
 
-def install_from(location: str, target: Path, *, verify: bool, log: Log) -> str:
+def install_from(
+    location: str, target: Path, *, verify: bool, log: Log, from_source: bool = True
+) -> str:
     """Install the file at ``location`` (URL or path) as ``target``; returns its version line.
 
     Nothing is written before the source and its checksum answered. The bytes go to a
@@ -257,7 +268,10 @@ def install_from(location: str, target: Path, *, verify: bool, log: Log) -> str:
     failure the temporary directory goes, and so do directories created for the target.
     """
     asset = asset_name()
-    with _open_source(location, asset=asset, verify=verify, log=log) as (stream, expected):
+    with _open_source(location, asset=asset, verify=verify, log=log, from_source=from_source) as (
+        stream,
+        expected,
+    ):
         created = _make_parents(target.parent)
         _remove_stale_partials(target)
         staging: Path | None = None
@@ -391,9 +405,14 @@ def install(
             built = build(root, Path(out_dir), log=log)
             return target, install_from(str(built), target, verify=verify, log=log)
     if source is not None:
+        if _is_url(source, "--source") and urlsplit(source).scheme == "file":
+            # A file: URL is a path: a directory holding the asset works as with a path.
+            source = urllib.request.url2pathname(urlsplit(source).path)
         location = source
-        if not _is_url(source) and Path(source).is_dir():
+        if not _is_url(source, "--source") and Path(source).is_dir():
             location = str(Path(source) / asset_name())
     else:
         location = release_url(tag or default_tag(), asset_name())
-    return target, install_from(location, target, verify=verify, log=log)
+    return target, install_from(
+        location, target, verify=verify, log=log, from_source=source is not None
+    )

@@ -223,6 +223,23 @@ def test_install_onto_a_directory_and_after_a_killed_install(project, pyz, monke
     assert target.stat().st_mtime_ns == before
 
 
+def test_install_errors_name_the_input_that_was_given(releases, pyz, monkeypatch):
+    base = os.environ["REPROQ_RELEASE_URL"].split("/{tag}")[0]
+    # A --source URL was told to check --tag and REPROQ_RELEASE_URL, which it had not used.
+    with pytest.raises(CommandError) as caught:
+        manage("install", "--source", f"{base}/nowhere/reproq.pyz")
+    assert str(caught.value) == (
+        f"nothing at {base}/nowhere/reproq.pyz (HTTP 404): check the --source URL"
+    )
+    # A file: URL of a directory holding the asset works as the directory's path does.
+    out, _ = manage("install", "--source", pyz.path.parent.as_uri())
+    assert out.startswith(f"Installed reproq {__version__}")
+    # A release URL that is no URL was reported as a missing --source file.
+    monkeypatch.setenv("REPROQ_RELEASE_URL", "ftp://example.com/{tag}/{asset}")
+    with pytest.raises(CommandError, match=r"^REPROQ_RELEASE_URL gave 'ftp://example\.com/"):
+        manage("install", "--tag", "v1")
+
+
 def test_release_url_template(settings, monkeypatch):
     monkeypatch.setenv("REPROQ_RELEASE_URL", "https://env.example/{tag}/{asset}")
     assert release_url("v1", "a.pyz") == "https://env.example/v1/a.pyz"
