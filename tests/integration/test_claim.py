@@ -601,6 +601,26 @@ def test_concurrent_batches_never_share_a_task(conn, pool):
     assert set(claimed) == ids
 
 
+def _write_rest_as_one_batch(writer, db_dsn, write, first, rest) -> None:
+    """``write`` each task in a thread of its own: ``first`` while another session holds its
+    row, so the writer's first batch waits and ``rest`` queue up behind it, to be written as
+    one batch once the row is let go. Returns when every write is done and the writer closed."""
+    blocker = psycopg.connect(db_dsn)
+    blocker.execute("SELECT 1 FROM task_runs WHERE result_id = %s FOR UPDATE", (first.result_id,))
+    threads = [threading.Thread(target=write, args=(first,))]
+    threads[0].start()
+    wait_for(lambda: writer.batches == 1, what="the first batch to start")
+    threads += [threading.Thread(target=write, args=(t,)) for t in rest]
+    for t in threads[1:]:
+        t.start()
+    wait_for(lambda: writer._queue.qsize() == len(rest), what="the rest queued behind it")
+    blocker.rollback()
+    blocker.close()
+    for t in threads:
+        t.join(timeout=30)
+    writer.close()
+
+
 def test_success_writer_batches_what_arrives_while_it_writes(conn, pool, store, db_dsn):
     from reproq_cli.core.completions import SuccessWriter
 
@@ -613,8 +633,6 @@ def test_success_writer_batches_what_arrives_while_it_writes(conn, pool, store, 
         "UPDATE task_runs SET leased_by = 'someone-else' WHERE result_id = %s", (lost.result_id,)
     )
     writer = SuccessWriter(store)
-    blocker = psycopg.connect(db_dsn)  # holds the first row: the writer's first batch waits
-    blocker.execute("SELECT 1 FROM task_runs WHERE result_id = %s FOR UPDATE", (first.result_id,))
     outcomes: dict[int, str] = {}
 
     def write(task) -> None:
@@ -624,18 +642,7 @@ def test_success_writer_batches_what_arrives_while_it_writes(conn, pool, store, 
         except FencingError:
             outcomes[task.result_id] = "fenced"
 
-    threads = [threading.Thread(target=write, args=(first,))]
-    threads[0].start()
-    wait_for(lambda: writer.batches == 1, what="the first batch to start")
-    threads += [threading.Thread(target=write, args=(t,)) for t in rest]
-    for t in threads[1:]:
-        t.start()
-    wait_for(lambda: writer._queue.qsize() == 20, what="20 successes queued behind it")
-    blocker.rollback()
-    blocker.close()
-    for t in threads:
-        t.join(timeout=30)
-    writer.close()
+    _write_rest_as_one_batch(writer, db_dsn, write, first, rest)
     assert writer.batches == 2
     assert outcomes[lost.result_id] == "fenced"
     assert [outcomes[t.result_id] for t in tasks[:-1]] == ["ok"] * 20
@@ -653,8 +660,6 @@ def test_a_return_value_the_database_refuses_fails_only_its_own_success(conn, st
     first, rest = tasks[0], tasks[1:]
     bad = rest[2]
     writer = SuccessWriter(store)
-    blocker = psycopg.connect(db_dsn)  # holds the first row: the others queue as one batch
-    blocker.execute("SELECT 1 FROM task_runs WHERE result_id = %s FOR UPDATE", (first.result_id,))
     outcomes: dict[int, object] = {}
 
     def write(task) -> None:
@@ -666,18 +671,7 @@ def test_a_return_value_the_database_refuses_fails_only_its_own_success(conn, st
         except DatabaseError as exc:
             outcomes[task.result_id] = exc
 
-    threads = [threading.Thread(target=write, args=(first,))]
-    threads[0].start()
-    wait_for(lambda: writer.batches == 1, what="the first batch to start")
-    threads += [threading.Thread(target=write, args=(t,)) for t in rest]
-    for t in threads[1:]:
-        t.start()
-    wait_for(lambda: writer._queue.qsize() == 5, what="5 successes queued behind it")
-    blocker.rollback()
-    blocker.close()
-    for t in threads:
-        t.join(timeout=30)
-    writer.close()
+    _write_rest_as_one_batch(writer, db_dsn, write, first, rest)
     refused = outcomes.pop(bad.result_id)
     assert isinstance(refused, DatabaseError) and refused.refused_data
     assert "unsupported Unicode escape sequence" in str(refused)
