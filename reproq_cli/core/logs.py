@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import re
 import sys
 import threading
 from typing import Any, Literal, TextIO
@@ -42,6 +43,7 @@ _REDACT_FRAGMENTS = ("secret", "token", "password", "apikey", "api_key", "author
 # key encoded once: the worker logs two lines per task, and this was most of their cost.
 _ENCODE = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
 _KEYS: dict[str, str] = {}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # JSON leaves these unescaped, but many readers end a line at them (Python's splitlines,
 # JavaScript); escaped, a record stays on the one line that its final newline ends. Go's slog
 # escapes U+2028 and U+2029 too.
@@ -125,6 +127,9 @@ class Logger:
             line = f"{_timestamp()} {level:<5} {message}" + (f"  {text}" if text else "")
         if not line.isascii():
             line = line.translate(_LINE_BREAKS)
+            # A lone surrogate (undecodable bytes from a task's output) cannot be written as
+            # UTF-8: the write raised and the task's outcome was never recorded.
+            line = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
         stream = self.stream or sys.stdout
         with self._lock:
             stream.write(line + "\n")

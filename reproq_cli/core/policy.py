@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 from reproq_cli.defaults import DEFAULT_ALLOWED_TASK_MODULES
@@ -74,7 +75,22 @@ def resolve_task_path(task: ClaimedTask) -> tuple[str | None, str | None]:
 
 
 def _error(kind: str, message: str, **extra: Any) -> dict[str, Any]:
-    return {"kind": kind, "message": message, "at": timestamp(), **extra}
+    texts = {key: _storable(value) for key, value in extra.items() if isinstance(value, str)}
+    return {"kind": kind, "message": _storable(message), "at": timestamp(), **extra, **texts}
+
+
+def _storable(text: str) -> str:
+    """``text`` as PostgreSQL can store it in last_error and errors_json: a NUL, which text
+    and jsonb refuse, is written out as \\x00, and a lone surrogate (not UTF-8) as U+FFFD.
+    Refused, the failure could not be recorded and the row waited for its lease to run out."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def invalid_spec(reason: str) -> Failure:

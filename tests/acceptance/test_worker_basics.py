@@ -327,6 +327,19 @@ def test_a_return_value_that_cannot_be_stored_fails_its_task_alone(conn, workers
 
 
 @SPAWN_ONLY
+def test_an_error_text_postgresql_cannot_store_is_recorded_readably(conn, workers):
+    # A NUL (refused by text and jsonb) or a lone surrogate in the executor's message made
+    # the failure write fail: the row stayed RUNNING until its lease ran out.
+    envelope = b'{"ok": false, "message": "a\\u0000b \\ud800", "exception_class": "E\\u0000"}'
+    rid = enqueue(conn, "write_stdout", envelope.hex(), True, columns={"max_attempts": 1})
+    run = workers.run()
+    assert run.returncode == 0, run.stderr
+    task = row(conn, rid)
+    assert (task["status"], task["last_error"]) == ("FAILED", "a\\x00b \ufffd")
+    assert task["errors_json"][0]["exception_class"] == "E\\x00"
+
+
+@SPAWN_ONLY
 def test_invalid_envelope(conn, workers):
     rid = enqueue(conn, "corrupt_stdout", columns={"max_attempts": 1})
     workers.run()
