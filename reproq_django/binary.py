@@ -215,10 +215,10 @@ def _open_source(
             stream.close()
         return
     path = Path(location)
-    if not from_source:
+    if not path.is_file() and not from_source:
         raise CommandError(
-            f"REPROQ_RELEASE_URL gave {location!r}, which is not an http(s) or file URL; give "
-            "a URL template such as https://example.com/releases/{tag}/{asset}"
+            f"REPROQ_RELEASE_URL gave {location!r}, which is neither an http(s) or file URL "
+            "nor a file; give a URL template such as https://example.com/releases/{tag}/{asset}"
         )
     if not path.is_file():
         raise CommandError(
