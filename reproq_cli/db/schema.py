@@ -254,14 +254,17 @@ def check(conn: psycopg.Connection[Any]) -> list[str]:
     """Everything the schema lacks, one readable line each; empty when complete."""
     problems: list[str] = []
     columns: dict[str, dict[str, dict[str, Any]]] = {}
+    denied: set[str] = set()  # present, but this role may not read and write them
     for row in conn.execute(query("schema_columns"), {"tables": list(EXPECTED_COLUMNS)}):
         columns.setdefault(row["table_name"], {})[row["column_name"]] = row
+        if not row["usable"]:
+            denied.add(row["table_name"])
     for table, expected in EXPECTED_COLUMNS.items():
         live = columns.get(table)
         if live is None:
             problems.append(f"table {table} is missing")
             continue
-        if not next(iter(live.values()))["usable"]:
+        if table in denied:
             # Present but out of reach: `reproq migrate` would fail on it the same way.
             problems.append(
                 f"{NO_PRIVILEGES} {table} for this role (GRANT SELECT, INSERT, UPDATE, DELETE "
@@ -306,7 +309,7 @@ def check(conn: psycopg.Connection[Any]) -> list[str]:
             problems.append(f"trigger {trigger} on task_runs is missing")
     if not objects["has_constraint"]:
         problems.append(f"check constraint {EXPECTED_CONSTRAINT} on task_runs is missing")
-    if "rate_limits" in columns and next(iter(columns["rate_limits"].values()))["usable"]:
+    if "rate_limits" in columns and "rate_limits" not in denied:
         seeded = conn.execute(query("schema_global_rate_limit")).fetchone()
         if seeded is None:
             problems.append("rate_limits row 'global' is missing")
