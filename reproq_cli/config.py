@@ -371,6 +371,19 @@ def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def parse_int64(text: str) -> int:
+    """An int64 as Go's strconv.ParseInt reads it: ASCII digits, an optional sign, no
+    spaces (int() also took "5_0" and other scripts' digits). ValueError says why not."""
+    if not _INTEGER.fullmatch(text):
+        raise ValueError(f"{text!r} is not a valid integer")
+    number = int(text)
+    if not -(2**63) <= number < 2**63:
+        raise ValueError(f"{text} is out of range (a 64-bit integer)")
+    return number
+
+
 # What Go's strconv.ParseFloat takes in decimal (plus inf/nan, refused just after).
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(?i:inf(inity)?|nan)")
 

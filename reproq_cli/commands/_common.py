@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from reproq_cli import console
-from reproq_cli.config import Config, resolve
+from reproq_cli.config import Config, parse_int64, resolve
 from reproq_cli.db.connect import require_dsn
 from reproq_cli.defaults import Mode
 
@@ -23,12 +23,9 @@ class _Int64(click.ParamType):
         if isinstance(value, int):
             return value
         try:
-            number = int(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a valid integer", param, ctx)
-        if not -(2**63) <= number < 2**63:
-            self.fail(f"{value} is out of range (a 64-bit integer)", param, ctx)
-        return number
+            return parse_int64(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 INT64 = _Int64()

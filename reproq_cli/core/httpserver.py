@@ -17,7 +17,6 @@ import contextlib
 import hmac
 import ipaddress
 import json
-import re
 import socket
 import ssl
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from reproq_cli import __version__, tuitoken
-from reproq_cli.config import Config
+from reproq_cli.config import Config, parse_int64
 from reproq_cli.core.events import EventBroker, EventFilter
 from reproq_cli.core.logs import Logger
 from reproq_cli.core.metrics import Metrics
@@ -39,7 +38,6 @@ from reproq_cli.errors import ConfigError
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 READ_HEADER_TIMEOUT = 5.0
-TASK_ID = re.compile(r"[+-]?[0-9]+")
 WRITE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 60.0
 SHUTDOWN_GRACE = 5.0
@@ -489,12 +487,11 @@ class _Handler(BaseHTTPRequestHandler):
 
         task_id = 0
         if param("task_id"):
-            text = param("task_id")
-            # An int64, as Go's strconv.ParseInt reads it (Python's int() also takes "5_0").
-            if not TASK_ID.fullmatch(text) or not -(2**63) <= int(text) < 2**63:
+            try:
+                task_id = parse_int64(param("task_id"))
+            except ValueError:
                 self._send(400, b"invalid task_id\n", "text/plain; charset=utf-8")
                 return
-            task_id = int(text)
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")

@@ -26,6 +26,9 @@ def test_cancel(run_cli, conn, db_dsn):
     huge = run_cli("cancel", "--dsn", db_dsn, "--id", "99999999999999999999")
     assert huge.returncode == 2
     assert "99999999999999999999 is out of range (a 64-bit integer)" in huge.stderr
+    underscored = run_cli("cancel", "--dsn", db_dsn, "--id", "5_0")  # int() read it as 50
+    assert underscored.returncode == 2
+    assert "'5_0' is not a valid integer" in underscored.stderr
 
 
 def test_logs(run_cli, conn, db_dsn, tmp_path):
