@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import threading
+import time
 from typing import Any, Literal, TextIO
 
 from reproq_cli.spec import go_time
@@ -42,6 +43,8 @@ _REDACT_FRAGMENTS = ("secret", "token", "password", "apikey", "api_key", "author
 # One encoder for every value (json.dumps with options builds a new one per call) and each
 # key encoded once: the worker logs two lines per task, and this was most of their cost.
 _ENCODE = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
+_ENCODE_STR = json.encoder.encode_basestring  # what _ENCODE does for a str, without the checks
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 _KEYS: dict[str, str] = {}
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # JSON leaves these unescaped, but many readers end a line at them (Python's splitlines,
@@ -65,6 +68,8 @@ def should_redact(key: str) -> bool:
 
 def redact(value: Any) -> Any:
     """A copy of ``value`` with secret-looking keys replaced, recursively."""
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, dict):
         return {k: REDACTED if should_redact(str(k)) else redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -72,9 +77,21 @@ def redact(value: Any) -> Any:
     return value
 
 
+# (second, "YYYY-MM-DDTHH:MM:SS", offset) of the last line: the local zone's date and offset
+# are worked out once a second, not per line (astimezone was a sixth of a line's cost).
+_second: tuple[int, str, str] = (-1, "", "")
+
+
 def _timestamp() -> str:
     # RFC 3339 with milliseconds and the local offset, like Go's slog JSON handler.
-    return go_time(dt.datetime.now(), digits=3)
+    global _second
+    now = time.time()
+    second = int(now)
+    cached = _second
+    if cached[0] != second:
+        text = go_time(dt.datetime.fromtimestamp(second), digits=0)
+        cached = _second = (second, text[:19], text[19:])
+    return f"{cached[1]}.{int((now - second) * 1000):03d}{cached[2]}"
 
 
 def _plain(value: Any) -> Any:
@@ -100,11 +117,21 @@ class Logger:
         self.stream = stream
         self.fmt = fmt
         self.attrs = dict(attrs or {})
-        # Bound attributes are made plain and redacted once, not on every line.
+        # Bound attributes are made plain, redacted and encoded once, not on every line.
         self._clean = _clean(self.attrs)
+        self._encoded = _encode_pairs(self._clean)
 
     def bind(self, **attrs: Any) -> Logger:
-        return Logger(self.stream, self.fmt, {**self.attrs, **attrs})
+        if attrs.keys() & self.attrs.keys():
+            return Logger(self.stream, self.fmt, {**self.attrs, **attrs})
+        # New keys only: the parent's encoded attributes stay as they are, with these after.
+        child = Logger.__new__(Logger)
+        child.stream, child.fmt = self.stream, self.fmt
+        child.attrs = {**self.attrs, **attrs}
+        added = _clean(attrs)
+        child._clean = {**self._clean, **added}
+        child._encoded = self._encoded + _encode_pairs(added)
+        return child
 
     def info(self, message: str, /, **attrs: Any) -> None:
         self._emit("INFO", message, attrs)
@@ -116,13 +143,18 @@ class Logger:
         self._emit("ERROR", message, attrs)
 
     def _emit(self, level: str, message: str, attrs: dict[str, Any]) -> None:
-        merged = {**self._clean, **_clean(attrs)} if attrs else self._clean
+        extra = _clean(attrs) if attrs else {}
         if self.fmt == "json":
             # Written pair by pair: like Go's slog, an attribute may repeat a key ("msg").
-            pairs = [("time", _timestamp()), ("level", level), ("msg", message), *merged.items()]
             # Compact, as slog writes it: tools match '"level":"ERROR"'.
-            line = "{" + ",".join(f"{_key(k)}:{_ENCODE(v)}" for k, v in pairs) + "}"
+            head = f'{{"time":"{_timestamp()}","level":"{level}","msg":{_ENCODE_STR(message)}'
+            if extra.keys() & self._clean.keys():
+                # A bound attribute given again keeps its place with the new value.
+                line = head + _encode_pairs({**self._clean, **extra}) + "}"
+            else:
+                line = head + self._encoded + _encode_pairs(extra) + "}"
         else:
+            merged = {**self._clean, **extra}
             text = " ".join(f"{k}={_text_value(v)}" for k, v in merged.items())
             line = f"{_timestamp()} {level:<5} {message}" + (f"  {text}" if text else "")
         if not line.isascii():
@@ -134,6 +166,13 @@ class Logger:
         with self._lock:
             stream.write(line + "\n")
             stream.flush()
+
+
+def _encode_pairs(attrs: dict[str, Any]) -> str:
+    """``,"key":value`` for each attribute, in order."""
+    return "".join(
+        f",{_key(k)}:{_ENCODE_STR(v) if type(v) is str else _ENCODE(v)}" for k, v in attrs.items()
+    )
 
 
 def _clean(attrs: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -180,6 +182,49 @@ def test_json_log_lines():
     assert line.startswith('{"time":"')
     assert '"level":"WARN","msg":"Task failed"' in line
 
+
+
+def test_json_log_attributes_in_order_through_binds():
+    stream = io.StringIO()
+    log = Logger(stream, "json", {"worker_id": "w1"}).bind(result_id=7, token="t")
+    log = log.bind(task_path="a.b", attempt=2)
+    log.info("Task successful", duration=0.5)
+    # A key bound again, or given again at the call, keeps its first place with the new value.
+    log.bind(result_id=8).info("again", worker_id="w2", extra="ü\u2028")
+    lines = stream.getvalue().splitlines()
+    first, second = (json.loads(line, object_pairs_hook=list) for line in lines)
+    assert first[1:] == [
+        ("level", "INFO"),
+        ("msg", "Task successful"),
+        ("worker_id", "w1"),
+        ("result_id", 7),
+        ("token", "[REDACTED]"),
+        ("task_path", "a.b"),
+        ("attempt", 2),
+        ("duration", 0.5),
+    ]
+    assert second[3:] == [
+        ("worker_id", "w2"),
+        ("result_id", 8),
+        ("token", "[REDACTED]"),
+        ("task_path", "a.b"),
+        ("attempt", 2),
+        ("extra", "ü\u2028"),
+    ]
+    assert lines[1].endswith('"extra":"ü\\u2028"}')
+
+
+def test_json_log_time_is_local_rfc3339_with_milliseconds():
+    stream = io.StringIO()
+    before = datetime.now().astimezone()
+    Logger(stream, "json").info("now")
+    after = datetime.now().astimezone()
+    stamp = json.loads(stream.getvalue())["time"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)", stamp)
+    moment = datetime.fromisoformat(stamp)
+    assert moment.utcoffset() == before.utcoffset()
+    # Milliseconds are cut, not rounded, as Go formats them.
+    assert before - timedelta(milliseconds=1) < moment <= after
 
 def test_text_log_lines():
     stream = io.StringIO()
