@@ -3,14 +3,18 @@ every success that has arrived meanwhile in one transaction.
 
 Nothing waits on purpose: while one batch is being written, the next one gathers, so a busy
 worker commits (and its server flushes the WAL) once per batch rather than once per task,
-and an idle one writes each success at once. Each task thread still learns its own outcome
-(written, or lease lost), so retries and logging work exactly as with single writes.
+and an idle one writes each success at once. Each success still learns its own outcome
+(written, lease lost, or the error that stopped the batch), so retries and logging work
+exactly as with single writes. The worker is told through a callback, on the writer's thread:
+no task thread waits for a commit.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import traceback
+from collections.abc import Callable
 from concurrent.futures import Future
 
 from reproq_cli.db.tasks import FencingError, SuccessConnection, TaskStore
@@ -18,7 +22,9 @@ from reproq_cli.models import ClaimedTask
 
 MAX_BATCH = 100
 
-_Item = tuple[ClaimedTask, str | None, str | None, Future[bool]]
+# True: committed; False: the lease was lost; an exception: what stopped the batch.
+type Outcome = bool | Exception
+_Item = tuple[ClaimedTask, str | None, str | None, Callable[[Outcome], None]]
 
 
 class SuccessWriter:
@@ -38,11 +44,29 @@ class SuccessWriter:
         self._thread = threading.Thread(target=self._run, name="reproq-successes", daemon=True)
         self._thread.start()
 
+    def submit(
+        self,
+        task: ClaimedTask,
+        return_json: str | None,
+        logs_uri: str | None,
+        done: Callable[[Outcome], None],
+    ) -> None:
+        """Queue a success; ``done`` gets its outcome on the writer's thread, after the
+        commit, and must not block: the next batch waits for it."""
+        self._queue.put((task, return_json, logs_uri, done))
+
     def write(self, task: ClaimedTask, return_json: str | None, logs_uri: str | None) -> None:
         """Returns once the success is committed. Raises FencingError when the lease was
         lost, DatabaseError when the batch could not be written (the caller retries)."""
         future: Future[bool] = Future()
-        self._queue.put((task, return_json, logs_uri, future))
+
+        def done(outcome: Outcome) -> None:
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        self.submit(task, return_json, logs_uri, done)
         if not future.result():
             raise FencingError("fencing failure or task not running")
 
@@ -81,8 +105,15 @@ class SuccessWriter:
                 for item in batch:
                     self._write([item])
                 return
-            for *_, future in batch:
-                future.set_exception(exc)
+            for *_, done in batch:
+                _tell(done, exc)
             return
-        for (*_, future), ok in zip(batch, written, strict=True):
-            future.set_result(ok)
+        for (*_, done), ok in zip(batch, written, strict=True):
+            _tell(done, ok)
+
+
+def _tell(done: Callable[[Outcome], None], outcome: Outcome) -> None:
+    try:
+        done(outcome)
+    except Exception:  # a bug in a callback must not stop every later success being written
+        traceback.print_exc()

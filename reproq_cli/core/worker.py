@@ -270,12 +270,19 @@ class Worker:
         # Runner metrics are kept even without an HTTP server, as in the Go worker.
         self.metrics = metrics or Metrics()
         self.events: EventSink = events or DiscardEvents()
+        # Without a listener (no HTTP server, low-memory mode) an event is not even built:
+        # two per task, each with its own timestamp.
+        self._publishing = not isinstance(self.events, DiscardEvents)
         self._slots = threading.BoundedSemaphore(settings.concurrency)
         self._running: set[int] = set()  # result_ids handed to a runner and not finished
         # Claimed tasks go to long-lived runner threads, one per slot: starting a thread per
         # task made the claim loop wait for each new thread to be scheduled (a third of its
         # time, with a busy GIL, in a profile of a no-op pool run).
-        self._queue: queue.SimpleQueue[ClaimedTask | None] = queue.SimpleQueue()
+        # Besides claimed tasks, the runners take the follow-ups of a success the writer could
+        # not commit (a retry after a pause, or recording that its value was refused).
+        self._queue: queue.SimpleQueue[ClaimedTask | Callable[[], None] | None] = (
+            queue.SimpleQueue()
+        )
         self._runners: list[threading.Thread] = []
         # Tasks whose executor is done and whose slot went back before their success committed.
         self._freed: set[int] = set()
@@ -480,8 +487,11 @@ class Worker:
         self._queue.put(task)
 
     def _runner(self) -> None:
-        while (task := self._queue.get()) is not None:
-            self._task_thread(task)
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, ClaimedTask):
+                self._task_thread(item)
+            else:
+                item()
 
     def _drain(self) -> None:
         """Wait for running tasks; after shutdown_timeout (signal case) stop them."""
@@ -504,19 +514,29 @@ class Worker:
     # --- one task -------------------------------------------------------------------------------
 
     def _task_thread(self, task: ClaimedTask) -> None:
+        finished = True
         try:
-            self._process(task)
+            finished = self._process(task)
         except Exception as exc:  # keep the worker alive; the lease expiry recovers the row
-            self.log.error("Execution pipeline error", result_id=task.result_id, error=repr(exc))
+            self._pipeline_error(task, exc)
         finally:
-            with self._running_lock:
-                self._running.discard(task.result_id)
-                self._finished += 1
-                freed = task.result_id in self._freed
-                self._freed.discard(task.result_id)
-            if not freed:
-                self._slots.release()
-            self._wake.set()
+            if finished:
+                self._task_done(task)
+
+    def _pipeline_error(self, task: ClaimedTask, exc: Exception) -> None:
+        self.log.error("Execution pipeline error", result_id=task.result_id, error=repr(exc))
+
+    def _task_done(self, task: ClaimedTask) -> None:
+        """Everything about ``task`` is written (or left for reclaim): it stops counting as
+        running, and its slot goes back unless it already has."""
+        with self._running_lock:
+            self._running.discard(task.result_id)
+            self._finished += 1
+            freed = task.result_id in self._freed
+            self._freed.discard(task.result_id)
+        if not freed:
+            self._slots.release()
+        self._wake.set()
 
     def _free_slot(self, task: ClaimedTask) -> None:
         """The executor is done with ``task``: its slot can take the next claim while the
@@ -524,10 +544,11 @@ class Worker:
         burst mode still wait for the commit (and for what it releases, a chain's next step);
         only the executor-side limit is handed back early.
 
-        At most ``concurrency`` tasks wait for their commit with their slot given back: with
-        more (commits held up by the database), the runner threads (two per slot) would all
-        be taken, and a new claim would wait for one without heartbeats, its lease running
-        out. Past that, a slot goes back when its commit lands, as without early freeing."""
+        At most ``concurrency`` tasks wait for their commit with their slot given back. A
+        success waiting for its commit holds no runner thread, but while the database fails
+        its writes each one's retry takes a runner for the pause: with more tasks in flight
+        than runners (two per slot), a new claim would wait for one without heartbeats, its
+        lease running out. Past that, a slot goes back when its commit lands."""
         with self._running_lock:
             if len(self._freed) >= self.settings.concurrency:
                 return
@@ -535,7 +556,9 @@ class Worker:
         self._slots.release()
         self._wake.set()
 
-    def _process(self, task: ClaimedTask) -> None:
+    def _process(self, task: ClaimedTask) -> bool:
+        """Run ``task`` and record its outcome. False when a success is left with the writer,
+        which finishes the task once it is committed (_success_written)."""
         s = self.settings
         log = self.log.bind(result_id=task.result_id, spec_hash=task.spec_hash)
         task_path, problem = policy.resolve_task_path(task)
@@ -549,7 +572,7 @@ class Worker:
                 None,
                 event=("error", "task_invalid", "invalid task spec", "invalid_spec"),
             )
-            return
+            return True
         if not policy.is_allowed(task_path, s.allowed_task_modules):
             failure = policy.security_violation(task_path)
             log.warn("Task rejected by validator", task_path=task_path, error=failure.summary)
@@ -561,7 +584,7 @@ class Worker:
                 None,
                 event=("warn", "task_rejected", "task rejected by validator", "security_violation"),
             )
-            return
+            return True
         log = log.bind(task_path=task_path, attempt=task.attempts)
         log.info("Executing task")
         self._emit("info", "task_started", "task started", task, task_path)
@@ -594,10 +617,10 @@ class Worker:
                 ),
                 processed=False,
             )
-            return
+            return True
         self.metrics.observe_exec(task.queue_name, result.duration)
         logs_uri = self._persist_logs(log, task, result)
-        self._finish(log, task, task_path, limit, result, logs_uri)
+        return self._finish(log, task, task_path, limit, result, logs_uri)
 
     def _ticker(self, task: ClaimedTask, log: Logger) -> Callable[[], str | None]:
         """Heartbeats the lease; says when to stop the child (cancel, lease lost, shutdown)."""
@@ -639,16 +662,16 @@ class Worker:
         limit: float,
         result: ExecResult,
         logs_uri: str | None,
-    ) -> None:
+    ) -> bool:
         s = self.settings
         if result.stopped_for == "lease_lost":
             log.error("Task stopped: lease lost; the row is left for reclaim")
-            return
+            return True
         if result.stopped_for == LOST:
             # The task may still be running on a cluster we cannot see: the lease, no
             # longer renewed, decides when another attempt may start.
             log.error("Task abandoned: executor connection lost; the row is left for reclaim")
-            return
+            return True
         if result.stopped_for == "cancelled":
             log.warn("Task cancelled by request")
             self._fail(
@@ -659,7 +682,7 @@ class Worker:
                 logs_uri,
                 event=("warn", "task_cancelled", "task cancelled by request", "cancel_requested"),
             )
-            return
+            return True
         if result.stopped_for == "worker_shutdown":
             log.warn("Task stopped by worker shutdown; it will run again")
             self._fail(
@@ -671,12 +694,12 @@ class Worker:
                 event=("warn", "task_retry", "task stopped by worker shutdown", "worker_shutdown"),
                 processed=False,
             )
-            return
+            return True
         if result.timed_out:
             log.warn("Task timed out", timeout_seconds=limit)
             failure = policy.timeout(task, limit, s.worker_id)
             self._fail(log, task, task_path, failure, logs_uri, event=_failed_event(failure))
-            return
+            return True
         which = resource_limit_hit(s.exec_spec, result)
         if which is not None:
             spec = s.exec_spec
@@ -685,40 +708,12 @@ class Worker:
             log.warn("Task exceeded a resource limit", limit=which, limit_value=cap)
             failure = policy.resource_limit(task, which, cap, s.worker_id)
             self._fail(log, task, task_path, failure, logs_uri, event=_failed_event(failure))
-            return
+            return True
         envelope = result.envelope
         if envelope.ok:
             self._free_slot(task)
-            try:
-                written = self._with_retries(
-                    log,
-                    "mark success",
-                    lambda: self._timed_db(
-                        "complete_success",
-                        lambda: self._successes.write(task, envelope.return_raw, logs_uri),
-                    ),
-                )
-            except FencingError as exc:
-                log.error("Failed to mark success", error=str(exc))
-                return
-            except DatabaseError as exc:  # refused_data: the return value cannot be stored
-                message = f"the task's return value cannot be stored: {exc}"
-                log.error("Failed to mark success", error=str(exc))
-                failure = policy.app_error(
-                    task, message=message, exception_class="", traceback="", worker_id=s.worker_id
-                )
-                self._fail(
-                    log, task, task_path, failure, logs_uri, event=_failed_event(failure),
-                    error_message=message,
-                )  # fmt: skip
-                return
-            if not written:
-                return  # the row stays RUNNING; its lease running out hands it on
-            log.info("Task successful", duration=round(result.duration, 6))
-            self.metrics.attempt_finished(task.queue_name, SUCCESS)
-            self.metrics.task_finished(task.queue_name, task_path, _age(task.enqueued_at))
-            self._emit("info", "task_success", "task completed", task, task_path)
-            return
+            self._write_success(log, task, task_path, result, logs_uri)
+            return False
         message = envelope.message
         signum = result.signal_number
         if signum is not None and message.startswith("Invalid JSON on stdout"):
@@ -741,6 +736,115 @@ class Worker:
             exception_class=envelope.exception_class,
             error_message=message,
         )
+        return True
+
+    def _write_success(
+        self,
+        log: Logger,
+        task: ClaimedTask,
+        task_path: str,
+        result: ExecResult,
+        logs_uri: str | None,
+        retries: int = 0,
+    ) -> None:
+        """Hand the success to the writer; what follows its commit runs when it lands."""
+        self._successes.submit(
+            task,
+            result.envelope.return_raw,
+            logs_uri,
+            partial(
+                self._success_written,
+                log,
+                task,
+                task_path,
+                result,
+                logs_uri,
+                retries,
+                time.perf_counter(),
+            ),
+        )
+
+    def _success_written(
+        self,
+        log: Logger,
+        task: ClaimedTask,
+        task_path: str,
+        result: ExecResult,
+        logs_uri: str | None,
+        retries: int,
+        submitted: float,
+        outcome: bool | Exception,
+    ) -> None:
+        """The writer's answer for one success, on its thread. Anything slow (a pause before
+        writing again, a failure to record) goes to a runner, and the task is done only
+        after that."""
+        try:
+            self.metrics.observe_db("complete_success", time.perf_counter() - submitted)
+            if outcome is True:
+                log.info("Task successful", duration=round(result.duration, 6))
+                self.metrics.attempt_finished(task.queue_name, SUCCESS)
+                self.metrics.task_finished(task.queue_name, task_path, _age(task.enqueued_at))
+                self._emit("info", "task_success", "task completed", task, task_path)
+            elif outcome is False:
+                # The row is no longer ours (reclaimed, or finished by someone else).
+                log.error("Failed to mark success", error="fencing failure or task not running")
+            elif isinstance(outcome, DatabaseError) and outcome.refused_data:
+                log.error("Failed to mark success", error=str(outcome))
+                self._queue.put(
+                    partial(self._success_refused, log, task, task_path, logs_uri, outcome)
+                )
+                return
+            elif isinstance(outcome, DatabaseError) and retries < len(COMPLETION_RETRIES):
+                delay = COMPLETION_RETRIES[retries]
+                log.warn("Retrying: failed to mark success", error=str(outcome), retry_in=delay)
+                again = partial(
+                    self._write_success, log, task, task_path, result, logs_uri, retries + 1
+                )
+                self._queue.put(partial(self._after_pause, task, delay, again))
+                return
+            elif isinstance(outcome, DatabaseError):
+                # The row stays RUNNING; its lease running out hands it on.
+                log.error("Failed to mark success", error=str(outcome))
+            else:
+                self._pipeline_error(task, outcome)
+        except Exception as exc:
+            self._pipeline_error(task, exc)
+        self._task_done(task)
+
+    def _after_pause(self, task: ClaimedTask, delay: float, action: Callable[[], None]) -> None:
+        time.sleep(delay)
+        try:
+            action()
+        except Exception as exc:
+            self._pipeline_error(task, exc)
+            self._task_done(task)
+
+    def _success_refused(
+        self,
+        log: Logger,
+        task: ClaimedTask,
+        task_path: str,
+        logs_uri: str | None,
+        exc: DatabaseError,
+    ) -> None:
+        """The database refused the task's return value: the attempt fails with the reason."""
+        try:
+            message = f"the task's return value cannot be stored: {exc}"
+            failure = policy.app_error(
+                task,
+                message=message,
+                exception_class="",
+                traceback="",
+                worker_id=self.settings.worker_id,
+            )
+            self._fail(
+                log, task, task_path, failure, logs_uri, event=_failed_event(failure),
+                error_message=message,
+            )  # fmt: skip
+        except Exception as error:
+            self._pipeline_error(task, error)
+        finally:
+            self._task_done(task)
 
     def _fail(
         self,
@@ -790,6 +894,8 @@ class Worker:
         task_path: str,
         **metadata: str,
     ) -> None:
+        if not self._publishing:
+            return
         meta: dict[str, str] = {}
         if task_path:
             meta["task_path"] = task_path

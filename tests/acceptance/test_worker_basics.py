@@ -326,6 +326,54 @@ def test_a_return_value_that_cannot_be_stored_fails_its_task_alone(conn, workers
     assert successes == set(good)
 
 
+
+def _held_after_a_success(conn, workers, go):
+    """A burst worker that has written one success (so its success writer is connected) and
+    is running a task that waits for the file ``go``; returns (worker, waiting task id)."""
+    first = enqueue(conn, "add", 1, 1)
+    waiting = enqueue(conn, "wait_for_file", str(go))
+    proc = workers.start("--burst", "--concurrency", "1", "--heartbeat-seconds", "600")
+    wait_for(lambda: row(conn, first)["status"] == "SUCCESSFUL", what="the first success")
+    wait_for(lambda: row(conn, waiting)["status"] == "RUNNING", what="the waiting task")
+    return proc, waiting
+
+
+def test_a_success_write_the_database_drops_is_made_again(conn, workers, tmp_path):
+    go = tmp_path / "go"
+    proc, waiting = _held_after_a_success(conn, workers, go)
+    # The success writer keeps its own connection: end its session under it.
+    (writer,) = wait_for(
+        lambda: conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE '%%''SUCCESSFUL''%%' "
+            "AND state = 'idle' AND pid <> pg_backend_pid()"
+        ).fetchall(),
+        what="the success writer's session",
+    )
+    conn.execute("SELECT pg_terminate_backend(%s)", writer)
+    go.touch()
+    run = workers.finish(proc)
+    assert run.returncode == 0, run.stderr
+    assert row(conn, waiting)["status"] == "SUCCESSFUL"
+    mine = [e["msg"] for e in run.logs if e.get("result_id") == waiting]
+    assert mine == ["Executing task", "Retrying: failed to mark success", "Task successful"]
+
+
+def test_a_success_whose_lease_is_gone_is_not_written(conn, workers, tmp_path):
+    go = tmp_path / "go"
+    proc, waiting = _held_after_a_success(conn, workers, go)
+    conn.execute("UPDATE task_runs SET leased_by = 'someone-else' WHERE result_id = %s", (waiting,))
+    go.touch()
+    run = workers.finish(proc)
+    assert run.returncode == 0, run.stderr
+    task = row(conn, waiting)
+    assert (task["status"], task["leased_by"]) == ("RUNNING", "someone-else")
+    (failed,) = [e for e in run.logs if e.get("result_id") == waiting and e["level"] == "ERROR"]
+    assert (failed["msg"], failed["error"]) == (
+        "Failed to mark success",
+        "fencing failure or task not running",
+    )
+    assert "Task successful" not in [e["msg"] for e in run.logs if e.get("result_id") == waiting]
+
 @SPAWN_ONLY
 def test_an_error_text_postgresql_cannot_store_is_recorded_readably(conn, workers):
     # A NUL (refused by text and jsonb) or a lone surrogate in the executor's message made

@@ -156,3 +156,13 @@ def write_stdout(data_hex: str, exit_now: bool = False) -> str:
     if exit_now:
         os._exit(0)
     return "written"
+
+
+def wait_for_file(path: str, timeout: float = 30.0) -> str:
+    """Returns once ``path`` exists (the test's go-ahead), or fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout}s")
+        time.sleep(0.01)
+    return path
