@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,17 @@ def _load(text: str) -> Any:
 
 def split_payload(text: str | None) -> tuple[str, str]:
     """(args JSON, kwargs JSON) from a payload_json text, as the Go beat reads it."""
+    try:
+        return _split(text)
+    except RecursionError:
+        # Python's parser and _serialize recurse; Go's decoder takes up to 10000 levels.
+        raise PayloadError(
+            f"payload JSON is nested deeper than this beat can read (about "
+            f"{sys.getrecursionlimit() - 100} levels)"
+        ) from None
+
+
+def _split(text: str | None) -> tuple[str, str]:
     if text is None or not text.strip():
         return "[]", "{}"
     try:
@@ -176,6 +188,9 @@ def run_pass(session: Any, now: dt.datetime) -> PassResult:
                     tx.advance(task.name, planned.next_run_at)
             except (PayloadError, CronError, DatabaseError) as exc:
                 result.errors.append(str(exc))
+                continue
+            except Exception as exc:  # one row must not stop every other schedule
+                result.errors.append(f"periodic task {task.name}: unexpected error: {exc!r}")
                 continue
             result.enqueued += 1  # counted even when an active duplicate skipped the insert
             result.inserted += int(inserted)

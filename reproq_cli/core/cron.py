@@ -11,6 +11,7 @@ restrict.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -26,6 +27,9 @@ FIELDS = (
     ("day of week", 0, 6, DAYS),
 )
 SEARCH_YEARS = 5
+# Wider than any clock change in the tz database (two hours at most): a time zone's repeated
+# hour holds instants whose wall time is earlier than that of an instant before them.
+_DST_REACH = dt.timedelta(hours=3)
 
 
 class CronError(ValueError):
@@ -55,9 +59,35 @@ class Schedule:
         return dom or dow
 
     def next_after(self, now: dt.datetime) -> dt.datetime | None:
-        """The first matching minute strictly after ``now`` (UTC result), or None within 5 years."""
-        local = now.astimezone(self.tz).replace(second=0, microsecond=0, tzinfo=None)
-        local += dt.timedelta(minutes=1)
+        """The first matching minute strictly after ``now`` (UTC result), or None within 5 years.
+
+        Matching is by the zone's wall clock, stepping through real time as robfig/cron does:
+        a wall time that a clock change skips does not exist, and one it repeats matches at
+        each of its two instants."""
+        now = now.astimezone(dt.UTC)
+        # Near a clock change the search starts earlier, to see the second occurrence of a
+        # repeated wall time (an instant after ``now`` whose wall time is earlier), and goes on
+        # past the first match, which may be the later of two instants.
+        changing = (now - _DST_REACH).astimezone(self.tz).utcoffset() != (
+            now + _DST_REACH
+        ).astimezone(self.tz).utcoffset()
+        start = now - _DST_REACH if changing else now + dt.timedelta(minutes=1)
+        wall_start = start.astimezone(self.tz).replace(second=0, microsecond=0, tzinfo=None)
+        best: dt.datetime | None = None
+        best_wall = wall_start
+        for wall in self._matches(wall_start):
+            if best is not None and (not changing or wall > best_wall + _DST_REACH):
+                break
+            for fold in (0, 1):
+                moment = wall.replace(tzinfo=self.tz, fold=fold).astimezone(dt.UTC)
+                if moment.astimezone(self.tz).replace(tzinfo=None) != wall:
+                    continue  # skipped by a clock change: this wall time does not exist
+                if moment > now and (best is None or moment < best):
+                    best, best_wall = moment, wall
+        return best
+
+    def _matches(self, local: dt.datetime) -> Iterator[dt.datetime]:
+        """Naive wall times from ``local`` on that the fields match, for SEARCH_YEARS."""
         limit = local.year + SEARCH_YEARS
         while local.year <= limit:
             if local.month not in self.months.values:
@@ -72,23 +102,16 @@ class Schedule:
             if local.hour not in self.hours.values:
                 local = local.replace(minute=0) + dt.timedelta(hours=1)
                 continue
-            if local.minute not in self.minutes.values:
-                local += dt.timedelta(minutes=1)
-                continue
-            candidate = local.replace(tzinfo=self.tz)
-            # A wall time skipped by a DST change does not exist; look further.
-            if candidate.astimezone(dt.UTC).astimezone(self.tz).replace(tzinfo=None) != local:
-                local += dt.timedelta(minutes=1)
-                continue
-            return candidate.astimezone(dt.UTC)
-        return None
+            if local.minute in self.minutes.values:
+                yield local
+            local += dt.timedelta(minutes=1)
 
 
 def _number(token: str, names: dict[str, int], field: str, expr: str) -> int:
     lowered = token.lower()
     if lowered in names:
         return names[lowered]
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit()):  # Go's Atoi: ASCII digits only
         raise CronError(f"failed to parse int from {token}: invalid {field} in {expr!r}")
     return int(token)
 
@@ -100,7 +123,7 @@ def _parse_field(expr: str, field: str, low: int, high: int, names: dict[str, in
         range_part, _, step_text = part.partition("/")
         step = 1
         if step_text or part.endswith("/"):
-            if not step_text.isdigit():
+            if not (step_text.isascii() and step_text.isdigit()):
                 raise CronError(f"failed to parse int from {step_text}: invalid step in {expr!r}")
             step = int(step_text)
             if step == 0:
@@ -134,7 +157,8 @@ def parse(expression: str) -> Schedule:
         zone = zone_part.split("=", 1)[1]
         try:
             tz = ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            # OSError: a name that is a directory of the tz database (America), or too long.
             raise CronError(f"provided bad location {zone}: unknown time zone {zone}") from None
         text = text.strip()
     if text.startswith("@"):

@@ -77,6 +77,26 @@ def test_every_row_that_fails_is_logged_with_its_reason(run_cli, conn, db_dsn):
     assert summary["error"].startswith("failed to enqueue 2 periodic tasks (last error: ")
 
 
+def test_rows_that_used_to_crash_the_pass_fail_alone(run_cli, conn, db_dsn):
+    # Each of these raised out of the pass: beat exited 3 and enqueued none of the others.
+    due = "2025-01-01T00:00:00Z"
+    conn.execute(INSERT, ("zone_dir", "TZ=America * * * * *", "myapp.a", "{}", due))
+    conn.execute(INSERT, ("digit", "*/² * * * *", "myapp.b", "{}", due))
+    conn.execute(INSERT, ("deep", "* * * * *", "myapp.c", "[" * 3000 + "]" * 3000, due))
+    conn.execute(INSERT, ("good", "* * * * *", "myapp.d", "{}", due))
+    result = run_cli("beat", "--once", "--dsn", db_dsn)
+    assert result.returncode == 0, result.stderr
+    logs = parse_logs(result.stdout)
+    reasons = sorted(e["error"] for e in logs if e["msg"] == "Periodic task not enqueued")
+    assert reasons == [
+        "failed to parse periodic payload for deep: payload JSON is nested deeper than this "
+        f"beat can read (about {sys.getrecursionlimit() - 100} levels)",
+        "invalid cron expr for digit: failed to parse int from ²: invalid step in '*/²'",
+        "invalid cron expr for zone_dir: provided bad location America: unknown time zone America",
+    ]
+    assert conn.execute("SELECT task_path FROM task_runs").fetchall() == [("myapp.d",)]
+
+
 def test_bad_interval_and_unreachable_database(run_cli):
     bad = run_cli("beat", "--interval", "0s", "--dsn", "postgresql://x@127.0.0.1:1/x")
     assert bad.returncode == 2

@@ -44,6 +44,32 @@ def test_next_run(expr, now, expected):
     assert nxt(expr, now) == expected
 
 
+# A fall-back in New York: 2026-11-01 01:00-01:59 happens twice, at 05:00-05:59Z (EDT) and
+# again at 06:00-06:59Z (EST). Like robfig/cron, a schedule matches each instant once.
+@pytest.mark.parametrize(
+    ("expr", "now", "expected"),
+    [
+        # robfig/cron's own vector: from 01:45 EDT, 01:30 comes again, in EST
+        ("TZ=America/New_York 30 1 4 11 *", at(2012, 11, 4, 5, 45), at(2012, 11, 4, 6, 30)),
+        ("TZ=America/New_York 30 1 4 11 *", at(2012, 11, 4, 4, 15), at(2012, 11, 4, 5, 30)),
+        # in the first 01:xx the second one is next, not 02:00
+        ("TZ=America/New_York */15 * * * *", at(2026, 11, 1, 5, 50), at(2026, 11, 1, 6)),
+        # in the second 01:xx the next run is after now, never the first 01:30
+        ("TZ=America/New_York */15 * * * *", at(2026, 11, 1, 6, 15), at(2026, 11, 1, 6, 30)),
+        ("TZ=America/New_York */15 * * * *", at(2026, 11, 1, 6, 59), at(2026, 11, 1, 7)),
+        # a spring-forward skips 02:30 on 8 March: the next one is on the 9th
+        ("TZ=America/New_York 30 2 * * *", at(2026, 3, 8, 5), at(2026, 3, 9, 6, 30)),
+    ],
+)
+def test_next_run_across_clock_changes(expr, now, expected):
+    assert nxt(expr, now) == expected
+
+
+def test_split_payload_nested_too_deep_is_a_payload_error():
+    with pytest.raises(PayloadError, match="nested deeper than this beat can read"):
+        split_payload("[" * 3000 + "]" * 3000)
+
+
 def test_no_match_within_five_years():
     assert nxt("0 0 31 2 *", at(2025, 1, 1)) is None
 
@@ -61,6 +87,9 @@ def test_no_match_within_five_years():
         ("x * * * *", "failed to parse int from x"),
         ("0 0 L * *", "failed to parse int from L"),
         ("TZ=Mars/Base 0 0 * * *", "unknown time zone Mars/Base"),
+        ("TZ=America 0 0 * * *", "unknown time zone America"),  # a directory of the tz data
+        ("*/\u00b2 * * * *", "failed to parse int from \u00b2"),  # isdigit(), but not Atoi's
+        ("\uff11 * * * *", "failed to parse int from \uff11"),  # a full-width 1
     ],
 )
 def test_invalid_expressions(expr, message):
