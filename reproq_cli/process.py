@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import signal
 import sys
@@ -20,12 +21,20 @@ from typing import Any, TextIO
 FORK_SERVER_ENV = "REPROQ_EXECUTOR_FORK_SERVER"
 
 
-def memory_log_interval(raw: str) -> float:
-    """REPROQ_MEMORY_LOG_INTERVAL: a Go duration or bare seconds; invalid or <= 0 disables."""
+_PLAIN_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+# threading's waits fail past about 292 years less the monotonic clock's own reading: a longer
+# wait is made of waits of a day.
+_LONGEST_WAIT = 86400.0
+
+
+def memory_log_interval(raw: str) -> tuple[float, str]:
+    """REPROQ_MEMORY_LOG_INTERVAL as (seconds, error): a Go duration or bare seconds (a
+    fraction, or an upper-case unit, as reproq-django's own parser took them). (0, "") when
+    unset; (-1, why) when invalid or not positive, which disables the logger."""
     raw = raw.strip()
     if not raw:
-        return 0.0
-    if raw.isdigit():
+        return 0.0, ""
+    if _PLAIN_SECONDS.fullmatch(raw):
         value = float(raw)
     else:
         # Imported only for a Go duration: every executor calls this at start-up (usually
@@ -35,9 +44,23 @@ def memory_log_interval(raw: str) -> float:
 
         try:
             value = parse_duration(raw)
-        except ValueError:
-            return -1.0  # reported by the worker, then treated as disabled
-    return value if value > 0 else -1.0
+        except ValueError as exc:
+            try:
+                value = parse_duration(raw.lower())
+            except ValueError:
+                return -1.0, str(exc)
+    if value <= 0:
+        return -1.0, f"the interval must be positive, not {raw!r}"
+    return value, ""
+
+
+def wait_or_stop(stop: threading.Event, seconds: float) -> bool:
+    """Wait ``seconds``, however long; True as soon as ``stop`` is set."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        if stop.wait(min(remaining, _LONGEST_WAIT)):
+            return True
+    return stop.is_set()
 
 
 def rss_bytes() -> int:

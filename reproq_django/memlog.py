@@ -11,7 +11,12 @@ import os
 import resource
 import threading
 
-from reproq_cli.process import fork_server_requested, memory_log_interval, rss_bytes
+from reproq_cli.process import (
+    fork_server_requested,
+    memory_log_interval,
+    rss_bytes,
+    wait_or_stop,
+)
 
 logger = logging.getLogger("reproq_django.memlog")
 _started = threading.Event()
@@ -32,7 +37,7 @@ def log_once(interval: float) -> None:
 
 def start_memory_logger() -> bool:
     """Start the logger thread once per process; False when disabled or already running."""
-    interval = memory_log_interval(os.environ.get("REPROQ_MEMORY_LOG_INTERVAL", ""))
+    interval, _ = memory_log_interval(os.environ.get("REPROQ_MEMORY_LOG_INTERVAL", ""))
     if interval <= 0 or _started.is_set():
         return False
     _started.set()
@@ -51,6 +56,6 @@ def _start_thread(interval: float) -> None:
         stop = threading.Event()
         while True:
             log_once(interval)
-            stop.wait(interval)
+            wait_or_stop(stop, interval)
 
     threading.Thread(target=loop, name="reproq-memory-logger", daemon=True).start()

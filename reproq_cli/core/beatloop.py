@@ -15,6 +15,7 @@ from reproq_cli.core.beat import run_pass, summarize
 from reproq_cli.core.logs import Logger
 from reproq_cli.core.memory import start_memory_logger
 from reproq_cli.errors import DatabaseError
+from reproq_cli.process import wait_or_stop
 
 
 class Beat:
@@ -90,5 +91,5 @@ class Beat:
                     self._stop.wait(min(self.interval, 5.0))
                     continue
             self.one_pass()
-            self._stop.wait(self.interval)
+            wait_or_stop(self._stop, self.interval)
         self.log.info("Shutting down beat")

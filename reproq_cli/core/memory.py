@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from reproq_cli.core.logs import Logger
-from reproq_cli.process import memory_log_interval, rss_bytes
+from reproq_cli.process import memory_log_interval, rss_bytes, wait_or_stop
 
 ENV = "REPROQ_MEMORY_LOG_INTERVAL"
 
@@ -23,9 +23,11 @@ def start_memory_logger(
     counts and the thread count.
     """
     raw = os.environ.get(ENV, "")
-    interval = memory_log_interval(raw)
+    interval, error = memory_log_interval(raw)
     if interval < 0:
-        log.warn("Invalid REPROQ_MEMORY_LOG_INTERVAL; skipping memory logger", value=raw)
+        log.warn(
+            "Invalid REPROQ_MEMORY_LOG_INTERVAL; skipping memory logger", value=raw, error=error
+        )
         return
     if interval == 0:
         return
@@ -42,7 +44,7 @@ def start_memory_logger(
                 threads=threading.active_count(),
                 **(extra() if extra else {}),
             )
-            if stop.wait(interval):
+            if wait_or_stop(stop, interval):
                 return
 
     threading.Thread(target=loop, name="reproq-memory-logger", daemon=True).start()

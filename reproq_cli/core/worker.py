@@ -45,6 +45,7 @@ from reproq_cli.core.rayexec import LOST, RayRunner, parse_runtime_env, ray_inst
 from reproq_cli.db.tasks import FencingError, TaskStore
 from reproq_cli.errors import ConfigError, DatabaseError
 from reproq_cli.models import ClaimedTask, Failure
+from reproq_cli.process import wait_or_stop
 from reproq_cli.spec import go_time
 
 REGISTRY_INTERVAL = 30.0
@@ -987,7 +988,7 @@ class Worker:
             )
 
     def _reclaim_loop(self) -> None:
-        while not self._background_stop.wait(self.settings.reclaim_interval_seconds):
+        while not wait_or_stop(self._background_stop, self.settings.reclaim_interval_seconds):
             self._reclaim()
 
     def _registry_loop(self) -> None:

@@ -326,7 +326,6 @@ def test_a_return_value_that_cannot_be_stored_fails_its_task_alone(conn, workers
     assert successes == set(good)
 
 
-
 def _held_after_a_success(conn, workers, go):
     """A burst worker that has written one success (so its success writer is connected) and
     is running a task that waits for the file ``go``; returns (worker, waiting task id)."""
@@ -373,6 +372,7 @@ def test_a_success_whose_lease_is_gone_is_not_written(conn, workers, tmp_path):
         "fencing failure or task not running",
     )
     assert "Task successful" not in [e["msg"] for e in run.logs if e.get("result_id") == waiting]
+
 
 @SPAWN_ONLY
 def test_an_error_text_postgresql_cannot_store_is_recorded_readably(conn, workers):
@@ -486,8 +486,24 @@ def test_low_memory_mode_and_memory_logger(conn, workers):
 @SPAWN_ONLY
 def test_invalid_memory_log_interval_is_reported(conn, workers):
     run = workers.run(env={"REPROQ_MEMORY_LOG_INTERVAL": "soon"})
-    assert "Invalid REPROQ_MEMORY_LOG_INTERVAL; skipping memory logger" in run.messages()
+    (warning,) = [e for e in run.logs if e["msg"].startswith("Invalid REPROQ_MEMORY_LOG")]
+    assert warning["msg"] == "Invalid REPROQ_MEMORY_LOG_INTERVAL; skipping memory logger"
+    assert (warning["value"], warning["error"]) == ("soon", "invalid duration 'soon'")
     assert "reproq memory usage" not in run.messages()
+    # A digit str.isdigit() knows and float() does not ended the worker with exit 3.
+    run = workers.run(env={"REPROQ_MEMORY_LOG_INTERVAL": "\u00b2"})
+    assert run.returncode == 0, run.stderr
+    assert "Invalid REPROQ_MEMORY_LOG_INTERVAL; skipping memory logger" in run.messages()
+
+
+@SPAWN_ONLY
+def test_a_reclaim_interval_longer_than_threading_waits(conn, workers):
+    # Event.wait() overflowed: the reclaim thread died with a traceback on stderr.
+    rid = enqueue(conn, "add", 1, 1)
+    run = workers.run("--reclaim-interval-seconds", "99999999999")
+    assert run.returncode == 0, run.stderr
+    assert row(conn, rid)["status"] == "SUCCESSFUL"
+    assert "Traceback" not in run.stderr
 
 
 @SPAWN_ONLY

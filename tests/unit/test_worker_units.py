@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 from datetime import datetime, timedelta
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from reproq_cli.core import policy
 from reproq_cli.core.executor import BoundedBuffer, parse_envelope
 from reproq_cli.core.logs import Logger, redact, should_redact
-from reproq_cli.process import memory_log_interval
+from reproq_cli.process import memory_log_interval, wait_or_stop
 
 
 @pytest.mark.parametrize(
@@ -183,7 +184,6 @@ def test_json_log_lines():
     assert '"level":"WARN","msg":"Task failed"' in line
 
 
-
 def test_json_log_attributes_in_order_through_binds():
     stream = io.StringIO()
     log = Logger(stream, "json", {"worker_id": "w1"}).bind(result_id=7, token="t")
@@ -226,6 +226,7 @@ def test_json_log_time_is_local_rfc3339_with_milliseconds():
     # Milliseconds are cut, not rounded, as Go formats them.
     assert before - timedelta(milliseconds=1) < moment <= after
 
+
 def test_text_log_lines():
     stream = io.StringIO()
     Logger(stream, "text", {"worker_id": "w1"}).info("Executing task", task_path="a.b", token="t")
@@ -235,7 +236,32 @@ def test_text_log_lines():
 
 @pytest.mark.parametrize(
     ("raw", "seconds"),
-    [("45s", 45), ("120", 120), ("1m30s", 90), ("", 0), ("nope", -1), ("0", -1), ("-5s", -1)],
+    [
+        ("45s", 45),
+        ("120", 120),
+        ("1m30s", 90),
+        ("", 0),
+        ("nope", -1),
+        ("0", -1),
+        ("-5s", -1),
+        # reproq-django's parser took fractions and upper-case units
+        ("0.5", 0.5),
+        ("1.5", 1.5),
+        ("90S", 90),
+        ("1.5M", 90),
+        # digits that str.isdigit() knows but float() does not: the worker died of them
+        ("\u00b2", -1),
+        ("\u0661\u0660", -1),
+    ],
 )
 def test_memory_log_interval(raw, seconds):
-    assert memory_log_interval(raw) == seconds
+    value, error = memory_log_interval(raw)
+    assert value == seconds
+    assert bool(error) == (seconds < 0)
+
+
+def test_a_wait_longer_than_threading_allows():
+    stop = threading.Event()
+    stop.set()
+    assert wait_or_stop(stop, 1e12)  # Event.wait(1e12) raises OverflowError
+    assert not wait_or_stop(threading.Event(), 0.01)
