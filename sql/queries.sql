@@ -101,10 +101,16 @@ SET status = 'RUNNING',
     updated_at = now();
 
 -- name: fragment_claim_returning
--- What a claim returns: the columns of reproq_cli.models.ClaimedTask.
+-- What a claim returns: the columns of reproq_cli.models.ClaimedTask. The two timestamps are
+-- only reported (metrics) and are kept within what Python can hold: a row enqueued at
+-- -infinity, or a lease past the year 9999, could not be read back after the claim committed,
+-- and every task claimed with it was left RUNNING.
 RETURNING t.result_id, t.queue_name, t.priority, t.spec_json::text AS spec_text, t.spec_hash,
-          t.enqueued_at, t.attempts, t.max_attempts, t.timeout_seconds, t.lock_key,
-          t.concurrency_key, t.concurrency_limit, t.leased_until, t.task_path, t.workflow_id;
+          LEAST(GREATEST(t.enqueued_at, '0001-01-03Z'), '9999-12-29Z') AS enqueued_at,
+          t.attempts, t.max_attempts, t.timeout_seconds, t.lock_key,
+          t.concurrency_key, t.concurrency_limit,
+          LEAST(GREATEST(t.leased_until, '0001-01-03Z'), '9999-12-29Z') AS leased_until,
+          t.task_path, t.workflow_id;
 
 -- name: fragment_claim_heads
 -- The claimable candidates of one queue, shared by claim_task and claim_batch (included as
@@ -183,7 +189,8 @@ candidate AS (
     ORDER BY
         t.priority + CASE
             WHEN %(aging)s::float8 > 0
-            THEN GREATEST(extract(epoch FROM now() - t.enqueued_at)::float8, 0) / %(aging)s::float8
+            THEN GREATEST(extract(epoch FROM now() - t.enqueued_at)::numeric, 0)
+                 / %(aging)s::float8::numeric
             ELSE 0
         END DESC,
         t.enqueued_at ASC
@@ -253,8 +260,8 @@ ranked AS (
                ORDER BY
                    t.priority + CASE
                        WHEN %(aging)s::float8 > 0
-                       THEN GREATEST(extract(epoch FROM now() - t.enqueued_at)::float8, 0)
-                            / %(aging)s::float8
+                       THEN GREATEST(extract(epoch FROM now() - t.enqueued_at)::numeric, 0)
+                            / %(aging)s::float8::numeric
                        ELSE 0
                    END DESC,
                    t.enqueued_at ASC
@@ -262,33 +269,42 @@ ranked AS (
            t.lock_key IS NULL
            AND (t.concurrency_key IS NULL OR t.concurrency_key = ''
                 OR COALESCE(t.concurrency_limit, 0) <= 0)
-           AND NOT COALESCE(
-               (SELECT k.tokens_per_second > 0 AND k.burst_size > 0
-                FROM rate_limits k WHERE k.key = 'task:' || t.task_path),
-               (SELECT k.tokens_per_second > 0 AND k.burst_size > 0
-                FROM rate_limits k WHERE k.key = 'queue:' || %(queue)s),
-               (SELECT k.tokens_per_second > 0 AND k.burst_size > 0
-                FROM rate_limits k WHERE k.key = 'global'),
-               false
+           -- With no active limit at all (the usual case) the three lookups per head are
+           -- skipped: the EXISTS runs once per statement, and AND stops at false.
+           AND NOT (
+               EXISTS (SELECT 1 FROM rate_limits a
+                       WHERE a.tokens_per_second > 0 AND a.burst_size > 0)
+               AND COALESCE(
+                   (SELECT k.tokens_per_second > 0 AND k.burst_size > 0
+                    FROM rate_limits k WHERE k.key = 'task:' || t.task_path),
+                   (SELECT k.tokens_per_second > 0 AND k.burst_size > 0
+                    FROM rate_limits k WHERE k.key = 'queue:' || %(queue)s),
+                   (SELECT k.tokens_per_second > 0 AND k.burst_size > 0
+                    FROM rate_limits k WHERE k.key = 'global'),
+                   false
+               )
            ) AS plain
     FROM task_runs t
     WHERE t.result_id = ANY (ARRAY(SELECT h.result_id FROM heads h))
 ),
 chosen AS (
-    -- The plain rows before the first row that is not plain, at most n of them.
+    -- The plain rows before the first row that is not plain.
     SELECT r.result_id, r.position
     FROM ranked r
     WHERE r.position < COALESCE((SELECT min(x.position) FROM ranked x WHERE NOT x.plain), 2147483647)
-    ORDER BY r.position
-    LIMIT %(n)s
 ),
 locked AS (
-    -- Rows another claimer holds are skipped; one claimed since our snapshot fails the
-    -- status re-check.
+    -- The first n of them that no other transaction holds: a row another claimer (or any
+    -- writer) has locked is passed over for the next one, as a one-row claim's SKIP LOCKED
+    -- does; taking n before locking left a worker with nothing while the head was locked.
+    -- One claimed since our snapshot fails the status re-check.
     SELECT t.result_id
-    FROM task_runs t
-    WHERE t.result_id = ANY (ARRAY(SELECT c.result_id FROM chosen c))
-      AND t.status = 'READY'
+    FROM unnest(ARRAY(SELECT c.result_id FROM chosen c ORDER BY c.position))
+         WITH ORDINALITY AS o (result_id, position)
+    JOIN task_runs t ON t.result_id = o.result_id
+    WHERE t.status = 'READY'
+    ORDER BY o.position
+    LIMIT %(n)s
     FOR UPDATE OF t SKIP LOCKED
 ),
 claimed AS (

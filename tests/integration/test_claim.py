@@ -582,6 +582,46 @@ def test_batch_respects_pause_run_after_and_running_lock_keys(conn, store):
     assert row(conn, blocked)["status"] == "READY"
 
 
+def test_batch_passes_over_rows_another_transaction_holds(conn, store, db_dsn):
+    # It took the first n rows and then skipped the locked ones: with the head locked, a worker
+    # with one free slot claimed nothing, and a --burst run stopped with work left.
+    ids = [enqueue(conn, "add", n, 0, unique=str(n)) for n in range(5)]
+    holder = psycopg.connect(db_dsn)
+    try:
+        holder.execute("SELECT 1 FROM task_runs WHERE result_id = ANY(%s) FOR UPDATE", (ids[:2],))
+        assert _batch(store, 1) == [ids[2]]
+        assert _batch(store, 5) == ids[3:]
+    finally:
+        holder.close()
+    assert _batch(store, 5) == ids[:2]
+
+
+def test_a_row_python_cannot_read_does_not_strand_its_batch(conn, store):
+    # The batch commits before its rows are read: a timestamp outside Python's datetime made
+    # the read fail, and every task claimed with it stayed RUNNING, never run.
+    ids = [enqueue(conn, "add", n, 0, unique=str(n)) for n in range(3)]
+    conn.execute("UPDATE task_runs SET enqueued_at = '-infinity' WHERE result_id = %s", (ids[1],))
+    assert _batch(store, 3) == ids
+    far = TaskStore(store.pool, "w2", lease_seconds=999_999_999_999)  # past the year 9999
+    late = enqueue(conn, "add", 9, 9)
+    (task,) = far.claim_batch("default", 1, aging_factor=0)[0]
+    assert task.result_id == late
+    # The row keeps its lease (Go's effectively endless one); only what is read back is capped.
+    assert conn.execute(
+        "SELECT status, leased_until > '9999-12-31Z' FROM task_runs WHERE result_id = %s", (late,)
+    ).fetchone() == ("RUNNING", True)
+
+
+def test_a_tiny_aging_factor_still_claims(conn, store):
+    # age / factor overflowed float8 ("value out of range: overflow") and every poll failed.
+    rid = enqueue(conn, "add", 1, 1)
+    conn.execute("UPDATE task_runs SET enqueued_at = now() - interval '1000 s'")
+    assert _batch(store, 1, aging=1e-306) == [rid]
+    other = enqueue(conn, "add", 2, 2, columns={"lock_key": "k"})
+    conn.execute("UPDATE task_runs SET enqueued_at = now() - interval '1000 s'")
+    assert claim(store, aging=1e-306).result_id == other
+
+
 def test_concurrent_batches_never_share_a_task(conn, pool):
     ids = {enqueue(conn, "add", n, 0, unique=str(n)) for n in range(300)}
     got: list[list[int]] = [[] for _ in range(4)]
