@@ -61,6 +61,12 @@ def issue(secret: str, *, subject: str, username: str, lifetime: float = 30 * 86
     return f"{signing_input}.{_b64encode(_sign(secret, signing_input))}"
 
 
+def expires_at(token: str) -> int:
+    """The ``exp`` claim (Unix seconds) of a token ``issue`` made; reproq-tui keeps it as the
+    token's expiry."""
+    return int(json.loads(_b64decode(token.split(".")[1]))["exp"])
+
+
 def verify(token: str, secret: str, *, now: float | None = None) -> bool:
     if not secret:
         return False

@@ -8,7 +8,7 @@ Everything here answers 404 while METRICS_AUTH_TOKEN is unset.
 
 from __future__ import annotations
 
-import datetime as dt
+import http.client
 import re
 import secrets
 import time
@@ -24,12 +24,11 @@ from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
 from reproq_cli.config import is_truthy
-from reproq_cli.tuitoken import issue
+from reproq_cli.tuitoken import expires_at, issue
 from reproq_django.views import _setting, authorized
 
 PAIR_TTL = 600
@@ -54,23 +53,43 @@ def events_enabled() -> bool:
     return not low_memory() and not is_truthy(_setting("REPROQ_TUI_DISABLE_EVENTS"))
 
 
-def config_payload(request: HttpRequest) -> dict[str, Any]:
-    public = {
-        "worker_url": _setting("REPROQ_TUI_WORKER_URL"),
-        "worker_metrics_url": _setting("REPROQ_TUI_WORKER_METRICS_URL"),
-        "worker_health_url": _setting("REPROQ_TUI_WORKER_HEALTH_URL"),
-        "events_url": _setting("REPROQ_TUI_EVENTS_URL"),
+# Where each endpoint sits under the worker's base URL (go-worker.md §8).
+WORKER_PATHS = {
+    "worker_metrics_url": "/metrics",
+    "worker_health_url": "/healthz",
+    "events_url": "/events",
+}
+
+
+def public_worker_urls() -> dict[str, str]:
+    """The public worker URLs the site sets, each one missing derived from the others
+    (reproq-django.md §6); events only if enabled.
+
+    The base comes from REPROQ_TUI_WORKER_URL, else from whichever endpoint URL ends in its
+    usual path. A URL that cannot be derived is left out: reproq-tui takes "" as a URL."""
+    urls = {
+        "worker_url": _setting("REPROQ_TUI_WORKER_URL").strip().rstrip("/"),
+        "worker_metrics_url": _setting("REPROQ_TUI_WORKER_METRICS_URL").strip(),
+        "worker_health_url": _setting("REPROQ_TUI_WORKER_HEALTH_URL").strip(),
+        "events_url": _setting("REPROQ_TUI_EVENTS_URL").strip(),
     }
-    if any(public.values()):
-        base = public["worker_url"].rstrip("/")
-        payload = {
-            "worker_url": base,
-            "worker_metrics_url": public["worker_metrics_url"] or (base and f"{base}/metrics"),
-            "worker_health_url": public["worker_health_url"] or (base and f"{base}/healthz"),
-        }
-        if events_enabled():
-            payload["events_url"] = public["events_url"] or (base and f"{base}/events")
-    else:
+    if not urls["worker_url"]:
+        for key, suffix in WORKER_PATHS.items():
+            url = urls[key].rstrip("/")
+            if url.endswith(suffix) and url[: -len(suffix)]:
+                urls["worker_url"] = url[: -len(suffix)]
+                break
+    if urls["worker_url"]:
+        for key, suffix in WORKER_PATHS.items():
+            urls[key] = urls[key] or urls["worker_url"] + suffix
+    if not events_enabled():
+        urls["events_url"] = ""
+    return {key: url for key, url in urls.items() if url}
+
+
+def config_payload(request: HttpRequest) -> dict[str, Any]:
+    payload: dict[str, Any] = dict(public_worker_urls())
+    if not payload:
         payload = {
             "worker_metrics_url": request.build_absolute_uri(reverse("reproq-tui-metrics")),
             "worker_health_url": request.build_absolute_uri(reverse("reproq-tui-health")),
@@ -92,7 +111,8 @@ def pair(request: HttpRequest) -> JsonResponse:
     if not _secret():
         return _disabled()
     code = secrets.token_hex(4)
-    expires = timezone.now() + dt.timedelta(seconds=PAIR_TTL)
+    # Unix seconds, as reproq-django sends it: reproq-tui decodes expires_at into an int64.
+    expires = int(time.time()) + PAIR_TTL
     cache.set(CACHE_PREFIX + code, {"status": "pending"}, PAIR_TTL)
     verify_url = request.build_absolute_uri(reverse("reproq-tui-authorize")) + f"?code={code}"
     return JsonResponse(
@@ -137,10 +157,8 @@ def _authorize(request: HttpRequest) -> HttpResponse:
         return render(request, "reproq_tui/authorize.html", {"status": "approved", "code": code})
     if request.method == "POST":
         token = issue(_secret(), subject=str(request.user.pk), username=request.user.get_username())
-        expires = dt.datetime.fromtimestamp(time.time() + 30 * 86400, tz=dt.UTC)
-        cache.set(
-            key, {"status": "approved", "token": token, "expires_at": expires}, TOKEN_PICKUP_TTL
-        )
+        state = {"status": "approved", "token": token, "expires_at": expires_at(token)}
+        cache.set(key, state, TOKEN_PICKUP_TTL)
         return render(request, "reproq_tui/authorize.html", {"status": "approved", "code": code})
     return render(request, "reproq_tui/authorize.html", {"status": "pending", "code": code})
 
@@ -154,19 +172,25 @@ def authorize(request: HttpRequest) -> HttpResponse:
 # --- proxies to the worker's HTTP server ---------------------------------------------------------
 
 
-def worker_base_url() -> str:
-    internal = _setting("REPROQ_TUI_WORKER_INTERNAL_URL")
-    if internal:
-        return internal.rstrip("/")
-    addr = _setting("METRICS_ADDR")
+def worker_address() -> tuple[str, str]:
+    """The setting the worker's address comes from (an error names it) and its base URL:
+    scheme added, a bare ``:port`` on 127.0.0.1, as reproq-django normalises every source."""
+    setting = "REPROQ_TUI_WORKER_INTERNAL_URL"
+    addr = _setting(setting).strip()
     if not addr:
-        port = _setting("METRICS_PORT")
-        addr = f"127.0.0.1:{port}" if port else "127.0.0.1:9090"
+        setting = "METRICS_ADDR"
+        addr = _setting(setting).strip()
+    if not addr:
+        port = _setting("METRICS_PORT").strip()
+        if port:
+            setting, addr = "METRICS_PORT", f"127.0.0.1:{port}"
+        else:
+            addr = "127.0.0.1:9090"
     if addr.startswith(":"):
         addr = "127.0.0.1" + addr
     if "://" not in addr:
         addr = "http://" + addr
-    return addr.rstrip("/")
+    return setting, addr.rstrip("/")
 
 
 def _proxy(request: HttpRequest, kind: str, path: str, *, stream: bool = False) -> HttpResponse:
@@ -177,7 +201,8 @@ def _proxy(request: HttpRequest, kind: str, path: str, *, stream: bool = False) 
             {"error": f"{kind} unavailable in low memory mode", "hint": "unset LOW_MEMORY_MODE"},
             status=503,
         )
-    url = worker_base_url() + path
+    setting, base = worker_address()
+    url = base + path
     if request.META.get("QUERY_STRING"):
         # WSGI gives the raw bytes as latin-1 text; sent on as they are, a byte that is not
         # ASCII or printable made urllib raise (a 500). Percent-encoded, they pass through.
@@ -185,8 +210,8 @@ def _proxy(request: HttpRequest, kind: str, path: str, *, stream: bool = False) 
         url += "?" + urllib.parse.quote(raw, safe="=&+%;,/:@!$'()*~-._")
     secret = _secret()
     header = f"Bearer {secret}" if secret else request.headers.get("Authorization", "")
-    upstream = urllib.request.Request(url, headers={"Authorization": header} if header else {})
     try:
+        upstream = urllib.request.Request(url, headers={"Authorization": header} if header else {})
         response = urllib.request.urlopen(upstream, timeout=30 if stream else PROXY_TIMEOUT)
     except urllib.error.HTTPError as exc:
         return HttpResponse(
@@ -198,6 +223,17 @@ def _proxy(request: HttpRequest, kind: str, path: str, *, stream: bool = False) 
         if isinstance(getattr(exc, "reason", None), TimeoutError):
             return JsonResponse({"error": f"{kind} proxy timeout"}, status=504)
         return JsonResponse({"error": f"{kind} proxy failed"}, status=502)
+    except (http.client.InvalidURL, ValueError) as exc:
+        # The address does not parse as a URL (a bad port, a space, a broken IPv6 literal):
+        # the worker was never asked, and the fix is in a setting.
+        form = "a port number" if setting == "METRICS_PORT" else "host:port or http://host:port"
+        return JsonResponse(
+            {
+                "error": f"{kind} proxy failed: {setting} gives {base!r}, not a worker URL ({exc})",
+                "hint": f"set {setting} to {form}",
+            },
+            status=502,
+        )
     if stream:
 
         def chunks() -> Iterator[bytes]:

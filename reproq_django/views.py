@@ -13,10 +13,11 @@ import os
 from typing import Any
 
 from django.conf import settings
+from django.db import DatabaseError, connections, transaction
 from django.db.models import Count
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET
 
 from reproq_cli.config import is_truthy
 from reproq_cli.tuitoken import verify
@@ -69,23 +70,60 @@ def stats_aliases() -> list[str]:
     return [str(a) for a in configured]
 
 
+def pg_cron_available(alias: str) -> bool:
+    """Whether PostgreSQL on ``alias`` has the pg_cron package (pg_available_extensions), as
+    reproq-django reports it.
+
+    A role refused the catalog, or any other database error, means False: stats/ must still
+    answer. The savepoint keeps such an error from aborting the request's transaction."""
+    connection = connections[alias]
+    if connection.vendor != "postgresql":
+        return False
+    try:
+        with transaction.atomic(using=alias), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron')"
+            )
+            row = cursor.fetchone()
+    except DatabaseError:
+        return False
+    return bool(row and row[0])
+
+
 def scheduler_status() -> dict[str, Any]:
+    """reproq-django.md §6: beat if beat runs, else pg_cron if the server has it, else
+    disabled with a warning that names what turned beat off."""
     low_memory = is_truthy(_setting("LOW_MEMORY_MODE"))
-    mode = _setting("REPROQ_SCHEDULER_MODE", "beat").strip().lower() or "beat"
+    chosen = _setting("REPROQ_SCHEDULER_MODE").strip()
     beat_cmd = getattr(settings, "REPROQ_BEAT_CMD", os.environ.get("REPROQ_BEAT_CMD"))
-    beat_configured = mode == "beat" and not (
-        beat_cmd is not None and str(beat_cmd).strip().lower() in FALSY
-    )
+    beat_cmd_off = beat_cmd is not None and str(beat_cmd).strip().lower() in FALSY
+    beat_configured = chosen.lower() in ("", "beat") and not beat_cmd_off
     beat_enabled = beat_configured and not low_memory
+    available = pg_cron_available(default_db_alias())
+    if beat_enabled:
+        mode = "beat"
+    elif available:
+        mode = "pg_cron"
+    else:
+        mode = "disabled"
     status: dict[str, Any] = {
-        "mode": mode if beat_enabled or mode != "beat" else "disabled",
+        "mode": mode,
         "low_memory": low_memory,
         "beat_enabled": beat_enabled,
         "beat_configured": beat_configured,
-        "pg_cron_available": False,
+        "pg_cron_available": available,
     }
-    if status["mode"] == "disabled":
-        status["warning"] = "No scheduler is running: periodic tasks will not be enqueued."
+    if mode == "disabled":
+        if chosen.lower() not in ("", "beat"):
+            reason = f"REPROQ_SCHEDULER_MODE is {chosen!r}"
+        elif beat_cmd_off:
+            reason = f"REPROQ_BEAT_CMD is {str(beat_cmd)!r}"
+        else:
+            reason = "LOW_MEMORY_MODE is on"
+        status["warning"] = (
+            f"No scheduler is running: beat is off ({reason}) and pg_cron is not available;"
+            " periodic tasks are enqueued only if `reproq beat --once` runs from cron or a timer."
+        )
     return status
 
 
@@ -172,19 +210,35 @@ def stats(request: HttpRequest) -> JsonResponse:
     )
 
 
-@require_POST
+STRESS_TEST_MAX = 10_000
+
+
 def stress_test(request: HttpRequest) -> JsonResponse:
+    """POST by staff only; everyone else gets 403 whatever the method, so the method answer
+    does not tell an anonymous caller that the endpoint exists."""
     user = getattr(request, "user", None)
     if not (user is not None and user.is_authenticated and user.is_staff):
         return _denied()
+    if request.method != "POST":
+        refused = JsonResponse(
+            {"error": f"stress-test/ takes POST, not {request.method}"}, status=405
+        )
+        refused["Allow"] = "POST"
+        return refused
     from django.tasks import task_backends
 
     from reproq_django.tasks import debug_noop_task
 
+    raw = request.POST.get("count", "100")
     try:
-        count = max(1, min(int(request.POST.get("count", 100)), 10_000))
+        count: int | None = int(raw)
     except ValueError:
-        return JsonResponse({"error": "count must be an integer"}, status=400)
+        count = None
+    if count is None or not 0 <= count <= STRESS_TEST_MAX:
+        return JsonResponse(
+            {"error": f"count must be a whole number from 0 to {STRESS_TEST_MAX}, got {raw!r}"},
+            status=400,
+        )
     run = timezone.now().strftime("%Y%m%d%H%M%S%f")
     items = [
         (debug_noop_task, (), {"sleep_seconds": 0.1, "label": f"http-{run}-{i}"})
