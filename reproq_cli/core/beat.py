@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,11 @@ from reproq_cli.spec import periodic_spec_hash, periodic_spec_json
 
 class PayloadError(ValueError):
     """A periodic task's payload_json cannot be turned into args and kwargs."""
+
+
+class PassStopped(Exception):
+    """The beat was told to stop during a pass: the pass is rolled back, as the Go beat's
+    pass fails on its cancelled context."""
 
 
 class _Raw(str):
@@ -161,13 +166,19 @@ def summarize(results: Iterable[str]) -> str:
     return f"failed to enqueue {len(errors)} periodic tasks (last error: {errors[-1]})"
 
 
-def run_pass(session: Any, now: dt.datetime) -> PassResult:
-    """Enqueue every due periodic task in one transaction, a savepoint per row."""
+def run_pass(
+    session: Any, now: dt.datetime, stopping: Callable[[], bool] = lambda: False
+) -> PassResult:
+    """Enqueue every due periodic task in one transaction, a savepoint per row. Raises
+    PassStopped, with nothing committed, when ``stopping`` says so before the commit (a
+    statement held up by a lock returns after the signal)."""
     from reproq_cli.errors import DatabaseError
 
     result = PassResult()
     with session.pass_transaction() as tx:
         for row in tx.due():
+            if stopping():
+                raise PassStopped
             task = DueTask(**row)
             try:
                 with tx.savepoint():
@@ -194,4 +205,6 @@ def run_pass(session: Any, now: dt.datetime) -> PassResult:
                 continue
             result.enqueued += 1  # counted even when an active duplicate skipped the insert
             result.inserted += int(inserted)
+        if stopping():
+            raise PassStopped
     return result

@@ -11,7 +11,7 @@ import signal
 import threading
 from typing import Any
 
-from reproq_cli.core.beat import run_pass, summarize
+from reproq_cli.core.beat import PassStopped, run_pass, summarize
 from reproq_cli.core.logs import Logger
 from reproq_cli.core.memory import start_memory_logger
 from reproq_cli.errors import DatabaseError
@@ -35,9 +35,12 @@ class Beat:
 
     def one_pass(self) -> None:
         try:
-            result = run_pass(self.session, dt.datetime.now(dt.UTC))
+            result = run_pass(self.session, dt.datetime.now(dt.UTC), self._stop.is_set)
         except DatabaseError as exc:
             self.log.error("Failed to enqueue periodic tasks", error=str(exc), enqueued=0)
+            return
+        except PassStopped:
+            self.log.warn("Beat pass rolled back: shutting down", hint="the next pass enqueues it")
             return
         for message in result.errors:
             # The summary below keeps the Go worker's one line with the last error; each row's

@@ -158,11 +158,14 @@ def timeout(task: ClaimedTask, limit: float, worker_id: str) -> Failure:
     return _retry_or_fail(task, error, backoff_seconds(task.attempts))
 
 
-def worker_shutdown(task: ClaimedTask, worker_id: str) -> Failure:
-    """The worker stopped the task to exit: retry at once and give the attempt back."""
+def worker_shutdown(task: ClaimedTask, worker_id: str, *, started: bool = True) -> Failure:
+    """The worker stopped the task to exit, or was told to stop before it started: retry at
+    once and give the attempt back."""
     error = _error(
         "worker_shutdown",
-        "worker shut down while the task was running",
+        "worker shut down while the task was running"
+        if started
+        else "worker shut down before the task started",
         attempt=task.attempts,
         worker_id=worker_id,
     )

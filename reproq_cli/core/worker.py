@@ -587,6 +587,20 @@ class Worker:
             )
             return True
         log = log.bind(task_path=task_path, attempt=task.attempts)
+        if self._stop_claiming.is_set():
+            # Claimed as the stop came (a claim held up by a lock returns after the signal),
+            # or waiting for a runner since: not started, so it goes back at once.
+            log.warn("Task not started: worker shutting down; it will run again")
+            self._fail(
+                log,
+                task,
+                task_path,
+                policy.worker_shutdown(task, s.worker_id, started=False),
+                None,
+                event=("warn", "task_retry", "task handed back at shutdown", "worker_shutdown"),
+                processed=False,
+            )
+            return True
         log.info("Executing task")
         self._emit("info", "task_started", "task started", task, task_path)
         limit = policy.effective_timeout(task, s.exec_timeout)

@@ -97,6 +97,32 @@ def test_rows_that_used_to_crash_the_pass_fail_alone(run_cli, conn, db_dsn):
     assert conn.execute("SELECT task_path FROM task_runs").fetchall() == [("myapp.d",)]
 
 
+def test_a_pass_the_stop_signal_catches_is_rolled_back(conn, conn_for, db_dsn, tmp_path):
+    # The pass waited out a lock, then committed its runs after SIGTERM; Go's pass fails on its
+    # cancelled context.
+    conn.execute(INSERT, ("good", "* * * * *", "myapp.a", "{}", "2025-01-01T00:00:00Z"))
+    blocker = conn_for(db_dsn)
+    with blocker.transaction():
+        blocker.execute("LOCK TABLE task_runs IN EXCLUSIVE MODE")  # the run's INSERT waits
+        proc = beat(db_dsn, tmp_path)
+        wait_for(
+            lambda: conn.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                "WHERE c.relname = 'task_runs' AND NOT l.granted"
+            ).fetchone()[0],
+            what="the pass waiting on the lock",
+        )
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    messages = [e["msg"] for e in parse_logs((tmp_path / "beat.out").read_text())]
+    assert "Beat pass rolled back: shutting down" in messages
+    assert "Enqueued periodic tasks" not in messages
+    assert conn.execute("SELECT count(*) FROM task_runs").fetchone() == (0,)
+    assert conn.execute(
+        "SELECT last_run_at IS NULL FROM periodic_tasks WHERE name = 'good'"
+    ).fetchone() == (True,)
+
+
 def test_bad_interval_and_unreachable_database(run_cli):
     bad = run_cli("beat", "--interval", "0s", "--dsn", "postgresql://x@127.0.0.1:1/x")
     assert bad.returncode == 2

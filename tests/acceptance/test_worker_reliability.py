@@ -200,6 +200,34 @@ def test_second_signal_stops_tasks_and_they_retry(conn, workers, tmp_path):
     assert task["errors_json"][0]["kind"] == "worker_shutdown"
 
 
+def test_a_task_claimed_after_the_stop_signal_is_handed_back_unstarted(
+    conn, conn_for, db_dsn, workers
+):
+    # A claim held up by a lock returns after SIGTERM; its task used to be run anyway.
+    rid = enqueue(conn, "add", 1, 1)
+    blocker = conn_for(db_dsn)
+    with blocker.transaction():
+        blocker.execute("LOCK TABLE task_runs IN SHARE MODE")  # the claim's UPDATE waits
+        proc = workers.start("--concurrency", "1", reclaim_interval_seconds=0)
+        wait_for(
+            lambda: conn.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                "WHERE c.relname = 'task_runs' AND NOT l.granted"
+            ).fetchone()[0],
+            what="the claim waiting on the lock",
+        )
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "Shutdown requested" in workers.output(proc), what="the signal seen")
+    run = workers.finish(proc, timeout=30)
+    assert run.returncode == 0, run.stderr
+    messages = [e["msg"] for e in run.logs if e.get("result_id") == rid]
+    assert messages == ["Task not started: worker shutting down; it will run again"]
+    task = row(conn, rid)
+    assert (task["status"], task["attempts"]) == ("READY", 0)
+    assert task["errors_json"][0]["kind"] == "worker_shutdown"
+    assert task["errors_json"][0]["message"] == "worker shut down before the task started"
+
+
 def test_shutdown_timeout_stops_tasks(conn, workers):
     rid = enqueue(conn, "sleep", 60)
     proc = workers.start(shutdown_timeout="1s")
