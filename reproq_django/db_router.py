@@ -21,9 +21,15 @@ class ReproqRouter:
     db_for_write = db_for_read
 
     def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
-        if self.app_label in (obj1._meta.app_label, obj2._meta.app_label):
-            return obj1._state.db == obj2._state.db
-        return None
+        """Two reproq rows relate only within one database (an unsaved one, whose database
+        is not known yet, may relate to any); a pair with another app's model is left to
+        the other routers (reproq-django.md §7)."""
+        if obj1._meta.app_label != self.app_label or obj2._meta.app_label != self.app_label:
+            return None
+        first, second = obj1._state.db, obj2._state.db
+        if first is None or second is None:
+            return True
+        return bool(first == second)
 
     def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool | None:
         if app_label == self.app_label:

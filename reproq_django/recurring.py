@@ -3,25 +3,38 @@
 ``@recurring`` works on Django ``Task`` objects (frozen dataclasses) and on plain functions,
 stacked either way round with ``@task``: nothing is set on the object, entries live in a
 registry. ``reproq beat`` enqueues the rows when they are due.
+
+What depends on the other decorators — the task's queue and its concurrency limit — is read
+when the entries are asked for (at sync), from the object the task path names, as enqueue
+reads them: at decoration time ``@recurring`` may see only the function under ``@task``, and
+a ``@limits_concurrency`` above it has not run yet.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connections
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from reproq_cli.core import cron
 from reproq_django.concurrency import concurrency_for
 from reproq_django.db import resolve_queue_db
-from reproq_django.serialization import encode_args_kwargs
+from reproq_django.serialization import encode_args_kwargs, normalize_json
 
 T = TypeVar("T")
+
+CRON_FORM = (
+    "5 fields, minute hour day-of-month month day-of-week, e.g. '0 3 * * *' "
+    "(optionally after 'TZ=Zone ')"
+)
+STORABLE = "JSON values, Decimal, UUID, dates and times, timedeltas or saved model instances"
 
 
 @dataclass(frozen=True)
@@ -39,7 +52,17 @@ class RecurringTask:
     enabled: bool = True
 
 
-_registry: dict[str, RecurringTask] = {}
+@dataclass(frozen=True)
+class _Declaration:
+    """What ``@recurring`` was given; ``task``'s queue and concurrency are filled in by
+    ``_resolve``."""
+
+    task: RecurringTask
+    decorated: Any
+    queue_name: str | None
+
+
+_registry: dict[str, _Declaration] = {}
 
 
 def _task_path(obj: Any) -> str:
@@ -60,7 +83,7 @@ def recurring(
     *,
     schedule: str,
     key: str,
-    args: list[Any] | None = None,
+    args: list[Any] | tuple[Any, ...] | None = None,
     kwargs: dict[str, Any] | None = None,
     queue_name: str | None = None,
     priority: int = 0,
@@ -69,32 +92,137 @@ def recurring(
 ) -> Callable[[T], T]:
     """Run the decorated task on a 5-field cron ``schedule``, as periodic task ``key``.
 
-    The schedule is checked by the beat's own parser (the Go worker's dialect), so one the
-    beat would refuse at every pass (``@daily``, day of week 7) fails here, at import."""
-    _next_run(schedule, timezone.now())
+    These are refused here, at import, in one line naming ``key``, rather than later:
+    a schedule the beat would refuse at every pass (``@daily``, day of week 7), arguments
+    that are not a list and a dict, and values that cannot be stored as JSON (a ``migrate``
+    would otherwise fail in its post_migrate sync)."""
+    if not isinstance(key, str) or not key.strip():
+        raise TypeError(f"@recurring key must be a non-empty string, got {key!r}")
+    _check_schedule(key, schedule)
+    arg_list = _args(key, args)
+    kwarg_dict = _kwargs(key, kwargs)
+    _payload(key, arg_list, kwarg_dict)
+    if queue_name is not None and not isinstance(queue_name, str):
+        raise TypeError(
+            f"@recurring key {key!r}: queue_name must be a string or None, "
+            f"got {type(queue_name).__name__} {queue_name!r}"
+        )
 
     def decorate(obj: T) -> T:
-        concurrency_key, concurrency_limit = concurrency_for(obj)
-        _registry[key] = RecurringTask(
+        declared = RecurringTask(
             key=key,
             schedule=schedule,
             task_path=_task_path(obj),
-            args=list(args or []),
-            kwargs=dict(kwargs or {}),
-            queue_name=queue_name or getattr(obj, "queue_name", None) or "default",
+            args=arg_list,
+            kwargs=kwarg_dict,
             priority=priority,
             max_attempts=max_attempts,
-            concurrency_key=concurrency_key if isinstance(concurrency_key, str) else None,
-            concurrency_limit=concurrency_limit,
             enabled=enabled,
         )
+        _registry[key] = _Declaration(declared, obj, queue_name)
         return obj
 
     return decorate
 
 
+def _check_schedule(key: str, schedule: Any) -> None:
+    if not isinstance(schedule, str):
+        raise TypeError(
+            f"@recurring key {key!r}: schedule must be a cron string of {CRON_FORM}, "
+            f"got {type(schedule).__name__} {schedule!r}"
+        )
+    try:
+        _next_run(schedule, timezone.now())
+    except cron.CronError as exc:
+        # The same class, so callers catching CronError still do; the message gains the key.
+        raise cron.CronError(
+            f"@recurring key {key!r}: schedule {schedule!r}: {exc}; use {CRON_FORM}"
+        ) from None
+
+
+def _args(key: str, args: Any) -> list[Any]:
+    if args is None:
+        return []
+    # A string is a sequence too: "ab" would have been run as the arguments "a", "b".
+    if not isinstance(args, list | tuple):
+        fix = (
+            "pass named arguments as kwargs="
+            if isinstance(args, Mapping)
+            else f"wrap a single argument in a list: args=[{args!r}]"
+        )
+        raise TypeError(
+            f"@recurring key {key!r}: args must be a list or tuple of arguments, "
+            f"got {type(args).__name__} {args!r}; {fix}"
+        )
+    return list(args)
+
+
+def _kwargs(key: str, kwargs: Any) -> dict[str, Any]:
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping) or not all(isinstance(name, str) for name in kwargs):
+        raise TypeError(
+            f"@recurring key {key!r}: kwargs must be a dict of argument names to values, "
+            f"got {type(kwargs).__name__} {kwargs!r}"
+        )
+    return dict(kwargs)
+
+
+def _payload(key: str, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``{"args", "kwargs"}`` as enqueue stores them: tagged model instances and timedeltas,
+    then the canonical JSON text parsed back (a date becomes ``"2025-01-01"``, a Decimal
+    ``"1.50"``), so the beat's runs get what an enqueue of the same call would."""
+    try:
+        encoded_args, encoded_kwargs = encode_args_kwargs(args, kwargs)
+        return normalize_json({"args": encoded_args, "kwargs": encoded_kwargs})
+    except ValueError as exc:  # NaN, a NUL character, an unsaved model instance
+        raise ValueError(f"@recurring key {key!r}: {exc}; pass {STORABLE}") from None
+    except TypeError as exc:  # a type JSON has no form for
+        raise ValueError(
+            f"@recurring key {key!r}: cannot store a task's arguments: {exc}; pass {STORABLE}"
+        ) from None
+
+
+def _task_object(declaration: _Declaration) -> Any:
+    """The fully decorated task, as the executor will import it; what ``@recurring``
+    decorated when the path does not import (the executor will say why at run time)."""
+    try:
+        return import_string(declaration.task.task_path)
+    except ImportError:
+        return declaration.decorated
+
+
+def _resolve(declaration: _Declaration) -> RecurringTask:
+    entry = declaration.task
+    task = _task_object(declaration)
+    queue = declaration.queue_name or getattr(task, "queue_name", None) or "default"
+    concurrency_key, limit = concurrency_for(task)
+    if callable(concurrency_key):
+        # Enqueue calls it with the call's arguments; a recurring task's are fixed.
+        try:
+            concurrency_key = concurrency_key(*entry.args, **entry.kwargs)
+        except Exception as exc:
+            raise ValueError(
+                f"@recurring key {entry.key!r}: the concurrency key function of "
+                f"{entry.task_path} failed on its args/kwargs: {exc!r}; make it accept them"
+            ) from exc
+    if isinstance(concurrency_key, str) and not concurrency_key.strip():
+        concurrency_key = None
+    if concurrency_key is not None and not isinstance(concurrency_key, str):
+        raise TypeError(
+            f"@recurring key {entry.key!r}: the concurrency key of {entry.task_path} must be "
+            f"a string or None, got {type(concurrency_key).__name__} {concurrency_key!r}"
+        )
+    return dataclasses.replace(
+        entry,
+        queue_name=queue,
+        concurrency_key=concurrency_key,
+        concurrency_limit=max(int(limit or 0), 0),
+    )
+
+
 def get_recurring_tasks() -> list[RecurringTask]:
-    return list(_registry.values())
+    return [_resolve(declaration) for declaration in _registry.values()]
 
 
 def _next_run(schedule: str, now: dt.datetime) -> dt.datetime:
@@ -121,13 +249,12 @@ def sync_recurring_tasks(*, using: str | None = None, clear_missing: bool = Fals
             continue
         routed = [e for e in entries if using or resolve_queue_db(e.queue_name) == alias]
         for entry in routed:
-            args, kwargs = encode_args_kwargs(entry.args, entry.kwargs)
             PeriodicTask.objects.using(alias).update_or_create(
                 name=entry.key,
                 defaults={
                     "cron_expr": entry.schedule,
                     "task_path": entry.task_path,
-                    "payload_json": {"args": args, "kwargs": kwargs},
+                    "payload_json": _payload(entry.key, entry.args, entry.kwargs),
                     "queue_name": entry.queue_name,
                     "priority": entry.priority,
                     "max_attempts": entry.max_attempts,

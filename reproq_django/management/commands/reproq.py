@@ -595,6 +595,7 @@ class Command(BaseCommand):
         from django.db.models import Q
 
         from reproq_django.models import TaskRun
+        from reproq_django.workflows import fail_dependents
 
         cutoff = timezone.now() - parse_age(options["older_than"])
         expired = Q(leased_until__lt=cutoff)
@@ -614,24 +615,32 @@ class Command(BaseCommand):
             if options["dry_run"] or not ids:
                 continue
             now = timezone.now()
-            targets = TaskRun.objects.using(alias).filter(result_id__in=ids)
+            # Still RUNNING: a row its worker completed since it was listed keeps its outcome.
+            targets = TaskRun.objects.using(alias).filter(result_id__in=ids, status="RUNNING")
             if options["action"] == "requeue":
                 targets.update(
                     status="READY", run_after=now, leased_until=None, leased_by=None,
                     started_at=None, finished_at=None, updated_at=now,
                 )  # fmt: skip
             else:
-                for run in targets:
-                    run.errors_json = [
-                        *(run.errors_json or []),
-                        {"at": now.isoformat(), "kind": "reclaim",
-                         "message": "Failed by manage.py reproq reclaim"},
-                    ]  # fmt: skip
-                    run.status = "FAILED"
-                    run.finished_at = run.last_attempted_at = run.failed_at = now
-                    run.last_error = "reclaim: Failed by manage.py reproq reclaim"
-                    run.leased_until = run.leased_by = None
-                    run.save(using=alias)
+                with transaction.atomic(using=alias):
+                    ended: list[tuple[int, Any]] = []
+                    # Locked: a worker cannot complete the row between this read and the save.
+                    for run in targets.select_for_update():
+                        run.errors_json = [
+                            *(run.errors_json or []),
+                            {"at": now.isoformat(), "kind": "reclaim",
+                             "message": "Failed by manage.py reproq reclaim"},
+                        ]  # fmt: skip
+                        run.status = "FAILED"
+                        run.finished_at = run.last_attempted_at = run.failed_at = now
+                        run.last_error = "reclaim: Failed by manage.py reproq reclaim"
+                        run.leased_until = run.leased_by = None
+                        run.save(using=alias)
+                        ended.append((run.result_id, run.workflow_id))
+                    # A terminal failure, as when the worker's own reclaim fails a row:
+                    # its chord callback and WAITING chain children must not wait forever.
+                    fail_dependents(alias, ended)
         verb = "Would reclaim" if options["dry_run"] else "Reclaimed"
         self.stdout.write(f"{verb} {total} task(s) ({options['action']}).")
 
