@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -126,6 +126,18 @@ class WorkerSettings:
             ray_address=w["ray_address"],
             ray_runtime_env=w["ray_runtime_env"],
         )
+
+
+@dataclass(frozen=True)
+class _Success:
+    """A task whose executor succeeded, on its way through the success writer."""
+
+    log: Logger
+    task: ClaimedTask
+    task_path: str
+    result: ExecResult
+    logs_uri: str | None
+    retries: int = 0  # writes the database failed so far
 
 
 def _start_ray(settings: WorkerSettings, log: Logger) -> RayRunner:
@@ -727,7 +739,7 @@ class Worker:
         envelope = result.envelope
         if envelope.ok:
             self._free_slot(task)
-            self._write_success(log, task, task_path, result, logs_uri)
+            self._write_success(_Success(log, task, task_path, result, logs_uri))
             return False
         message = envelope.message
         signum = result.signal_number
@@ -753,50 +765,26 @@ class Worker:
         )
         return True
 
-    def _write_success(
-        self,
-        log: Logger,
-        task: ClaimedTask,
-        task_path: str,
-        result: ExecResult,
-        logs_uri: str | None,
-        retries: int = 0,
-    ) -> None:
+    def _write_success(self, success: _Success) -> None:
         """Hand the success to the writer; what follows its commit runs when it lands."""
         self._successes.submit(
-            task,
-            result.envelope.return_raw,
-            logs_uri,
-            partial(
-                self._success_written,
-                log,
-                task,
-                task_path,
-                result,
-                logs_uri,
-                retries,
-                time.perf_counter(),
-            ),
+            success.task,
+            success.result.envelope.return_raw,
+            success.logs_uri,
+            partial(self._success_written, success, time.perf_counter()),
         )
 
     def _success_written(
-        self,
-        log: Logger,
-        task: ClaimedTask,
-        task_path: str,
-        result: ExecResult,
-        logs_uri: str | None,
-        retries: int,
-        submitted: float,
-        outcome: bool | Exception,
+        self, success: _Success, submitted: float, outcome: bool | Exception
     ) -> None:
         """The writer's answer for one success, on its thread. Anything slow (a pause before
         writing again, a failure to record) goes to a runner, and the task is done only
         after that."""
+        log, task, task_path = success.log, success.task, success.task_path
         try:
             self.metrics.observe_db("complete_success", time.perf_counter() - submitted)
             if outcome is True:
-                log.info("Task successful", duration=round(result.duration, 6))
+                log.info("Task successful", duration=round(success.result.duration, 6))
                 self.metrics.attempt_finished(task.queue_name, SUCCESS)
                 self.metrics.task_finished(task.queue_name, task_path, _age(task.enqueued_at))
                 self._emit("info", "task_success", "task completed", task, task_path)
@@ -805,17 +793,13 @@ class Worker:
                 log.error("Failed to mark success", error="fencing failure or task not running")
             elif isinstance(outcome, DatabaseError) and outcome.refused_data:
                 log.error("Failed to mark success", error=str(outcome))
-                self._queue.put(
-                    partial(self._success_refused, log, task, task_path, logs_uri, outcome)
-                )
+                self._queue.put(partial(self._success_refused, success, outcome))
                 return
-            elif isinstance(outcome, DatabaseError) and retries < len(COMPLETION_RETRIES):
-                delay = COMPLETION_RETRIES[retries]
+            elif isinstance(outcome, DatabaseError) and success.retries < len(COMPLETION_RETRIES):
+                delay = COMPLETION_RETRIES[success.retries]
                 log.warn("Retrying: failed to mark success", error=str(outcome), retry_in=delay)
-                again = partial(
-                    self._write_success, log, task, task_path, result, logs_uri, retries + 1
-                )
-                self._queue.put(partial(self._after_pause, task, delay, again))
+                again = replace(success, retries=success.retries + 1)
+                self._queue.put(partial(self._after_pause, again, delay))
                 return
             elif isinstance(outcome, DatabaseError):
                 # The row stays RUNNING; its lease running out hands it on.
@@ -826,23 +810,17 @@ class Worker:
             self._pipeline_error(task, exc)
         self._task_done(task)
 
-    def _after_pause(self, task: ClaimedTask, delay: float, action: Callable[[], None]) -> None:
+    def _after_pause(self, success: _Success, delay: float) -> None:
         time.sleep(delay)
         try:
-            action()
+            self._write_success(success)
         except Exception as exc:
-            self._pipeline_error(task, exc)
-            self._task_done(task)
+            self._pipeline_error(success.task, exc)
+            self._task_done(success.task)
 
-    def _success_refused(
-        self,
-        log: Logger,
-        task: ClaimedTask,
-        task_path: str,
-        logs_uri: str | None,
-        exc: DatabaseError,
-    ) -> None:
+    def _success_refused(self, success: _Success, exc: DatabaseError) -> None:
         """The database refused the task's return value: the attempt fails with the reason."""
+        task = success.task
         try:
             message = f"the task's return value cannot be stored: {exc}"
             failure = policy.app_error(
@@ -853,8 +831,8 @@ class Worker:
                 worker_id=self.settings.worker_id,
             )
             self._fail(
-                log, task, task_path, failure, logs_uri, event=_failed_event(failure),
-                error_message=message,
+                success.log, task, success.task_path, failure, success.logs_uri,
+                event=_failed_event(failure), error_message=message,
             )  # fmt: skip
         except Exception as error:
             self._pipeline_error(task, error)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from tests.support.harness import parse_logs, wait_for
+from tests.support.harness import parse_logs, wait_for, waiting_on_task_runs
 
 INSERT = (
     "INSERT INTO periodic_tasks (name, cron_expr, task_path, payload_json, next_run_at)"
@@ -105,13 +105,7 @@ def test_a_pass_the_stop_signal_catches_is_rolled_back(conn, conn_for, db_dsn, t
     with blocker.transaction():
         blocker.execute("LOCK TABLE task_runs IN EXCLUSIVE MODE")  # the run's INSERT waits
         proc = beat(db_dsn, tmp_path)
-        wait_for(
-            lambda: conn.execute(
-                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                "WHERE c.relname = 'task_runs' AND NOT l.granted"
-            ).fetchone()[0],
-            what="the pass waiting on the lock",
-        )
+        wait_for(lambda: waiting_on_task_runs(conn), what="the pass waiting on the lock")
         proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     messages = [e["msg"] for e in parse_logs((tmp_path / "beat.out").read_text())]

@@ -17,7 +17,14 @@ from contextlib import contextmanager
 
 import psycopg
 
-from tests.support.harness import enqueue, holds_for, parse_logs, row, wait_for
+from tests.support.harness import (
+    enqueue,
+    holds_for,
+    parse_logs,
+    row,
+    wait_for,
+    waiting_on_task_runs,
+)
 
 LISTEN_QUERY = "LISTEN reproq_ready"
 
@@ -44,14 +51,7 @@ def claim_round_held(conn_for: Callable, dsn: str) -> Iterator[Callable[[], int]
 
     def wait_blocked() -> int:
         (pid,) = wait_for(
-            lambda: [
-                p
-                for (p,) in observer.execute(
-                    "SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                    "WHERE c.relname = 'task_runs' AND NOT l.granted"
-                )
-            ],
-            what="a claim round waiting on the lock",
+            lambda: waiting_on_task_runs(observer), what="a claim round waiting on the lock"
         )
         blocked.append(pid)
         return pid

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.support.harness import enqueue, holds_for, row, wait_for
+from tests.support.harness import enqueue, holds_for, row, wait_for, waiting_on_task_runs
 
 pytestmark = pytest.mark.executors("spawn", "pool")
 
@@ -209,13 +209,7 @@ def test_a_task_claimed_after_the_stop_signal_is_handed_back_unstarted(
     with blocker.transaction():
         blocker.execute("LOCK TABLE task_runs IN SHARE MODE")  # the claim's UPDATE waits
         proc = workers.start("--concurrency", "1", reclaim_interval_seconds=0)
-        wait_for(
-            lambda: conn.execute(
-                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                "WHERE c.relname = 'task_runs' AND NOT l.granted"
-            ).fetchone()[0],
-            what="the claim waiting on the lock",
-        )
+        wait_for(lambda: waiting_on_task_runs(conn), what="the claim waiting on the lock")
         proc.send_signal(signal.SIGTERM)
         wait_for(lambda: "Shutdown requested" in workers.output(proc), what="the signal seen")
     run = workers.finish(proc, timeout=30)

@@ -100,6 +100,18 @@ def row(conn: psycopg.Connection, result_id: int) -> dict[str, Any]:
     return dict(zip(names, values, strict=True))
 
 
+def waiting_on_task_runs(conn: psycopg.Connection) -> list[int]:
+    """The backends waiting for a lock on task_runs (a test holds one to stop a claim, a
+    pass or a write at a known point)."""
+    return [
+        pid
+        for (pid,) in conn.execute(
+            "SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "WHERE c.relname = 'task_runs' AND NOT l.granted"
+        )
+    ]
+
+
 def process_alive(pid: int) -> bool:
     """Whether ``pid`` is a process that has not stopped. A zombie counts as gone: it has
     stopped, and only its parent's reaping is missing (kill(pid, 0) would still succeed)."""
