@@ -58,6 +58,14 @@ def drop_schema(apps: Any, schema_editor: Any) -> None:
             cursor.execute(f"DROP TABLE IF EXISTS {connection.ops.quote_name(table)}{cascade}")
 
 
+def parent_fk_set_null(apps: Any, schema_editor: Any) -> None:
+    """Django migration 0004: task_runs.parent_id clears itself when its parent is deleted,
+    also on tables an older reproq-django created with Django's own foreign key."""
+    connection = schema_editor.connection
+    if connection.vendor == "postgresql":
+        run_sql_migration(connection, "0003_parent_fk_set_null.sql")
+
+
 def create_notify_trigger(apps: Any, schema_editor: Any) -> None:
     """Django migration 0002: the NOTIFY trigger that wakes listening workers.
 

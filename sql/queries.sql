@@ -17,7 +17,10 @@ SELECT c.relname AS table_name, a.attname AS column_name,
        CASE WHEN a.attnotnull THEN 'NO' ELSE 'YES' END AS is_nullable,
        pg_get_expr(d.adbin, d.adrelid) AS column_default,
        CASE WHEN a.attidentity <> '' THEN 'YES' ELSE 'NO' END AS is_identity,
-       has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE') AS usable
+       -- Each privilege on its own: has_table_privilege with a list is true when any one is
+       -- held, and a read-only role passed, then failed every poll.
+       ARRAY(SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS p
+             WHERE NOT has_table_privilege(c.oid, p)) AS lacks
 FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -49,7 +52,7 @@ WHERE n.nspname = current_schema()
 
 -- name: schema_objects
 -- Which of the expected functions and task_runs triggers exist, and whether the task_path
--- check constraint does.
+-- check constraint and parent_id's ON DELETE SET NULL foreign key do.
 SELECT
     ARRAY(
         SELECT p.proname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -66,7 +69,15 @@ SELECT
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE co.conname = %(constraint)s AND c.relname = 'task_runs'
           AND n.nspname = current_schema()
-    ) AS has_constraint;
+    ) AS has_constraint,
+    -- parent_id's foreign key sets NULL on delete (confdeltype 'n'), as prune needs.
+    EXISTS (
+        SELECT 1 FROM pg_constraint co JOIN pg_class c ON c.oid = co.conrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_attribute a ON a.attrelid = co.conrelid AND a.attnum = ANY (co.conkey)
+        WHERE co.contype = 'f' AND co.confdeltype = 'n' AND a.attname = 'parent_id'
+          AND c.relname = 'task_runs' AND n.nspname = current_schema()
+    ) AS parent_fk_sets_null;
 
 -- name: schema_global_rate_limit
 SELECT key FROM rate_limits WHERE key = 'global';

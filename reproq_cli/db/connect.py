@@ -139,6 +139,18 @@ def connection(
             f"{describe_target(dsn)} lacks reproq's schema: {one_line(exc)}",
             hint="run `reproq migrate` against it (or check the DSN)",
         ) from None
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise DatabaseError(
+            f"{describe_target(dsn)}: {one_line(exc)}",
+            hint="connect as a role that has the privilege, or have the table's owner grant it",
+        ) from None
+    except psycopg.Error as exc:
+        # The server refused the statement (a constraint, a lock timeout, ...): a one-line
+        # failure, exit 1 as the Go worker's fatal, not a report of a bug in reproq.
+        raise DatabaseError(
+            f"{describe_target(dsn)}: {one_line(exc)}",
+            hint="nothing was changed by the failed statement; fix what the message names",
+        ) from None
     finally:
         conn.close()
 

@@ -248,27 +248,34 @@ def _family(data_type: str) -> str:
 
 
 NO_PRIVILEGES = "no read/write privileges on table"
+PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
 
 def check(conn: psycopg.Connection[Any]) -> list[str]:
     """Everything the schema lacks, one readable line each; empty when complete."""
     problems: list[str] = []
     columns: dict[str, dict[str, dict[str, Any]]] = {}
-    denied: set[str] = set()  # present, but this role may not read and write them
+    denied: dict[str, list[str]] = {}  # present, but this role lacks these privileges on them
     for row in conn.execute(query("schema_columns"), {"tables": list(EXPECTED_COLUMNS)}):
         columns.setdefault(row["table_name"], {})[row["column_name"]] = row
-        if not row["usable"]:
-            denied.add(row["table_name"])
+        if row["lacks"]:
+            denied[row["table_name"]] = row["lacks"]
     for table, expected in EXPECTED_COLUMNS.items():
         live = columns.get(table)
         if live is None:
             problems.append(f"table {table} is missing")
             continue
-        if table in denied:
+        lacks = denied.get(table)
+        if lacks and len(lacks) == len(PRIVILEGES):
             # Present but out of reach: `reproq migrate` would fail on it the same way.
             problems.append(
                 f"{NO_PRIVILEGES} {table} for this role (GRANT SELECT, INSERT, UPDATE, DELETE "
                 f"ON {table} TO it, as the table's owner)"
+            )
+        elif lacks:
+            problems.append(
+                f"{NO_PRIVILEGES} {table} for this role: it lacks {', '.join(lacks)} (GRANT "
+                f"{', '.join(lacks)} ON {table} TO it, as the table's owner)"
             )
         for name, data_type, not_null, has_default in expected:
             column = live.get(name)
@@ -309,6 +316,11 @@ def check(conn: psycopg.Connection[Any]) -> list[str]:
             problems.append(f"trigger {trigger} on task_runs is missing")
     if not objects["has_constraint"]:
         problems.append(f"check constraint {EXPECTED_CONSTRAINT} on task_runs is missing")
+    if "task_runs" in columns and not objects["parent_fk_sets_null"]:
+        problems.append(
+            "foreign key task_runs.parent_id does not SET NULL on delete (prune fails on a "
+            "parent whose child remains)"
+        )
     if "rate_limits" in columns and "rate_limits" not in denied:
         seeded = conn.execute(query("schema_global_rate_limit")).fetchone()
         if seeded is None:

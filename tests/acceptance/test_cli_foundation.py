@@ -64,7 +64,9 @@ def test_migrate_then_check(run_cli, empty_db_dsn):
 
     result = run_cli("migrate", "--dsn", empty_db_dsn)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("schema up to date (0001_baseline.sql, 0002_notify_ready.sql)")
+    assert result.stdout.startswith(
+        "schema up to date (0001_baseline.sql, 0002_notify_ready.sql, 0003_parent_fk_set_null.sql)"
+    )
 
     result = run_cli("migrate", "--dsn", empty_db_dsn)
     assert result.returncode == 0, result.stderr

@@ -406,3 +406,29 @@ def test_operator_commands_on_a_database_without_the_schema(run_cli, empty_db_ds
         lines = result.stderr.splitlines()
         assert lines[0].startswith("error: ") and "lacks reproq's schema" in lines[0], args
         assert lines[1] == "hint: run `reproq migrate` against it (or check the DSN)"
+
+
+def test_a_statement_the_server_refuses_is_a_one_line_error(run_cli, conn, db_dsn):
+    # Permission denied (and any other refusal) was "internal error ... a bug in reproq", exit
+    # 3; Go's operator commands exit 1 with the message.
+    from psycopg import conninfo
+
+    rid = enqueue(conn, "add", 1, 1)
+    role = "reproq_ops_read_only"
+    conn.execute(f"DROP ROLE IF EXISTS {role}")
+    conn.execute(f"CREATE ROLE {role} LOGIN")
+    conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        dsn = conninfo.make_conninfo(db_dsn, user=role)
+        limit = ["limit", "set", "--key", "global", "--rate", "1", "--burst", "1"]
+        for args, table in ((["cancel", "--id", str(rid)], "task_runs"), (limit, "rate_limits")):
+            result = run_cli(*args, "--dsn", dsn)
+            assert result.returncode == 1, (args, result.stderr)
+            lines = result.stderr.splitlines()
+            assert lines[0].startswith("error: "), lines
+            assert lines[0].endswith(f"permission denied for table {table}"), lines
+            assert lines[1].startswith("hint: connect as a role that has the privilege")
+        assert row(conn, rid)["cancel_requested"] is False
+    finally:
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")

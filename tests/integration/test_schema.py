@@ -236,7 +236,7 @@ def run_script(conn: psycopg.Connection, path) -> None:
         conn.execute(statement)
 
 
-MIGRATIONS = ["0001_baseline.sql", "0002_notify_ready.sql"]
+MIGRATIONS = ["0001_baseline.sql", "0002_notify_ready.sql", "0003_parent_fk_set_null.sql"]
 # Ours on top of the Go baseline (additive: the Go worker never LISTENs).
 NOTIFY_TRIGGER = (
     "trg_task_runs_notify_ready",
@@ -337,6 +337,32 @@ def test_django_legacy_tables_are_completed_without_losing_rows(empty_db_dsn, co
     conn.execute(
         "INSERT INTO task_runs (spec_json, spec_hash) VALUES ('{\"task_path\": \"x.y\"}', 'h2')"
     )
+
+
+def test_a_django_parent_key_is_made_to_clear_itself(empty_db_dsn, conn_for):
+    # Django's foreign key (DEFERRABLE, no ON DELETE action) stayed: deleting a parent whose
+    # child remained failed, so `reproq prune` deleted nothing.
+    conn = conn_for(empty_db_dsn)
+    run_script(conn, REPO_ROOT / "tests" / "fixtures" / "django_legacy.sql")
+    assert (
+        "foreign key task_runs.parent_id does not SET NULL on delete (prune fails on a parent "
+        "whose child remains)"
+    ) in problems(empty_db_dsn)
+    migrate(empty_db_dsn)
+    assert problems(empty_db_dsn) == []
+    (parent,) = conn.execute(
+        "INSERT INTO task_runs (spec_json, spec_hash) VALUES ('{\"task_path\": \"a.b\"}', 'p')"
+        " RETURNING result_id"
+    ).fetchone()
+    (child,) = conn.execute(
+        "INSERT INTO task_runs (spec_json, spec_hash, status, parent_id)"
+        " VALUES ('{\"task_path\": \"a.c\"}', 'c', 'WAITING', %s) RETURNING result_id",
+        (parent,),
+    ).fetchone()
+    conn.execute("DELETE FROM task_runs WHERE result_id = %s", (parent,))
+    assert conn.execute(
+        "SELECT parent_id FROM task_runs WHERE result_id = %s", (child,)
+    ).fetchone() == (None,)
 
 
 def test_check_lists_what_is_missing(db_dsn, conn_for):
@@ -454,6 +480,28 @@ def test_a_role_without_privileges_is_told_so_not_that_tables_are_missing(db_dsn
         assert (
             "no read/write privileges on table task_runs for this role (GRANT SELECT, "
             "INSERT, UPDATE, DELETE ON task_runs TO it, as the table's owner)"
+        ) in found
+    finally:
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
+
+
+def test_a_read_only_role_is_told_what_it_lacks(db_dsn, conn_for):
+    # has_table_privilege with a list of privileges is true when any one is held: a role that
+    # may only SELECT passed the check, and the worker then failed every poll.
+    from psycopg import conninfo
+
+    conn = conn_for(db_dsn)
+    role = "reproq_read_only_role"
+    conn.execute(f"DROP ROLE IF EXISTS {role}")
+    conn.execute(f"CREATE ROLE {role} LOGIN")
+    conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}")
+    try:
+        found = problems(conninfo.make_conninfo(db_dsn, user=role))
+        assert (
+            "no read/write privileges on table task_runs for this role: it lacks INSERT, "
+            "UPDATE, DELETE (GRANT INSERT, UPDATE, DELETE ON task_runs TO it, as the table's "
+            "owner)"
         ) in found
     finally:
         conn.execute(f"DROP OWNED BY {role}")
