@@ -113,6 +113,14 @@ def storable_json(value: Any) -> str:
         raise ValueError(f"cannot store a task's arguments or metadata: {exc}") from None
     if holds_nul(text):
         raise ValueError(f"cannot store a task's arguments or metadata: {NUL_REFUSED}")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                "cannot store a task's arguments or metadata: a string holds an unpaired "
+                f"surrogate ({text[exc.start]!r}), which UTF-8 (and so PostgreSQL) cannot encode"
+            ) from None
     return text
 
 
@@ -139,7 +147,26 @@ def canonical_spec(spec: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
     """(the spec as stored, its spec_hash, its canonical text): the text is also what an
     INSERT can send, which spares encoding the spec a second time."""
     text = storable_json(spec)
-    return json.loads(text), sha256_hex(text), text
+    normalized = json.loads(text)
+    if _has_non_str_keys(spec):
+        # sort_keys orders 10 before 2 as numbers, then writes them as strings; stored, they
+        # sort as "10" before "2". The hash is of the stored spec's canonical text, as
+        # reproq-django hashes it.
+        text = canonical_json(normalized)
+    return normalized, sha256_hex(text), text
+
+
+def _has_non_str_keys(value: Any) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            if any(type(key) is not str for key in item):
+                return True
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+    return False
 
 
 def spec_hash_for(spec: dict[str, Any]) -> str:

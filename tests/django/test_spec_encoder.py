@@ -53,3 +53,23 @@ def test_aware_time_is_rejected_like_django():
         json.dumps(aware, cls=DjangoJSONEncoder)
     with pytest.raises(ValueError):
         spec_hash({"t": aware})
+
+
+def test_a_spec_with_int_keys_is_hashed_as_it_is_stored():
+    # sort_keys put 2 before 10 (as numbers) and wrote them as strings: the hash was not that
+    # of the stored spec, whose keys sort "10" before "2", nor reproq-django's.
+    from reproq_django.serialization import canonical_spec
+
+    stored, digest, text = canonical_spec({"kwargs": {"m": {10: "a", 2: "b"}}})
+    assert text == '{"kwargs":{"m":{"10":"a","2":"b"}}}'
+    assert stored == {"kwargs": {"m": {"10": "a", "2": "b"}}}
+    assert digest == spec_hash(stored)
+
+
+def test_an_unpaired_surrogate_is_refused_with_the_storage_error():
+    # It escaped as a bare UnicodeEncodeError from hashing; NaN and NUL got this message.
+    from reproq_django.serialization import canonical_spec
+
+    with pytest.raises(ValueError, match=r"^cannot store a task's arguments or metadata: a "
+                       r"string holds an unpaired surrogate \('\\ud800'\)"):  # fmt: skip
+        canonical_spec({"args": ["a\ud800b"]})
