@@ -102,6 +102,11 @@ class TaskRunAdmin(ReproqModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        # The replay action's permissions=("replay",) (Django calls has_<name>_permission):
+        # a replay runs a task again, so it takes more than a view of the change list.
+        return request.user.has_perm(f"{self.opts.app_label}.can_replay_taskrun")
+
     @admin.display(description="lease")
     def lease_state(self, obj: TaskRun) -> str:
         if obj.status != TaskRunStatus.RUNNING:
@@ -114,7 +119,7 @@ class TaskRunAdmin(ReproqModelAdmin):
     def attempts_display(self, obj: TaskRun) -> str:
         return f"{obj.attempts}/{obj.max_attempts}"
 
-    @admin.action(description="Replay selected tasks (new rows)")
+    @admin.action(description="Replay selected tasks (new rows)", permissions=("replay",))
     def replay_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
         created, skipped = 0, 0
         for run in queryset.defer(None):
@@ -145,7 +150,7 @@ class TaskRunAdmin(ReproqModelAdmin):
                 messages.WARNING,
             )
 
-    @admin.action(description="Retry selected failed tasks")
+    @admin.action(description="Retry selected failed tasks", permissions=("change",))
     def retry_failed_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
         count, skipped = 0, 0
         failed = queryset.filter(status=TaskRunStatus.FAILED)
@@ -182,7 +187,7 @@ class TaskRunAdmin(ReproqModelAdmin):
                 messages.WARNING,
             )
 
-    @admin.action(description="Discard selected failed tasks")
+    @admin.action(description="Discard selected failed tasks", permissions=("delete",))
     def discard_failed_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
         now = timezone.now()
         count = queryset.filter(status=TaskRunStatus.FAILED).update(
@@ -193,7 +198,7 @@ class TaskRunAdmin(ReproqModelAdmin):
         )
         self.message_user(request, f"Discarded {count} task(s).")
 
-    @admin.action(description="Cancel selected tasks")
+    @admin.action(description="Cancel selected tasks", permissions=("change",))
     def cancel_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
         now = timezone.now()
         requested = queryset.filter(status=TaskRunStatus.RUNNING).update(
@@ -222,7 +227,7 @@ class TaskRunAdmin(ReproqModelAdmin):
             f"cancelled {cancelled} queued task(s).",
         )
 
-    @admin.action(description="Delete selected successful tasks")
+    @admin.action(description="Delete selected successful tasks", permissions=("delete",))
     def delete_successful_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
         count, _ = queryset.filter(status=TaskRunStatus.SUCCESSFUL).delete()
         self.message_user(request, f"Deleted {count} task(s).")
@@ -241,7 +246,7 @@ class WorkerAdmin(ReproqModelAdmin):
     def state(self, obj: Worker) -> str:
         return "ALIVE" if obj.last_seen_at >= timezone.now() - ALIVE_WINDOW else "DEAD"
 
-    @admin.action(description="Delete workers not seen for 10 minutes")
+    @admin.action(description="Delete workers not seen for 10 minutes", permissions=("delete",))
     def delete_stale_workers(self, request: HttpRequest, queryset: QuerySet[Worker]) -> None:
         count, _ = queryset.filter(last_seen_at__lt=timezone.now() - STALE_WORKER_AGE).delete()
         self.message_user(request, f"Deleted {count} stale worker(s).")
@@ -252,13 +257,13 @@ class QueueControlAdmin(ReproqModelAdmin):
     list_display = ("queue_name", "paused", "paused_at", "reason", "updated_at")
     actions = ("pause_queues", "resume_queues")
 
-    @admin.action(description="Pause selected queues")
+    @admin.action(description="Pause selected queues", permissions=("change",))
     def pause_queues(self, request: HttpRequest, queryset: QuerySet[QueueControl]) -> None:
         now = timezone.now()
         count = queryset.update(paused=True, paused_at=now, updated_at=now)
         self.message_user(request, f"Paused {count} queue(s).")
 
-    @admin.action(description="Resume selected queues")
+    @admin.action(description="Resume selected queues", permissions=("change",))
     def resume_queues(self, request: HttpRequest, queryset: QuerySet[QueueControl]) -> None:
         count = queryset.update(paused=False, paused_at=None, updated_at=timezone.now())
         self.message_user(request, f"Resumed {count} queue(s).")

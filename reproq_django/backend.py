@@ -9,6 +9,7 @@ databases go through the ORM.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Sequence
@@ -73,6 +74,20 @@ class ReproqBackend(BaseTaskBackend):
     def __init__(self, alias: str, params: dict[str, Any]) -> None:
         super().__init__(alias, params)
         self._configured_queues = list(params.get("QUEUES") or [])
+
+    def validate_task(self, task: Task) -> None:
+        """Django's checks, with a timedelta ``run_after`` allowed: Django's own check calls
+        ``is_aware()`` on it (an AttributeError), so ``Task.using(run_after=timedelta(...))``,
+        the deferral reproq-django documents, failed; enqueue resolves it to now + delta."""
+        run_after = task.run_after
+        if isinstance(run_after, dt.timedelta):
+            super().validate_task(dataclasses.replace(task, run_after=None))
+            return
+        if run_after is not None and not isinstance(run_after, dt.datetime):
+            raise InvalidTask(
+                f"run_after must be a datetime or timedelta, not {type(run_after).__name__}"
+            )
+        super().validate_task(task)
 
     # --- spec ---------------------------------------------------------------------------------
 

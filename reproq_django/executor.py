@@ -58,8 +58,6 @@ def _parser() -> argparse.ArgumentParser:
 def _read_payload(args: argparse.Namespace) -> str:
     if args.payload_stdin:
         return sys.stdin.read()
-    if args.payload_json is None and not args.payload_file:
-        raise ValueError("one of --payload-stdin, --payload-file or --payload-json is required")
     if args.payload_file:
         with open(args.payload_file, encoding="utf-8") as handle:
             return handle.read()
@@ -93,9 +91,13 @@ def _spec_settings(spec: dict[str, Any]) -> str | None:
 
 def execute(argv: list[str] | None = None) -> int:
     """Run one task; returns the exit code (0 success, 1 failure)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     if args.serve:
         return serve(args.settings)
+    if not (args.payload_stdin or args.payload_file or args.payload_json is not None):
+        # Not required by argparse itself, since --serve takes none: misuse exits 2 either way.
+        parser.error("one of --payload-stdin, --payload-file or --payload-json is required")
     out = sys.stdout
     try:
         spec = _parse_spec(_read_payload(args))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
+import math
 import os
 import signal
 import subprocess
@@ -100,13 +101,20 @@ def _libpq_keywords() -> frozenset[str]:
 
 def discover_allowed_modules() -> tuple[list[str], list[str]]:
     """Module prefixes of every Django Task defined in installed apps' ``tasks`` modules."""
+    paths, problems = discover_tasks()
+    return sorted({path.rsplit(".", 1)[0] + "." for path in paths}), problems
+
+
+def discover_tasks() -> tuple[list[str], list[str]]:
+    """Paths of every Django Task defined in installed apps' ``tasks`` modules, and the
+    modules that could not be imported."""
     import importlib
     import pkgutil
 
     from django.apps import apps
     from django.tasks import Task
 
-    prefixes: set[str] = set()
+    paths: set[str] = set()
     problems: list[str] = []
     for config in apps.get_app_configs():
         name = f"{config.name}.tasks"
@@ -129,8 +137,8 @@ def discover_allowed_modules() -> tuple[list[str], list[str]]:
         for mod in modules:
             for value in vars(mod).values():
                 if isinstance(value, Task):
-                    prefixes.add(value.module_path.rsplit(".", 1)[0] + ".")
-    return sorted(prefixes), problems
+                    paths.add(value.module_path)
+    return sorted(paths), problems
 
 
 def housekeeping(
@@ -183,6 +191,39 @@ def parse_age(text: str) -> dt.timedelta:
     return dt.timedelta(**{units[unit]: int(number)})
 
 
+def check_limit(limit: int) -> int:
+    """``--limit`` as given; a negative one is refused, because ``limit > 0`` alone read it
+    as "no limit", and a slip in a script's arithmetic then acted on every matching row."""
+    if limit < 0:
+        raise CommandError(
+            f"--limit must be 0 (no limit) or a positive number, not {limit}; "
+            "give the number of rows to act on"
+        )
+    return limit
+
+
+def take_option(args: list[str], name: str) -> tuple[str | None, list[str]]:
+    """The value of ``name`` in pass-through args (``--name V`` or ``--name=V``; the last one
+    wins, as with argparse) and the args without it."""
+    value: str | None = None
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == name:
+            if i + 1 >= len(args):
+                raise CommandError(f"{name} needs a value: {name} VALUE")
+            value = args[i + 1]
+            i += 2
+            continue
+        if arg.startswith(f"{name}="):
+            value = arg.partition("=")[2]
+        else:
+            rest.append(arg)
+        i += 1
+    return value, rest
+
+
 def _file_sets_allowed_modules(cli_args: list[str], env: dict[str, str]) -> bool:
     """Whether the config file the CLI will read sets worker.allowed_task_modules: the
     variable set for it would outrank the file (env > file), so it is left alone then."""
@@ -211,6 +252,48 @@ def write_file(path: Path, text: str) -> None:
             f"cannot write {path}: {exc.strerror or exc}; choose a path in an existing, "
             "writable directory"
         ) from None
+
+
+def toml_text(data: dict[str, Any]) -> str:
+    """A config file's data as TOML (tomllib only reads it): tables for mappings, the rest
+    inline. Comments and layout of the original are not kept."""
+    import json
+    import re
+
+    def key(name: Any) -> str:
+        text = str(name)
+        return text if re.fullmatch(r"[A-Za-z0-9_-]+", text) else json.dumps(text)
+
+    def value(item: Any) -> str:
+        if isinstance(item, bool):
+            return "true" if item else "false"
+        if isinstance(item, int | float):
+            return repr(item)  # inf and nan are TOML's spellings too
+        if isinstance(item, str):
+            return json.dumps(item, ensure_ascii=False)  # JSON's escapes are TOML's
+        if isinstance(item, dt.datetime | dt.date | dt.time):
+            return item.isoformat()
+        if isinstance(item, list):
+            return "[" + ", ".join(value(v) for v in item) + "]"
+        if isinstance(item, dict):
+            return "{" + ", ".join(f"{key(k)} = {value(v)}" for k, v in item.items()) + "}"
+        raise CommandError(f"cannot write {item!r} as TOML; edit the config file by hand")
+
+    lines: list[str] = []
+
+    def table(name: str, mapping: dict[str, Any]) -> None:
+        plain = {k: v for k, v in mapping.items() if not isinstance(v, dict)}
+        nested = {k: v for k, v in mapping.items() if isinstance(v, dict)}
+        if name and (plain or not nested):
+            lines.append(f"[{name}]")
+        lines.extend(f"{key(k)} = {value(v)}" for k, v in plain.items())
+        if plain or name:
+            lines.append("")
+        for k, v in nested.items():
+            table(f"{name}.{key(k)}" if name else key(k), v)
+
+    table("", data)
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def example_config(suffix: str, allowed: list[str]) -> str:
@@ -270,6 +353,12 @@ class Command(BaseCommand):
         p = sub.add_parser("allowlist", help="task module prefixes for ALLOWED_TASK_MODULES")
         p.add_argument("--format", choices=["env", "plain"], default="env")
         p.add_argument("--show-tasks", action="store_true")
+        p.add_argument(
+            "--write",
+            action="store_true",
+            help="set worker.allowed_task_modules in the config file",
+        )
+        p.add_argument("--config", default=None, help="the config file for --write")
         p = sub.add_parser("sync-recurring", help="write @recurring tasks to periodic_tasks")
         p.add_argument("--database", default=None)
         p.add_argument("--clear-missing", action="store_true")
@@ -435,8 +524,16 @@ class Command(BaseCommand):
         return env
 
     def handle_worker(self, options: dict[str, Any]) -> None:
+        queue, cli_args = take_option(options.get("cli_args", []), "--queue")
+        if queue is not None:
+            # reproq-django's deprecated single-queue flag; the CLI knows only --queues,
+            # which wins when both are given (reproq-django ran `--queues (queues or queue)`).
+            self.stderr.write("warning: --queue is deprecated; use --queues")
+            if take_option(cli_args, "--queues")[0] is None:
+                cli_args = ["--queues", queue, *cli_args]
+        options = {**options, "cli_args": cli_args}
         env = self._allowed_modules_env(options)
-        self._run_cli(["worker", *options.get("cli_args", [])], env)
+        self._run_cli(["worker", *cli_args], env)
 
     def handle_beat(self, options: dict[str, Any]) -> None:
         self._run_cli(["beat", *options.get("cli_args", [])], self._cli_env(options["database"]))
@@ -447,8 +544,21 @@ class Command(BaseCommand):
         )
 
     def handle_config(self, options: dict[str, Any]) -> None:
-        env = self._allowed_modules_env(options)
-        self._run_cli(["config", *options.get("cli_args", [])], env)
+        # reproq-django's --print is what `config` does anyway; the CLI has no such flag.
+        cli_args = [a for a in options.get("cli_args", []) if a != "--print"]
+        mode, rest = take_option(cli_args, "--mode")
+        env = self._allowed_modules_env({**options, "cli_args": cli_args})
+        if mode != "all":
+            self._run_cli(["config", *cli_args], env)
+            return
+        if "--json" in rest:
+            raise CommandError(
+                "--mode all prints two views, --json one document; use --mode worker (which "
+                "includes metrics) or --mode beat with --json"
+            )
+        # The worker's view holds the metrics settings too: worker, beat and metrics in all.
+        for view in ("worker", "beat"):
+            self._run_cli(["config", "--mode", view, *rest], env)
 
     def handle_doctor(self, options: dict[str, Any]) -> None:
         cli_args = options.get("cli_args", [])
@@ -509,8 +619,52 @@ class Command(BaseCommand):
         self._run_cli(cli_args, self._cli_env(alias))
 
     def handle_cancel(self, options: dict[str, Any]) -> None:
+        """The admin's cancel for one row: `reproq cancel` marks RUNNING rows only, so a
+        queued task was left to run and an unknown id looked like a success."""
+        from reproq_django.models import TaskRun, TaskRunStatus
+        from reproq_django.workflows import fail_dependents
+
         alias, raw = self._task_target(options)
-        self._run_cli(["cancel", "--id", raw], self._cli_env(alias))
+        try:
+            result_id = int(raw)
+        except ValueError:
+            raise CommandError(
+                f"--id {options['id']!r} is not a task run id; give a number (or alias:number)"
+            ) from None
+        if not 0 < result_id < 2**63:  # past bigint the query itself would fail
+            raise CommandError(f"Task run {options['id']} not found.")
+        with transaction.atomic(using=alias):
+            # Locked, so a worker cannot claim or finish the row between reading its status
+            # and changing it.
+            run = (
+                TaskRun.objects.using(alias)
+                .select_for_update()
+                .only("status", "cancel_requested", "workflow_id")
+                .filter(result_id=result_id)
+                .first()
+            )
+            if run is None:
+                raise CommandError(f"Task run {options['id']} not found.")
+            now = timezone.now()
+            if run.status in TaskRunStatus.TERMINAL:
+                self.stderr.write(
+                    f"warning: task run {options['id']} is already {run.status}; nothing to cancel."
+                )
+            elif run.status == TaskRunStatus.RUNNING:
+                if run.cancel_requested:
+                    self.stderr.write("warning: Cancel already requested.")
+                    return
+                TaskRun.objects.using(alias).filter(result_id=result_id).update(
+                    cancel_requested=True, updated_at=now
+                )
+                self.stdout.write(f"Cancellation requested for task run {options['id']}.")
+            else:
+                TaskRun.objects.using(alias).filter(result_id=result_id).update(
+                    status=TaskRunStatus.CANCELLED, finished_at=now, updated_at=now
+                )
+                # What waits on it never runs: the worker's consequences of a terminal failure.
+                fail_dependents(alias, [(result_id, run.workflow_id)])
+                self.stdout.write(f"Cancelled task run {options['id']} (was {run.status}).")
 
     def handle_pg_cron(self, options: dict[str, Any]) -> None:
         from reproq_cli.db.connect import one_line
@@ -594,9 +748,11 @@ class Command(BaseCommand):
     def handle_reclaim(self, options: dict[str, Any]) -> None:
         from django.db.models import Q
 
+        from reproq_cli.core.policy import timestamp
         from reproq_django.models import TaskRun
         from reproq_django.workflows import fail_dependents
 
+        limit = check_limit(options["limit"])
         cutoff = timezone.now() - parse_age(options["older_than"])
         expired = Q(leased_until__lt=cutoff)
         if options["include_null_lease"]:
@@ -609,8 +765,8 @@ class Command(BaseCommand):
                 .order_by("leased_until")
             )
             ids = list(rows.values_list("result_id", flat=True))
-            if options["limit"] > 0:
-                ids = ids[: options["limit"]]
+            if limit:
+                ids = ids[:limit]
             total += len(ids)
             if options["dry_run"] or not ids:
                 continue
@@ -629,7 +785,7 @@ class Command(BaseCommand):
                     for run in targets.select_for_update():
                         run.errors_json = [
                             *(run.errors_json or []),
-                            {"at": now.isoformat(), "kind": "reclaim",
+                            {"at": timestamp(), "kind": "reclaim",
                              "message": "Failed by manage.py reproq reclaim"},
                         ]  # fmt: skip
                         run.status = "FAILED"
@@ -677,6 +833,7 @@ class Command(BaseCommand):
     def _prune(self, options: dict[str, Any], statuses: list[str], field: str) -> None:
         from reproq_django.models import TaskRun
 
+        limit = check_limit(options["limit"])
         cutoff = timezone.now() - parse_age(options["older_than"])
         total = 0
         for alias in self._aliases(options):
@@ -686,8 +843,8 @@ class Command(BaseCommand):
                 .order_by(field)
             )
             ids = list(rows.values_list("result_id", flat=True))
-            if options["limit"] > 0:
-                ids = ids[: options["limit"]]
+            if limit:
+                ids = ids[:limit]
             total += len(ids)
             if not options["dry_run"] and ids:
                 TaskRun.objects.using(alias).filter(result_id__in=ids).delete()
@@ -865,14 +1022,54 @@ class Command(BaseCommand):
         self.stdout.write(f"Queue {options['queue']} {'paused' if paused else 'resumed'}.")
 
     def handle_allowlist(self, options: dict[str, Any]) -> None:
-        prefixes, problems = discover_allowed_modules()
+        paths, problems = discover_tasks()
+        prefixes = sorted({path.rsplit(".", 1)[0] + "." for path in paths})
         for problem in problems:
             self.stderr.write(f"warning: could not import {problem}")
+        if options["write"]:
+            self._write_allowlist(options["config"], prefixes)
+            return
+        if options["show_tasks"]:
+            # Comment lines: the output stays readable by a shell or an env file.
+            for path in paths:
+                self.stdout.write(f"# {path}")
         if options["format"] == "env":
             self.stdout.write(f"ALLOWED_TASK_MODULES={','.join(prefixes)}")
         else:
             for prefix in prefixes:
                 self.stdout.write(prefix)
+
+    def _write_allowlist(self, explicit: str | None, prefixes: list[str]) -> None:
+        from reproq_cli.config import load_file, resolve_config_path
+        from reproq_cli.errors import ReproqError
+
+        try:
+            path, _ = resolve_config_path(explicit, os.environ, Path.cwd())
+        except ReproqError as exc:
+            raise CommandError(str(exc)) from None
+        if path is None or not path.is_file():
+            raise CommandError(
+                f"allowlist --write needs an existing config file, and "
+                f"{path or 'none was found (reproq.yaml, reproq.toml, ...)'} is not one; pass "
+                "--config FILE or create one with `manage.py reproq init`"
+            )
+        try:
+            data = load_file(path)
+        except ReproqError as exc:
+            raise CommandError(f"{exc}; {exc.hint}" if exc.hint else str(exc)) from None
+        worker = data.get("worker") or {}
+        data["worker"] = {**worker, "allowed_task_modules": prefixes}
+        if path.suffix.lower() == ".toml":
+            text = toml_text(data)
+        else:
+            import yaml
+
+            text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        write_file(path, text)
+        self.stdout.write(
+            f"Wrote worker.allowed_task_modules = {','.join(prefixes)} to {path} "
+            "(comments are not kept)"
+        )
 
     def handle_sync_recurring(self, options: dict[str, Any]) -> None:
         from reproq_django.recurring import autodiscover, sync_recurring_tasks
@@ -895,10 +1092,15 @@ class Command(BaseCommand):
         count = options["count"]
         if count <= 0:
             raise CommandError("--count must be positive")
+        sleep = options["sleep"]
+        # NaN cannot be stored in a spec, and time.sleep refuses a negative: every task
+        # would fail in the worker instead of here.
+        if not (math.isfinite(sleep) and sleep >= 0):
+            raise CommandError(f"--sleep must be a finite number >= 0 (seconds), not {sleep}")
         # A distinct label per task, or dedup would fold them into one row.
         run = uuid.uuid4().hex[:8]
         items = [
-            (debug_noop_task, (), {"sleep_seconds": options["sleep"], "label": f"{run}-{i}"})
+            (debug_noop_task, (), {"sleep_seconds": sleep, "label": f"{run}-{i}"})
             for i in range(count)
         ]
         started = time.perf_counter()

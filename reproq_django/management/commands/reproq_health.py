@@ -26,6 +26,19 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from reproq_django.models import PeriodicTask, TaskRun, Worker
 
+        recent_limit = options["recent_limit"]
+        if recent_limit < 0:
+            raise CommandError(f"--recent-limit must be 0 or more, not {recent_limit}")
+        stale_minutes = options["stale_minutes"]
+        if stale_minutes < 0:
+            raise CommandError(f"--stale-minutes must be 0 or more, not {stale_minutes}")
+        try:
+            cutoff = timezone.now() - dt.timedelta(minutes=stale_minutes)
+        except OverflowError:  # a cutoff before year 1
+            raise CommandError(
+                f"--stale-minutes {stale_minutes} is out of range; give a number of minutes "
+                "such as 2 (at most about 1000000000)"
+            ) from None
         alias = default_db_alias()
         try:
             tables = set(connections[alias].introspection.table_names())
@@ -40,9 +53,8 @@ class Command(BaseCommand):
         for row in runs.values("status").annotate(n=Count("result_id")).order_by("status"):
             self.stdout.write(f"  {row['status']}: {row['n']}")
         self.stdout.write("Recent runs:")
-        for run in runs.order_by("-result_id")[: options["recent_limit"]]:
+        for run in runs.order_by("-result_id")[:recent_limit]:
             self.stdout.write(f"  {run.result_id} {run.status} {run.task_path} {run.enqueued_at}")
-        cutoff = timezone.now() - dt.timedelta(minutes=options["stale_minutes"])
         for worker in Worker.objects.using(alias).order_by("worker_id"):
             state = "ALIVE" if worker.last_seen_at >= cutoff else "STALE"
             self.stdout.write(f"  worker {worker.worker_id}: {state}")
