@@ -22,7 +22,7 @@ from reproq_django.models import (
     Worker,
     WorkflowRun,
 )
-from reproq_django.workflows import fail_dependents
+from reproq_django.workflows import cancel_queued
 
 ALIVE_WINDOW = dt.timedelta(minutes=2)
 STALE_WORKER_AGE = dt.timedelta(minutes=10)
@@ -204,23 +204,7 @@ class TaskRunAdmin(ReproqModelAdmin):
         requested = queryset.filter(status=TaskRunStatus.RUNNING).update(
             cancel_requested=True, updated_at=now
         )
-        queued = (TaskRunStatus.READY, TaskRunStatus.WAITING)
-        with transaction.atomic(using=queryset.db):
-            # Locked, so a worker cannot claim or release a row between reading and
-            # cancelling it: the rows read are exactly the rows cancelled.
-            ended = list(
-                queryset.filter(status__in=queued)
-                .select_for_update()
-                .values_list("result_id", "workflow_id")
-            )
-            cancelled = (
-                TaskRun.objects.using(queryset.db)
-                .filter(result_id__in=[result_id for result_id, _ in ended], status__in=queued)
-                .update(status=TaskRunStatus.CANCELLED, finished_at=now, updated_at=now)
-            )
-            # What waited on them never runs: the worker's consequences of a terminal
-            # failure (a cancel of a running task is one too).
-            fail_dependents(queryset.db, ended)
+        cancelled = cancel_queued(queryset)
         self.message_user(
             request,
             f"Cancellation requested for {requested} running task(s); "

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from django.db import connections, transaction
+from django.db.models import QuerySet
 from django.tasks import Task, task_backends
 from django.utils import timezone
 
@@ -216,6 +217,31 @@ def group(*items: Item) -> Group:
 
 def chord(*items: Item, callback: Item) -> Chord:
     return Chord(*items, callback=callback)
+
+
+def cancel_queued(runs: QuerySet[TaskRun]) -> int:
+    """Cancel the READY and WAITING rows among ``runs`` and fail what waits on them (the
+    admin's cancel and ``manage.py reproq cancel``); returns how many were cancelled.
+
+    The rows are locked first, so a worker cannot claim or release one between reading and
+    cancelling it: the rows read are exactly the rows cancelled."""
+    queued = (TaskRunStatus.READY, TaskRunStatus.WAITING)
+    with transaction.atomic(using=runs.db):
+        ended = list(
+            runs.filter(status__in=queued)
+            .select_for_update()
+            .values_list("result_id", "workflow_id")
+        )
+        now = timezone.now()
+        cancelled = (
+            TaskRun.objects.using(runs.db)
+            .filter(result_id__in=[result_id for result_id, _ in ended], status__in=queued)
+            .update(status=TaskRunStatus.CANCELLED, finished_at=now, updated_at=now)
+        )
+        # What waited on them never runs: the worker's consequences of a terminal failure
+        # (a cancel of a running task is one too).
+        fail_dependents(runs.db, ended)
+    return cancelled
 
 
 def fail_dependents(alias: str, ended: Iterable[tuple[int, uuid.UUID | None]]) -> None:

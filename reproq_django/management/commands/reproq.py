@@ -622,7 +622,7 @@ class Command(BaseCommand):
         """The admin's cancel for one row: `reproq cancel` marks RUNNING rows only, so a
         queued task was left to run and an unknown id looked like a success."""
         from reproq_django.models import TaskRun, TaskRunStatus
-        from reproq_django.workflows import fail_dependents
+        from reproq_django.workflows import cancel_queued
 
         alias, raw = self._task_target(options)
         try:
@@ -639,7 +639,7 @@ class Command(BaseCommand):
             run = (
                 TaskRun.objects.using(alias)
                 .select_for_update()
-                .only("status", "cancel_requested", "workflow_id")
+                .only("status", "cancel_requested")
                 .filter(result_id=result_id)
                 .first()
             )
@@ -659,11 +659,7 @@ class Command(BaseCommand):
                 )
                 self.stdout.write(f"Cancellation requested for task run {options['id']}.")
             else:
-                TaskRun.objects.using(alias).filter(result_id=result_id).update(
-                    status=TaskRunStatus.CANCELLED, finished_at=now, updated_at=now
-                )
-                # What waits on it never runs: the worker's consequences of a terminal failure.
-                fail_dependents(alias, [(result_id, run.workflow_id)])
+                cancel_queued(TaskRun.objects.using(alias).filter(result_id=result_id))
                 self.stdout.write(f"Cancelled task run {options['id']} (was {run.status}).")
 
     def handle_pg_cron(self, options: dict[str, Any]) -> None:
