@@ -15,9 +15,8 @@ import queue
 import threading
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Future
 
-from reproq_cli.db.tasks import FencingError, SuccessConnection, TaskStore
+from reproq_cli.db.tasks import SuccessConnection, TaskStore
 from reproq_cli.models import ClaimedTask
 
 MAX_BATCH = 100
@@ -54,21 +53,6 @@ class SuccessWriter:
         """Queue a success; ``done`` gets its outcome on the writer's thread, after the
         commit, and must not block: the next batch waits for it."""
         self._queue.put((task, return_json, logs_uri, done))
-
-    def write(self, task: ClaimedTask, return_json: str | None, logs_uri: str | None) -> None:
-        """Returns once the success is committed. Raises FencingError when the lease was
-        lost, DatabaseError when the batch could not be written (the caller retries)."""
-        future: Future[bool] = Future()
-
-        def done(outcome: Outcome) -> None:
-            if isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
-
-        self.submit(task, return_json, logs_uri, done)
-        if not future.result():
-            raise FencingError("fencing failure or task not running")
 
     def close(self) -> None:
         self._queue.put(None)

@@ -7,6 +7,7 @@ import random
 import re
 import threading
 import uuid
+from concurrent.futures import Future
 
 import psycopg
 import pytest
@@ -31,6 +32,22 @@ def pool(db_dsn):
 @pytest.fixture
 def store(pool):
     return TaskStore(pool, "w1", lease_seconds=300)
+
+
+def write_success(writer, task, return_json) -> None:
+    """A success through the writer, waited for: raises FencingError when the lease was lost,
+    or the error that stopped its batch."""
+    future: Future[bool] = Future()
+
+    def done(outcome) -> None:
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    writer.submit(task, return_json, None, done)
+    if not future.result(timeout=60):
+        raise FencingError("fencing failure or task not running")
 
 
 def claim(store, queue="default", aging=0.0):
@@ -495,7 +512,7 @@ def test_successes_take_their_own_connection_unless_no_listen(conn, store, liste
     worker = Worker(settings, store, Logger())
     try:
         rid = enqueue(conn, "add", 1, 1)
-        worker._successes.write(claim(store), "2", None)
+        write_success(worker._successes, claim(store), "2")
         assert row(conn, rid)["status"] == "SUCCESSFUL"
         assert isinstance(worker._successes.connection, SuccessConnection) == listen
     finally:
@@ -677,7 +694,7 @@ def test_success_writer_batches_what_arrives_while_it_writes(conn, pool, store, 
 
     def write(task) -> None:
         try:
-            writer.write(task, "1", None)
+            write_success(writer, task, "1")
             outcomes[task.result_id] = "ok"
         except FencingError:
             outcomes[task.result_id] = "fenced"
@@ -706,7 +723,7 @@ def test_a_return_value_the_database_refuses_fails_only_its_own_success(conn, st
         # jsonb refuses the \u0000 escape: the error the whole batch used to share.
         value = '"a\\u0000b"' if task is bad else "1"
         try:
-            writer.write(task, value, None)
+            write_success(writer, task, value)
             outcomes[task.result_id] = "ok"
         except DatabaseError as exc:
             outcomes[task.result_id] = exc
