@@ -37,7 +37,14 @@ def _max_overlap(executions) -> int:
     return max(sum(1 for _, s, e in executions if s <= start < e) for _, start, _ in executions)
 
 
-def _four_workers(conn, workers, log, *, seconds: float, columns: dict, count: int = 400):
+def _count(executor_kind: str, pool: int) -> int:
+    """How many tasks a race test enqueues. The claim races are the worker's, whatever runs
+    the task; a spawned task costs a Python and Django start-up (~0.1 s of CPU), so spawn
+    mode races with a third as many, which still keeps all four workers claiming at once."""
+    return pool if executor_kind == "pool" else pool // 3
+
+
+def _four_workers(conn, workers, log, *, seconds: float, columns: dict, count: int):
     """Enqueue ``count`` recording tasks, run four workers until all are done, return the
     recorded executions."""
     for i in range(count):
@@ -57,10 +64,10 @@ def _four_workers(conn, workers, log, *, seconds: float, columns: dict, count: i
 
 
 @pytest.mark.slow
-def test_four_workers_never_overlap_one_lock_key(conn, workers, tmp_path):
+def test_four_workers_never_overlap_one_lock_key(conn, workers, tmp_path, executor_kind):
     executions = _four_workers(
         conn, workers, tmp_path / "executions.log", seconds=0.005,
-        columns={"lock_key": "account:7"},
+        columns={"lock_key": "account:7"}, count=_count(executor_kind, 400),
     )  # fmt: skip
     assert _max_overlap(executions) == 1
     used = conn.execute(
@@ -70,12 +77,13 @@ def test_four_workers_never_overlap_one_lock_key(conn, workers, tmp_path):
 
 
 @pytest.mark.slow
-def test_batched_claims_interleaved_with_keyed_tasks(conn, workers, tmp_path):
+def test_batched_claims_interleaved_with_keyed_tasks(conn, workers, tmp_path, executor_kind):
     """Plain tasks are claimed in batches, keyed ones one by one: mixed in one queue, every
     task runs exactly once and the keyed ones never overlap."""
     log = tmp_path / "executions.log"
     keyed = set()
-    for i in range(300):
+    count = _count(executor_kind, 300)
+    for i in range(count):
         columns = {"lock_key": "account:9"} if i % 3 == 0 else {}
         rid = enqueue(conn, "record", str(log), 0.005, unique=str(i), columns=columns)
         if columns:
@@ -84,7 +92,7 @@ def test_batched_claims_interleaved_with_keyed_tasks(conn, workers, tmp_path):
         workers.start("--concurrency", "6", "--worker-id", f"w-{i}", "--heartbeat-seconds", "0")
         for i in range(4)
     ]
-    wait_for(lambda: _all_done(conn, 300), timeout=300, interval=0.5, what="300 tasks")
+    wait_for(lambda: _all_done(conn, count), timeout=300, interval=0.5, what=f"{count} tasks")
     _stop(workers, procs)
     executions = _executions(log)
     assert sorted(rid for rid, _, _ in executions) == sorted(
@@ -95,10 +103,11 @@ def test_batched_claims_interleaved_with_keyed_tasks(conn, workers, tmp_path):
 
 
 @pytest.mark.slow
-def test_four_workers_respect_a_concurrency_limit_of_two(conn, workers, tmp_path):
+def test_four_workers_respect_a_concurrency_limit_of_two(conn, workers, tmp_path, executor_kind):
     executions = _four_workers(
         conn, workers, tmp_path / "executions.log", seconds=0.05,
         columns={"concurrency_key": "tenant:3", "concurrency_limit": 2},
+        count=_count(executor_kind, 400),
     )  # fmt: skip
     assert _max_overlap(executions) == 2
 
