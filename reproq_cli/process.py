@@ -4,6 +4,7 @@ executor side of the pool's fork server."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import re
@@ -165,6 +166,10 @@ def serve_forks(
     # forked processes, and a lock one of them holds at a fork stays held there: the worker
     # warns about them.
     threads = len(os.listdir("/proc/self/task"))
+    # What the set-up made lives as long as the children: frozen, their collections never
+    # walk it, and so never write to (and copy) the pages it shares with this process.
+    gc.collect()
+    gc.freeze()
     answer({"ready": True, "pid": os.getpid(), "fork_server": True, "threads": threads})
     children: set[int] = set()
     accepting = True

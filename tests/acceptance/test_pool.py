@@ -149,6 +149,19 @@ def test_replacements_are_forked_from_a_process_set_up_once(conn, workers):
     assert ready["forked"] is True
 
 
+def test_forked_processes_leave_the_set_up_to_the_fork_server(conn, workers):
+    # Frozen, what Django's set-up made is never walked by a forked process's collections,
+    # which would write to (and so copy) every page it shares with the fork server.
+    frozen = {}
+    for flags in [(), ("--pool-no-fork",)]:
+        rid = enqueue(conn, "frozen_objects", unique=str(flags))
+        run = workers.run("--concurrency", "1", *flags)
+        assert run.returncode == 0, run.stderr
+        frozen[flags] = row(conn, rid)["return_json"]
+    # A process set up on its own shares nothing, so the set-up stays collectable there.
+    assert frozen[()] > 10 * max(frozen[("--pool-no-fork",)], 1_000), frozen
+
+
 @pytest.mark.parametrize("thread", [False, True], ids=["one-thread", "threaded"])
 def test_a_threaded_fork_server_is_warned_about(conn, workers, thread):
     rid = enqueue(conn, "pid")

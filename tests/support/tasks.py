@@ -118,6 +118,13 @@ def parent_pid() -> int:
     return os.getppid()
 
 
+def frozen_objects() -> int:
+    """How many objects this process's garbage collector leaves alone (gc.freeze)."""
+    import gc
+
+    return gc.get_freeze_count()
+
+
 _HELD: list[bytearray] = []
 
 
