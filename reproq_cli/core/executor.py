@@ -211,12 +211,13 @@ def _refuse_constant(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_SCANNER = json.JSONDecoder()
 _WHITESPACE = " \t\n\r"
 
 
-def _raw_members(text: str) -> dict[str, str]:
+def raw_members(text: str, *, fold_case: bool = True) -> dict[str, str]:
     """The raw text of each member of the JSON object ``text`` (already decoded once, so
-    known to be valid), by lower-cased key, the last match winning as in Go."""
+    known to be valid), by lower-cased key (``fold_case``), the last match winning as in Go."""
 
     def skip(i: int) -> int:
         while text[i] in _WHITESPACE:
@@ -228,8 +229,10 @@ def _raw_members(text: str) -> dict[str, str]:
     while text[i] != "}":
         key, i = json.decoder.scanstring(text, i + 1)
         i = skip(skip(i) + 1)  # past ":"
-        _value, end = _DECODER.raw_decode(text, i)
-        members[key.lower()] = text[i:end]
+        # Only the extent of each value is wanted here: NaN and the like are the caller's
+        # to refuse (parse_envelope does), not a reason to fail the split.
+        _value, end = _SCANNER.raw_decode(text, i)
+        members[key.lower() if fold_case else key] = text[i:end]
         i = skip(end)
         if text[i] == ",":
             i = skip(i + 1)
@@ -285,7 +288,7 @@ def _decode_envelope(text: str) -> Envelope:
         texts[name] = item or ""
     # Kept as written, like Go's json.RawMessage: re-encoding it turned 1E2 into 100.0,
     # dropped the scale of 2.50 and made 1e400 an Infinity that jsonb refuses.
-    return_raw = _raw_members(text)["return"] if "return" in fields else None
+    return_raw = raw_members(text)["return"] if "return" in fields else None
     return Envelope(ok=bool(ok), return_raw=return_raw, **texts)
 
 

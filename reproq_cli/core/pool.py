@@ -50,6 +50,7 @@ from reproq_cli.core.executor import (
     kill_group,
     limits_preexec,
     parse_envelope,
+    raw_members,
     wait_error,
 )
 from reproq_cli.process import FORK_SERVER_ENV, pidfd
@@ -778,15 +779,19 @@ class ExecutorPool:
 
 
 def _decode_response(line: bytes) -> tuple[str, str]:
-    """(the envelope as JSON text, the task's stderr); a garbled line fails the envelope."""
+    """(the envelope as the process wrote it, the task's stderr); a garbled line fails the
+    envelope. The envelope is passed on as written, not decoded and encoded again: as with
+    spawn mode's stdout, a return value keeps its text (2.50 its scale, 1E2 its form, and
+    1e400 stays a number, where re-encoding made it an Infinity that jsonb refuses)."""
     try:
-        response = json.loads(line)
-    except ValueError:
+        text = line.decode("utf-8")
+        response = json.loads(text)
+    except ValueError:  # UnicodeDecodeError included
         return line.decode("utf-8", errors="replace"), ""
     if not isinstance(response, dict) or "result" not in response:
-        return line.decode("utf-8", errors="replace"), ""
+        return text, ""
     stderr = response.get("stderr")
-    return json.dumps(response["result"]), stderr if isinstance(stderr, str) else ""
+    return raw_members(text, fold_case=False)["result"], stderr if isinstance(stderr, str) else ""
 
 
 def _last_line(text: str) -> str:

@@ -13,6 +13,7 @@ import pytest
 from reproq_cli.core import policy
 from reproq_cli.core.executor import BoundedBuffer, parse_envelope
 from reproq_cli.core.logs import Logger, redact, should_redact
+from reproq_cli.core.pool import _decode_response
 from reproq_cli.process import memory_log_interval, wait_or_stop
 
 
@@ -265,3 +266,47 @@ def test_a_wait_longer_than_threading_allows():
     stop.set()
     assert wait_or_stop(stop, 1e12)  # Event.wait(1e12) raises OverflowError
     assert not wait_or_stop(threading.Event(), 0.01)
+
+
+@pytest.mark.parametrize(
+    ("line", "raw", "stderr"),
+    [
+        (
+            b'{"result": {"ok": true, "return": 2.50}, "stderr": "x"}\n',
+            '{"ok": true, "return": 2.50}',
+            "x",
+        ),
+        (
+            b'{"stderr": "", "result": {"ok":true,"return":1e400}}\n',
+            '{"ok":true,"return":1e400}',
+            "",
+        ),
+        # Our key is "result" exactly; a look-alike is not taken for it.
+        (
+            b'{"Result": 1, "result": {"ok": true, "return": 1E2}}\n',
+            '{"ok": true, "return": 1E2}',
+            "",
+        ),
+    ],
+)
+def test_a_pool_answer_passes_its_envelope_on_as_written(line, raw, stderr):
+    # Decoded and encoded again, 2.50 lost its scale and 1e400 became an Infinity that
+    # failed the task, where spawn mode, which reads stdout as written, kept both.
+    assert _decode_response(line) == (raw, stderr)
+    assert parse_envelope(raw).return_raw == raw.split('"return":')[1].strip(" }")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"not json\n",
+        b'["result"]\n',
+        b'{"stderr": ""}\n',
+        b'{"result": 1}\xff\n',
+        b'{"result": {"ok": true, "return": Infinity}, "stderr": ""}\n',
+    ],
+)
+def test_a_garbled_pool_answer_fails_its_envelope(line):
+    text, stderr = _decode_response(line)
+    assert stderr == ""
+    assert not parse_envelope(text).ok
