@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import connections
+from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -94,11 +95,14 @@ def recurring(
 
     These are refused here, at import, in one line naming ``key``, rather than later:
     a schedule the beat would refuse at every pass (``@daily``, day of week 7), arguments
-    that are not a list and a dict, and values that cannot be stored as JSON (a ``migrate``
-    would otherwise fail in its post_migrate sync)."""
+    that are not a list and a dict, values that cannot be stored as JSON (a ``migrate``
+    would otherwise fail in its post_migrate sync), and a ``priority`` or ``max_attempts``
+    outside what enqueue accepts (the database refused it at sync, or the beat's runs
+    carried it)."""
     if not isinstance(key, str) or not key.strip():
         raise TypeError(f"@recurring key must be a non-empty string, got {key!r}")
     _check_schedule(key, schedule)
+    _check_limits(key, priority, max_attempts)
     arg_list = _args(key, args)
     kwarg_dict = _kwargs(key, kwargs)
     _payload(key, arg_list, kwarg_dict)
@@ -138,6 +142,29 @@ def _check_schedule(key: str, schedule: Any) -> None:
         raise cron.CronError(
             f"@recurring key {key!r}: schedule {schedule!r}: {exc}; use {CRON_FORM}"
         ) from None
+
+
+def _check_limits(key: str, priority: Any, max_attempts: Any) -> None:
+    """The ranges enqueue holds these to: Django's ``Task.priority`` range, and the backend's
+    MAX_ATTEMPTS option (a positive 32-bit integer, the column's type)."""
+    # The backend imports the models; imported here so this module stays importable before
+    # the app registry is ready, as it was.
+    from reproq_django.backend import INT_MAX
+
+    for name, value, low, high in (
+        ("priority", priority, TASK_MIN_PRIORITY, TASK_MAX_PRIORITY),
+        ("max_attempts", max_attempts, 1, INT_MAX),
+    ):
+        # bool is an int subclass: True would have been stored as 1.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(
+                f"@recurring key {key!r}: {name} must be a whole number from {low} to {high}, "
+                f"got {type(value).__name__} {value!r}"
+            )
+        if not low <= value <= high:
+            raise ValueError(
+                f"@recurring key {key!r}: {name} {value} is out of range: use {low} to {high}"
+            )
 
 
 def _args(key: str, args: Any) -> list[Any]:

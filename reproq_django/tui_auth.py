@@ -29,7 +29,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from reproq_cli.config import is_truthy
 from reproq_cli.tuitoken import expires_at, issue
-from reproq_django.views import _setting, authorized
+from reproq_django.views import _setting, authorized_get
 
 PAIR_TTL = 600
 TOKEN_PICKUP_TTL = 300
@@ -194,8 +194,7 @@ def worker_address() -> tuple[str, str]:
 
 
 def _proxy(request: HttpRequest, kind: str, path: str, *, stream: bool = False) -> HttpResponse:
-    if not authorized(request):
-        return JsonResponse({"error": "Unauthorized"}, status=403)
+    """The caller is already authorized (``authorized_get`` on each proxy view)."""
     if low_memory():
         return JsonResponse(
             {"error": f"{kind} unavailable in low memory mode", "hint": "unset LOW_MEMORY_MODE"},
@@ -251,17 +250,21 @@ def _proxy(request: HttpRequest, kind: str, path: str, *, stream: bool = False) 
     return HttpResponse(body, status=response.status, content_type=content_type)
 
 
-@require_GET
+# Who asks is checked before the method and before events-disabled: an anonymous caller gets
+# 403 and learns nothing of the endpoint or the site's settings.
+
+
+@authorized_get("tui/metrics/")
 def metrics_proxy(request: HttpRequest) -> HttpResponse:
     return _proxy(request, "metrics", "/metrics")
 
 
-@require_GET
+@authorized_get("tui/healthz/")
 def health_proxy(request: HttpRequest) -> HttpResponse:
     return _proxy(request, "health", "/healthz")
 
 
-@require_GET
+@authorized_get("tui/events/")
 def events_proxy(request: HttpRequest) -> HttpResponse:
     if not events_enabled() and not low_memory():
         return JsonResponse({"error": "events disabled"}, status=404)

@@ -8,16 +8,17 @@ signed with it, or a logged-in staff user. Tokens are compared in constant time.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hmac
 import os
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connections, transaction
 from django.db.models import Count
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
-from django.views.decorators.http import require_GET
 
 from reproq_cli.config import is_truthy
 from reproq_cli.tuitoken import verify
@@ -59,6 +60,32 @@ def _denied() -> JsonResponse:
     return JsonResponse({"error": "Unauthorized"}, status=403)
 
 
+View = Callable[..., HttpResponse]
+
+
+def authorized_get(name: str) -> Callable[[View], View]:
+    """GET for those ``authorized`` admits: everyone else gets 403 whatever the method, and
+    only they get 405 for another method. Django's ``require_GET`` answers first, which tells
+    an anonymous caller that the endpoint exists and what it takes."""
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if not authorized(request):
+                return _denied()
+            if request.method != "GET":
+                refused = JsonResponse(
+                    {"error": f"{name} takes GET, not {request.method}"}, status=405
+                )
+                refused["Allow"] = "GET"
+                return refused
+            return view(request, *args, **kwargs)
+
+        return guarded
+
+    return decorate
+
+
 def stats_aliases() -> list[str]:
     configured: Any = getattr(settings, "REPROQ_STATS_DATABASES", None)
     if configured in (None, "", []):
@@ -91,8 +118,14 @@ def pg_cron_available(alias: str) -> bool:
 
 
 def scheduler_status() -> dict[str, Any]:
-    """reproq-django.md §6: beat if beat runs, else pg_cron if the server has it, else
-    disabled with a warning that names what turned beat off."""
+    """reproq-django.md §6: beat if beat runs, else cron when REPROQ_SCHEDULER_MODE says a
+    timer runs ``reproq schedule``, else pg_cron if the server has it, else disabled with a
+    warning that names what turned beat off.
+
+    ``cron`` is the mode the ``systemd --schedule`` timer runs under; reported as disabled
+    (or as pg_cron, when the server merely lists it) it told the operator that nothing
+    enqueues the periodic tasks. LOW_MEMORY_MODE does not affect it: a one-shot run keeps
+    no process resident."""
     low_memory = is_truthy(_setting("LOW_MEMORY_MODE"))
     chosen = _setting("REPROQ_SCHEDULER_MODE").strip()
     beat_cmd = getattr(settings, "REPROQ_BEAT_CMD", os.environ.get("REPROQ_BEAT_CMD"))
@@ -102,6 +135,8 @@ def scheduler_status() -> dict[str, Any]:
     available = pg_cron_available(default_db_alias())
     if beat_enabled:
         mode = "beat"
+    elif chosen.lower() == "cron":
+        mode = "cron"
     elif available:
         mode = "pg_cron"
     else:
@@ -122,15 +157,14 @@ def scheduler_status() -> dict[str, Any]:
             reason = "LOW_MEMORY_MODE is on"
         status["warning"] = (
             f"No scheduler is running: beat is off ({reason}) and pg_cron is not available;"
-            " periodic tasks are enqueued only if `reproq beat --once` runs from cron or a timer."
+            " periodic tasks are enqueued only if `reproq beat --once` runs from cron or a timer"
+            " (set REPROQ_SCHEDULER_MODE=cron when one does)."
         )
     return status
 
 
-@require_GET
+@authorized_get("stats/")
 def stats(request: HttpRequest) -> JsonResponse:
-    if not authorized(request):
-        return _denied()
     now = timezone.now()
     tasks: dict[str, int] = {}
     queues: dict[str, dict[str, int]] = {}

@@ -102,7 +102,7 @@ def test_a_role_refused_the_extension_catalog_gets_false_and_a_usable_transactio
 ) -> None:
     """pg_available_extensions refused (a locked-down role): pg_cron counts as unavailable,
     stats/ still answers, and the request's transaction is not left aborted."""
-    settings.REPROQ_SCHEDULER_MODE = "cron"
+    settings.REPROQ_SCHEDULER_MODE = "pg_cron"  # "cron" has a mode of its own
     role = f"rq_stats_{uuid.uuid4().hex[:8]}"
     # All of it in the test's transaction: rolled back, role included, when the test ends.
     with connection.cursor() as cursor:
@@ -122,7 +122,7 @@ def test_a_role_refused_the_extension_catalog_gets_false_and_a_usable_transactio
             cursor.execute("RESET ROLE")
     assert status["mode"] == "disabled"
     assert status["pg_cron_available"] is False
-    assert "REPROQ_SCHEDULER_MODE is 'cron'" in status["warning"]
+    assert "REPROQ_SCHEDULER_MODE is 'pg_cron'" in status["warning"]
 
 
 STATS_SCRIPT = """
