@@ -208,14 +208,15 @@ def test_systemd_units(tmp_path, monkeypatch):
 @pytest.mark.parametrize("fmt", ["yaml", "toml"])
 def test_init_writes_a_config_the_cli_accepts(tmp_path, monkeypatch, fmt):
     monkeypatch.chdir(tmp_path)
-    out, _ = manage("init", "--format", fmt, "--skip-migrate")
+    skips = ("--skip-install", "--skip-worker-migrate", "--skip-migrate")
+    out, _ = manage("init", "--format", fmt, *skips)
     assert f"Wrote reproq.{fmt}" in out
     from reproq_cli.config import resolve
 
     config = resolve("worker", env={}, cwd=tmp_path)
     assert "tests.django.sampleapp.tasks." in config.get("worker.allowed_task_modules")
     assert config.get("worker.queues") == ["default"]
-    again, _ = manage("init", "--format", fmt, "--skip-migrate")
+    again, _ = manage("init", "--format", fmt, *skips)
     assert "exists; keeping it" in again
 
 

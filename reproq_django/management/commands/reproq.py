@@ -12,6 +12,7 @@ import datetime as dt
 import functools
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -322,6 +323,74 @@ def example_config(suffix: str, allowed: list[str]) -> str:
     )
 
 
+# Words systemd reads as written in ExecStart= (no quoting, escapes, specifiers or variables).
+_UNIT_PLAIN_WORD = r"[A-Za-z0-9_./:,=+@-]+"
+
+
+def unit_literal(value: str, what: str) -> str:
+    """``value`` for a setting systemd takes verbatim but for ``%`` specifiers
+    (WorkingDirectory=, EnvironmentFile=, User=, Description=, OnCalendar=): no quoting
+    exists there, so what systemd would still change is refused (systemd.syntax(7))."""
+    if value != value.strip() or value.endswith("\\"):
+        raise CommandError(
+            f"{what} {value!r} starts or ends with a space or ends with a backslash, which "
+            "systemd strips or reads as a line continuation; give it without them"
+        )
+    return value.replace("%", "%%")
+
+
+def unit_quoted(value: str, *, variables: bool = True) -> str:
+    """``value`` as one double-quoted word of ExecStart= or Environment= (systemd.service(5),
+    "Command lines"; systemd.exec(5), Environment=): ``\\`` and ``"`` escaped (quoted words
+    are C-unescaped), ``%`` doubled (specifiers are expanded everywhere) and, where systemd
+    substitutes ``$VAR``/``${VAR}`` (ExecStart= arguments), ``$`` doubled."""
+    text = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    if variables:
+        text = text.replace("$", "$$")
+    return f'"{text}"'
+
+
+def unit_word(value: str, *, variables: bool = True) -> str:
+    """``value`` as one ExecStart= word: as it is when plain, else quoted."""
+    if re.fullmatch(_UNIT_PLAIN_WORD, value):
+        return value
+    return unit_quoted(value, variables=variables)
+
+
+def exec_start(argv: list[str]) -> str:
+    """An ExecStart= value that systemd splits into exactly ``argv``."""
+    program, *args = argv
+    if any(ch in program for ch in "\"'\\"):
+        raise CommandError(
+            f"systemd refuses {program!r} as a program: it holds a quote or a backslash; "
+            "run this command with a Python whose path has neither"
+        )
+    words = [unit_word(arg) for arg in args]
+    if "$" in program:
+        # systemd runs the path as written but substitutes variables in argv[0], from which
+        # Python finds its virtualenv: `@` gives argv[0] as an argument of its own.
+        return " ".join(["@" + unit_word(program, variables=False), unit_word(program), *words])
+    return " ".join([unit_word(program, variables=False), *words])
+
+
+def unit_name(text: str) -> str:
+    """``text`` as part of a unit file name: systemd refuses names with spaces, ``%`` and
+    most other characters, so those become ``-``; unit names are at most 255 characters."""
+    return re.sub(r"[^A-Za-z0-9_.:-]+", "-", text).strip("-")[:200] or "project"
+
+
+def install_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of `install`, also taken by `upgrade` and `init`, which run it."""
+    parser.add_argument("--tag", default=None, help="release tag (default: v<this version>)")
+    parser.add_argument("--source", default=None, help="a .pyz URL or path instead of a tag")
+    parser.add_argument("--build", action="store_true", help="build it with build/shiv.sh")
+    parser.add_argument(
+        "--insecure-skip-verify",
+        action="store_true",
+        help="install without checking the published .sha256",
+    )
+
+
 class Command(BaseCommand):
     help = "Run and manage reproq: worker, beat, schema, stats and queue controls."
 
@@ -383,12 +452,16 @@ class Command(BaseCommand):
         p.add_argument("--env-file", default="")
         p.add_argument("--schedule", action="store_true")
         p.add_argument("--schedule-on-calendar", default="*-*-* *:*:00")
-        p = sub.add_parser("init", help="write reproq.yaml and migrate")
+        p = sub.add_parser("init", help="write reproq.yaml, install the reproq binary and migrate")
         p.add_argument("--config", default=None)
         p.add_argument("--format", choices=["yaml", "toml"], default="yaml")
         p.add_argument("--force", action="store_true")
-        p.add_argument("--skip-migrate", action="store_true")
-        p.add_argument("--skip-worker-migrate", action="store_true")
+        p.add_argument("--skip-install", action="store_true", help="do not run `install`")
+        p.add_argument("--skip-migrate", action="store_true", help="do not run Django's migrate")
+        p.add_argument(
+            "--skip-worker-migrate", action="store_true", help="do not run `migrate-worker`"
+        )
+        install_flags(p)
         p = housekeeping(sub, "reclaim", "requeue or fail RUNNING tasks with expired leases", "0s")
         p.add_argument("--action", choices=["requeue", "fail"], default="requeue")
         p.add_argument("--include-null-lease", action="store_true")
@@ -427,14 +500,7 @@ class Command(BaseCommand):
             ("upgrade", "install, then migrate-worker"),
         ):
             p = sub.add_parser(name, help=helptext)
-            p.add_argument("--tag", default=None, help="release tag (default: v<this version>)")
-            p.add_argument("--source", default=None, help="a .pyz URL or path instead of a tag")
-            p.add_argument("--build", action="store_true", help="build it with build/shiv.sh")
-            p.add_argument(
-                "--insecure-skip-verify",
-                action="store_true",
-                help="install without checking the published .sha256",
-            )
+            install_flags(p)
         p.add_argument("--skip-worker-migrate", action="store_true")
         p.add_argument("--database", default=None)
 
@@ -851,41 +917,58 @@ class Command(BaseCommand):
 
     def handle_systemd(self, options: dict[str, Any]) -> None:
         import getpass
+        import shlex
 
-        for key, value in options.items():
+        cwd = Path.cwd()
+        given = {f"--{key.replace('_', '-')}": value for key, value in options.items()}
+        given |= {"the project directory": str(cwd), "this Python": sys.executable}
+        for what, value in given.items():
             # A unit file is line-based: a newline in a value would add lines of its own.
             if isinstance(value, str) and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
                 raise CommandError(
-                    f"--{key.replace('_', '-')} {value!r} holds a control character "
-                    "(a newline?); give it on one line"
+                    f"{what} {value!r} holds a control character (a newline?); give it on one line"
                 )
-        cwd = Path.cwd()
         name = cwd.name
         if not (cwd / "manage.py").is_file():
             self.stderr.write(
                 f"warning: no manage.py in {cwd}; the units run {cwd / 'manage.py'}: run this "
                 "from the project's directory"
             )
-        user = options["user"] or getpass.getuser()
-        group = options["group"] or user
-        manage = cwd / "manage.py"
-        flags = [f"--concurrency {options['concurrency']}"]
+        login = options["user"] or getpass.getuser()
+        user = unit_literal(login, "--user")
+        group = unit_literal(options["group"] or login, "--group")
+        workdir = unit_literal(str(cwd), "the project directory")
+        described = name.replace("%", "%%")
+        # Every value is written so that systemd reads exactly it (systemd.syntax(7)): specifiers
+        # (`%`) are expanded in every setting, variables (`$`) in ExecStart= arguments.
+        manage = str(cwd / "manage.py")
+        python = sys.executable
+        worker = [python, manage, "reproq", "worker", "--concurrency", str(options["concurrency"])]
         for flag in ("queues", "allowed_task_modules", "logs_dir", "payload_mode", "metrics_addr"):
             if options[flag]:
-                flags.append(f"--{flag.replace('_', '-')} {options[flag]}")
+                worker += [f"--{flag.replace('_', '-')}", options[flag]]
         if options["metrics_port"]:
-            flags.append(f"--metrics-port {options['metrics_port']}")
+            worker += ["--metrics-port", str(options["metrics_port"])]
         environment = []
         if options["env_file"]:
-            environment.append(f"EnvironmentFile={options['env_file']}")
-        if options["metrics_auth_token"]:
-            environment.append(f'Environment="METRICS_AUTH_TOKEN={options["metrics_auth_token"]}"')
-        if options["metrics_allow_cidrs"]:
-            environment.append(
-                f'Environment="METRICS_ALLOW_CIDRS={options["metrics_allow_cidrs"]}"'
+            # systemd ignores a relative path (with a warning in the journal only); a leading
+            # `-` is its "skip when missing" mark.
+            optional, env_file = (
+                ("-", options["env_file"][1:])
+                if options["env_file"].startswith("-")
+                else ("", options["env_file"])
             )
+            env_file = os.path.join(cwd, env_file)
+            environment.append(f"EnvironmentFile={optional}{unit_literal(env_file, '--env-file')}")
+        for variable, flag in (
+            ("METRICS_AUTH_TOKEN", "metrics_auth_token"),
+            ("METRICS_ALLOW_CIDRS", "metrics_allow_cidrs"),
+        ):
+            if options[flag]:
+                assignment = unit_quoted(f"{variable}={options[flag]}", variables=False)
+                environment.append(f"Environment={assignment}")
 
-        def unit(description: str, exec_start: str, *, service_type: str = "simple") -> str:
+        def unit(description: str, argv: list[str], *, service_type: str = "simple") -> str:
             lines = [
                 "[Unit]",
                 f"Description={description}",
@@ -896,9 +979,9 @@ class Command(BaseCommand):
                 f"Type={service_type}",
                 f"User={user}",
                 f"Group={group}",
-                f"WorkingDirectory={cwd}",
+                f"WorkingDirectory={workdir}",
                 *environment,
-                f"ExecStart={exec_start}",
+                f"ExecStart={exec_start(argv)}",
             ]
             if service_type == "simple":
                 lines += ["Restart=always", "RestartSec=5", "KillSignal=SIGTERM",
@@ -906,31 +989,34 @@ class Command(BaseCommand):
             lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
             return "\n".join(lines)
 
-        python = sys.executable
+        def guarded(mode: str, subcommand: str, otherwise: str) -> list[str]:
+            """bash running `manage.py reproq <subcommand>` only in that scheduler mode; bash,
+            not systemd, reads the variable (so it comes from the unit's environment)."""
+            command = shlex.join([python, manage, "reproq", subcommand])
+            script = f'if [ "${{REPROQ_SCHEDULER_MODE:-beat}}" = {mode} ]; then exec {command};'
+            return ["/bin/bash", "-c", f"{script}{otherwise} fi"]
+
+        slug = unit_name(name)
         files = {
-            f"reproq-worker-{name}.service": unit(
-                f"reproq worker ({name})", f"{python} {manage} reproq worker {' '.join(flags)}"
-            ),
-            f"reproq-beat-{name}.service": unit(
-                f"reproq beat ({name})",
-                '/bin/bash -c \'if [ "${REPROQ_SCHEDULER_MODE:-beat}" = beat ]; then exec '
-                f"{python} {manage} reproq beat; else sleep infinity; fi'",
+            f"reproq-worker-{slug}.service": unit(f"reproq worker ({described})", worker),
+            f"reproq-beat-{slug}.service": unit(
+                f"reproq beat ({described})", guarded("beat", "beat", " else sleep infinity;")
             ),
         }
         if options["schedule"]:
-            files[f"reproq-schedule-{name}.service"] = unit(
-                f"reproq schedule pass ({name})",
-                '/bin/bash -c \'if [ "${REPROQ_SCHEDULER_MODE:-beat}" = cron ]; then exec '
-                f"{python} {manage} reproq schedule; fi'",
+            files[f"reproq-schedule-{slug}.service"] = unit(
+                f"reproq schedule pass ({described})",
+                guarded("cron", "schedule", ""),
                 service_type="oneshot",
             )
-            files[f"reproq-schedule-{name}.timer"] = "\n".join(
+            on_calendar = unit_literal(options["schedule_on_calendar"], "--schedule-on-calendar")
+            files[f"reproq-schedule-{slug}.timer"] = "\n".join(
                 [
                     "[Unit]",
-                    f"Description=reproq schedule timer ({name})",
+                    f"Description=reproq schedule timer ({described})",
                     "",
                     "[Timer]",
-                    f"OnCalendar={options['schedule_on_calendar']}",
+                    f"OnCalendar={on_calendar}",
                     "Persistent=true",
                     "",
                     "[Install]",
@@ -945,6 +1031,8 @@ class Command(BaseCommand):
     def handle_init(self, options: dict[str, Any]) -> None:
         from django.core.management import call_command
 
+        # The database is known before anything is written or installed (as for upgrade).
+        env = None if options["skip_worker_migrate"] else self._cli_env(None)
         path = Path(options["config"] or f"reproq.{options['format']}")
         if path.exists() and not options["force"]:
             self.stdout.write(f"{path} exists; keeping it (use --force to overwrite).")
@@ -952,6 +1040,12 @@ class Command(BaseCommand):
             prefixes, _ = discover_allowed_modules()
             write_file(path, example_config(path.suffix, prefixes))
             self.stdout.write(f"Wrote {path}")
+        if not options["skip_install"]:
+            self.handle_install(options)
+        if env is not None:
+            # With the binary just installed: its schema is the one its worker expects.
+            self._run_cli(["migrate"], env)
+            self.stdout.write("Ran migrate-worker.")
         if not options["skip_migrate"]:
             call_command("migrate", verbosity=0)
             self.stdout.write("Ran Django migrate (reproq's tables included).")

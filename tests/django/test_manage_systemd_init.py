@@ -1,0 +1,182 @@
+"""`manage.py reproq systemd` writes what systemd reads as meant; `init` runs `install`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.management.base import CommandError
+
+from reproq_django import binary
+from reproq_django.models import RateLimit
+from tests.django.support import sqlite_env
+from tests.django.test_manage import manage
+
+
+def unit_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def verify(unit: Path) -> None:
+    """systemd's own parser accepts the unit without a warning (where systemd-analyze is
+    installed; the lines themselves are checked either way)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return
+    done = subprocess.run(
+        [analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stderr) == (0, ""), unit.name
+
+
+def test_systemd_units_quote_what_systemd_would_expand_or_split(tmp_path, monkeypatch):
+    # A space splits an unquoted ExecStart= word; systemd expands `%x` everywhere and `$X`,
+    # `${X}` in ExecStart= arguments; `"` and `\` are its quoting and escapes.
+    project = tmp_path / "my app%i"
+    project.mkdir()
+    (project / "manage.py").write_text("")
+    monkeypatch.chdir(project)
+    out, err = manage(
+        "systemd", "--user", "app", "--queues", "default,high", "--logs-dir", "logs $HOME",
+        "--env-file", "conf dir/reproq.env", "--metrics-auth-token", 'to$k"en\\',
+        "--metrics-allow-cidrs", "10.0.0.0/8 192.168.0.0/16", "--schedule",
+    )  # fmt: skip
+    assert err == ""
+    # systemd refuses a unit name with a space or a `%`.
+    names = ["worker-my-app-i.service", "beat-my-app-i.service", "schedule-my-app-i.service",
+             "schedule-my-app-i.timer"]  # fmt: skip
+    assert out.splitlines() == [f"Wrote {project}/reproq-{name}" for name in names]
+    here = str(project).replace("%", "%%")
+    python = sys.executable
+    worker = unit_lines(project / "reproq-worker-my-app-i.service")
+    assert "Description=reproq worker (my app%%i)" in worker
+    assert f"WorkingDirectory={here}" in worker
+    assert f"EnvironmentFile={here}/conf dir/reproq.env" in worker  # relative: ignored by systemd
+    assert 'Environment="METRICS_AUTH_TOKEN=to$k\\"en\\\\"' in worker  # no variables here
+    assert 'Environment="METRICS_ALLOW_CIDRS=10.0.0.0/8 192.168.0.0/16"' in worker
+    assert (
+        f'ExecStart={python} "{here}/manage.py" reproq worker --concurrency 10 '
+        '--queues default,high --logs-dir "logs $$HOME"'
+    ) in worker
+    # bash, not systemd, must read ${REPROQ_SCHEDULER_MODE:-beat}: systemd 254 and later
+    # replace a braced name that is not a variable name with "" in ExecStart=, so beat slept.
+    beat = unit_lines(project / "reproq-beat-my-app-i.service")
+    assert (
+        'ExecStart=/bin/bash -c "if [ \\"$${REPROQ_SCHEDULER_MODE:-beat}\\" = beat ]; then exec '
+        f"{python} '{here}/manage.py' reproq beat; else sleep infinity; fi\""
+    ) in beat
+    schedule = unit_lines(project / "reproq-schedule-my-app-i.service")
+    assert (
+        'ExecStart=/bin/bash -c "if [ \\"$${REPROQ_SCHEDULER_MODE:-beat}\\" = cron ]; then exec '
+        f"{python} '{here}/manage.py' reproq schedule; fi\""
+    ) in schedule
+    assert "Description=reproq schedule timer (my app%%i)" in unit_lines(
+        project / "reproq-schedule-my-app-i.timer"
+    )
+    for name in names:
+        verify(project / f"reproq-{name}")
+
+
+def test_systemd_refuses_what_systemd_would_change_and_no_quoting_keeps(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for flag, value in (("--env-file", "/etc/reproq.env "), ("--user", "app\\")):
+        with pytest.raises(CommandError, match=rf"^{flag} .* starts or ends with a space or "):
+            manage("systemd", flag, value)
+    odd = tmp_path / "py$thon"
+    odd.symlink_to(sys.executable)
+    monkeypatch.setattr(sys, "executable", str(odd))
+    manage("systemd")
+    worker = unit_lines(tmp_path / f"reproq-worker-{tmp_path.name}.service")
+    # The program is not expanded but argv[0] is (Python finds its virtualenv from it).
+    assert any(line.startswith(f'ExecStart=@"{odd}" "{tmp_path}/py$$thon" ') for line in worker)
+    verify(tmp_path / f"reproq-worker-{tmp_path.name}.service")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / 'py"thon'))
+    with pytest.raises(CommandError, match=r"^systemd refuses .* as a program: it holds a quote"):
+        manage("systemd")
+
+
+@pytest.fixture
+def no_install(monkeypatch) -> list[dict[str, object]]:
+    """binary.install recorded, not run: these tests must not download anything."""
+    calls: list[dict[str, object]] = []
+
+    def install(**kwargs: object) -> tuple[Path, str]:
+        calls.append(kwargs)
+        return Path(".reproq/bin/reproq"), "reproq 0.0.0"
+
+    monkeypatch.setattr(binary, "install", install)
+    return calls
+
+
+def test_init_skips_install_and_both_migrations(tmp_path, monkeypatch, no_install):
+    monkeypatch.chdir(tmp_path)
+    out, _ = manage("init", "--skip-install", "--skip-migrate", "--skip-worker-migrate")
+    assert out.splitlines()[0] == "Wrote reproq.yaml"
+    assert "allowed_task_modules" in (tmp_path / "reproq.yaml").read_text()
+    assert no_install == []
+    assert not (tmp_path / ".reproq").exists()
+    assert "Ran " not in out
+
+
+def test_init_runs_install_with_its_flags(tmp_path, monkeypatch, no_install):
+    monkeypatch.chdir(tmp_path)
+    out, _ = manage(
+        "init", "--skip-migrate", "--skip-worker-migrate", "--source", "/srv/reproq",
+        "--build", "--tag", "v9.9.9",
+    )  # fmt: skip
+    (call,) = no_install
+    del call["log"]
+    assert call == {"tag": "v9.9.9", "source": "/srv/reproq", "build_here": True, "verify": True}
+    assert "Installed reproq 0.0.0 at " in out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_init_runs_migrate_worker(tmp_path, monkeypatch, no_install):
+    monkeypatch.chdir(tmp_path)
+    # Transactional tests empty the tables: the seeded global rate limit is migrate's to add.
+    RateLimit.objects.filter(key="global").delete()
+    out, _ = manage("init", "--skip-install", "--skip-migrate")
+    assert "Ran migrate-worker." in out
+    assert RateLimit.objects.filter(key="global").exists()
+    assert no_install == []
+
+
+def test_init_reports_a_failed_install_in_one_line(tmp_path):
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(CommandError, match=rf"^--source {missing}: no such file; give the path"):
+        manage("init", "--skip-migrate", "--skip-worker-migrate", "--source", str(missing),
+               "--config", str(tmp_path / "a.yaml"))  # fmt: skip
+    # As manage.py runs it: the one line, exit 1, no traceback, nothing installed.
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "reproq", "init", "--source", str(missing)],
+        env=sqlite_env(),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    # (after the system check's warning about SQLite)
+    assert done.stderr.splitlines()[-1] == (
+        f"CommandError: --source {missing}: no such file; give the path of a reproq .pyz "
+        "(with its .sha256 next to it) or an http(s) URL"
+    )
+    assert "Wrote reproq.yaml" in done.stdout
+    assert not (tmp_path / ".reproq").exists()
+
+
+def test_init_help_lists_the_install_flags():
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "reproq", "init", "--help"],
+        env=sqlite_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for flag in ("--skip-install", "--source", "--build", "--tag"):
+        assert flag in done.stdout
