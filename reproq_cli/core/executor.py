@@ -210,7 +210,8 @@ def _refuse_constant(name: str) -> Any:
     raise _NotJson(f"invalid character {name.lstrip('-')[0]!r} {where}")
 
 
-_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+# Go's decoder, as far as the envelope needs it: NaN and the infinities are refused.
+STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
 _SCANNER = json.JSONDecoder()
 _WHITESPACE = " \t\n\r"
 
@@ -242,7 +243,7 @@ def raw_members(text: str, *, fold_case: bool = True) -> dict[str, str]:
 def _decode_envelope(text: str) -> Envelope:
     if not text:
         raise ValueError("unexpected end of JSON input")
-    decoder = _DECODER
+    decoder = STRICT_JSON
     try:
         value, end = decoder.raw_decode(text)
     except json.JSONDecodeError as exc:
@@ -262,6 +263,13 @@ def _decode_envelope(text: str) -> Envelope:
     trailing = text[end:].lstrip()
     if trailing:
         raise ValueError(f"invalid character {trailing[0]!r} after top-level value")
+    return envelope_of(value, text)
+
+
+def envelope_of(value: Any, text: str) -> Envelope:
+    """The envelope from ``value``, already decoded (refusing NaN and the infinities) from
+    exactly ``text``, which gives the return value's raw text; a ValueError says what Go's
+    decoder would have refused."""
     if value is None:
         return Envelope(ok=False)
     if not isinstance(value, dict):

@@ -573,9 +573,10 @@ class Worker:
         """Run ``task`` and record its outcome. False when a success is left with the writer,
         which finishes the task once it is committed (_success_written)."""
         s = self.settings
-        log = self.log.bind(result_id=task.result_id, spec_hash=task.spec_hash)
+        ids = {"result_id": task.result_id, "spec_hash": task.spec_hash}
         task_path, problem = policy.resolve_task_path(task)
         if task_path is None:
+            log = self.log.bind(**ids)
             log.error("Invalid task spec", error=problem)
             self._fail(
                 log,
@@ -588,6 +589,7 @@ class Worker:
             return True
         if not policy.is_allowed(task_path, s.allowed_task_modules):
             failure = policy.security_violation(task_path)
+            log = self.log.bind(**ids)
             log.warn("Task rejected by validator", task_path=task_path, error=failure.summary)
             self._fail(
                 log,
@@ -598,7 +600,8 @@ class Worker:
                 event=("warn", "task_rejected", "task rejected by validator", "security_violation"),
             )
             return True
-        log = log.bind(task_path=task_path, attempt=task.attempts)
+        # One bind for the lines of a task that runs: each bind encodes what it adds.
+        log = self.log.bind(**ids, task_path=task_path, attempt=task.attempts)
         if self._stop_claiming.is_set():
             # Claimed as the stop came (a claim held up by a lock returns after the signal),
             # or waiting for a runner since: not started, so it goes back at once.

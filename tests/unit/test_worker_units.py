@@ -13,7 +13,7 @@ import pytest
 from reproq_cli.core import policy
 from reproq_cli.core.executor import BoundedBuffer, parse_envelope
 from reproq_cli.core.logs import Logger, redact, should_redact
-from reproq_cli.core.pool import _decode_response
+from reproq_cli.core.pool import _decode_response, read_answer
 from reproq_cli.process import memory_log_interval, wait_or_stop
 
 
@@ -310,3 +310,30 @@ def test_a_garbled_pool_answer_fails_its_envelope(line):
     text, stderr = _decode_response(line)
     assert stderr == ""
     assert not parse_envelope(text).ok
+
+
+_ANSWERS = [
+    b'{"result": {"ok": true, "return": null}, "stderr": ""}\n',
+    b'{"result": {"ok": true, "return": 2.50}, "stderr": "a \\"quoted\\" line\\n\\u00e9"}\n',
+    b'{"result": {"ok": false, "exception_class": "ValueError", "message": "m",'
+    b' "traceback": "t"}, "stderr": ""}  \n',
+    b'{"result": {"ok": true, "return": NaN}, "stderr": ""}\n',
+    b'{"result": {"ok": "yes"}, "stderr": ""}\n',
+    b'{"result": {"ok": true, "message": 3}, "stderr": ""}\n',
+    b'{"result": null, "stderr": ""}\n',
+    b'{"result": [1], "stderr": ""}\n',
+    b'{"result": {"OK": true, "Return": 1E2}, "stderr": "x"}\n',
+    b'{"result": {"ok": true}, "stderr": "x", "extra": 1}\n',
+    b'{"result": {"ok": true}, "stderr": "x"} trailing\n',
+    b'{"stderr": "x", "result": {"ok": true, "return": 1}}\n',
+    b'{"result": {"ok": true, "return": "\xff"}, "stderr": ""}\n',
+    b"garbage\n",
+]
+
+
+@pytest.mark.parametrize("line", _ANSWERS)
+def test_an_answer_reads_the_same_by_the_one_pass_and_the_general_way(line):
+    # read_answer decodes our executor's layout in one pass; whatever it takes that way must
+    # come out exactly as the general path (_decode_response, then parse_envelope) says.
+    raw, stderr = _decode_response(line)
+    assert read_answer(line) == (raw, stderr, parse_envelope(raw))
