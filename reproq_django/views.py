@@ -63,6 +63,13 @@ def _denied() -> JsonResponse:
 View = Callable[..., HttpResponse]
 
 
+def _wrong_method(request: HttpRequest, name: str, allowed: str) -> JsonResponse:
+    """405, told only to a caller already let in (the views check who asks first)."""
+    refused = JsonResponse({"error": f"{name} takes {allowed}, not {request.method}"}, status=405)
+    refused["Allow"] = allowed
+    return refused
+
+
 def authorized_get(name: str) -> Callable[[View], View]:
     """GET for those ``authorized`` admits: everyone else gets 403 whatever the method, and
     only they get 405 for another method. Django's ``require_GET`` answers first, which tells
@@ -74,11 +81,7 @@ def authorized_get(name: str) -> Callable[[View], View]:
             if not authorized(request):
                 return _denied()
             if request.method != "GET":
-                refused = JsonResponse(
-                    {"error": f"{name} takes GET, not {request.method}"}, status=405
-                )
-                refused["Allow"] = "GET"
-                return refused
+                return _wrong_method(request, name, "GET")
             return view(request, *args, **kwargs)
 
         return guarded
@@ -254,11 +257,7 @@ def stress_test(request: HttpRequest) -> JsonResponse:
     if not (user is not None and user.is_authenticated and user.is_staff):
         return _denied()
     if request.method != "POST":
-        refused = JsonResponse(
-            {"error": f"stress-test/ takes POST, not {request.method}"}, status=405
-        )
-        refused["Allow"] = "POST"
-        return refused
+        return _wrong_method(request, "stress-test/", "POST")
     from django.tasks import task_backends
 
     from reproq_django.tasks import debug_noop_task
