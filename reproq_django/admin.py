@@ -125,6 +125,17 @@ class ReproqModelAdmin(admin.ModelAdmin):
             raise IncorrectLookupParameters("a filter or search value holds a NUL character")
         return super().get_changelist_instance(request)
 
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        try:
+            return super().get_search_results(request, queryset, search_term)
+        except ValidationError:
+            # Django 6.1 skips a term that is no UUID for workflow_id__exact; a release that
+            # hands it to the lookup anyway raises here. Such a term names no workflow, and
+            # the admin answers it with an empty list rather than a 500.
+            return queryset.none(), False
+
 
 class LeaseStatusFilter(admin.SimpleListFilter):
     title = "lease"
@@ -187,17 +198,6 @@ class TaskRunAdmin(ReproqModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[TaskRun]:
         return super().get_queryset(request).defer(*self.defer_fields)
-
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[TaskRun], search_term: str
-    ) -> tuple[QuerySet[TaskRun], bool]:
-        try:
-            return super().get_search_results(request, queryset, search_term)
-        except ValidationError:
-            # Django 6.1 skips a term that is no UUID for workflow_id__exact; a release that
-            # hands it to the lookup anyway raises here. Such a term names no workflow, and
-            # the admin answers it with an empty list rather than a 500.
-            return queryset.none(), False
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [field.name for field in TaskRun._meta.fields] + list(self.pretty_fields)
@@ -511,7 +511,9 @@ class WorkflowRunAdmin(ReproqModelAdmin):
         "failure_count",
         "callback_result_id",
     )
-    search_fields = ("=workflow_id",)
+    # An exact UUID, as on the task runs: `=workflow_id` compared the text, missing the
+    # dashless form and the column's index.
+    search_fields = ("workflow_id__exact",)
 
 
 @admin.register(RateLimit)

@@ -131,3 +131,20 @@ def test_detail_pretty_prints_json_and_lists_duplicate_specs(staff):
     assert "&quot;task_path&quot;: &quot;tests.django.sampleapp.tasks.add&quot;" in html
     link = reverse("admin:reproq_django_taskrun_change", args=[second.pk])
     assert f'<a href="{link}">{second.pk}</a> (READY)' in html  # duplicate_specs
+
+
+def test_workflow_runs_are_found_by_their_uuid_in_either_form(staff):
+    from reproq_django.models import WorkflowRun
+
+    wanted = WorkflowRun.objects.create(workflow_id=uuid.uuid4(), expected_count=2)
+    WorkflowRun.objects.create(workflow_id=uuid.uuid4(), expected_count=1)
+    changelist = reverse("admin:reproq_django_workflowrun_changelist")
+
+    def found(term: str) -> list[uuid.UUID]:
+        response = staff.get(changelist, {"q": term})
+        assert response.status_code == 200
+        return [run.workflow_id for run in response.context["cl"].result_list]
+
+    assert found(str(wanted.workflow_id)) == [wanted.workflow_id]
+    assert found(wanted.workflow_id.hex) == [wanted.workflow_id]  # was no match: text compare
+    assert found("no-such-workflow") == []
