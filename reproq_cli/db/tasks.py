@@ -326,12 +326,13 @@ def _write_successes(
     *,
     bound: bool,
 ) -> list[bool]:
-    """complete_success for each task, in one transaction and one round trip.
+    """The successes of ``done``, in one transaction and one round trip.
 
-    ``bound``: the connection is shared, so the completion timeout is set for this
-    transaction only; otherwise it is the session's already (SuccessConnection). Tasks of one
-    workflow lock its workflow_runs row; taking those rows in workflow order keeps two
-    workers' batches from deadlocking on them.
+    Tasks of no workflow share one complete_success_batch when there are several; each
+    workflow member gets its own complete_success. ``bound``: the connection is shared, so
+    the completion timeout is set for this transaction only; otherwise it is the session's
+    already (SuccessConnection). Members lock their workflow_runs row; taking those rows in
+    workflow order keeps two workers' batches from deadlocking on them.
     """
 
     def params(task: ClaimedTask, return_json: str | None, logs_uri: str | None) -> dict[str, Any]:
@@ -345,8 +346,14 @@ def _write_successes(
     if len(done) == 1 and not bound:
         # Autocommit: the statement is its own transaction, with nothing to set up around it.
         return [conn.execute(query("complete_success"), params(*done[0])).fetchone() is not None]
-    order = sorted(range(len(done)), key=lambda i: str(done[i][0].workflow_id or ""))
+    plain = [i for i, (task, _, _) in enumerate(done) if task.workflow_id is None]
+    if len(plain) < 2:
+        plain = []  # one statement either way, and complete_success is the simpler plan
+    members = sorted(
+        set(range(len(done))).difference(plain), key=lambda i: str(done[i][0].workflow_id or "")
+    )
     cursors: dict[int, psycopg.Cursor[dict[str, Any]]] = {}
+    batch: psycopg.Cursor[dict[str, Any]] | None = None
     # What a pipeline sends before its Sync is one transaction on an autocommit connection
     # (the server commits at the Sync, or rolls all of it back on an error), so an explicit
     # BEGIN and COMMIT would only be two more statements to send and read back (~100 us of
@@ -354,10 +361,27 @@ def _write_successes(
     with conn.pipeline() as pipeline:
         if bound:
             _bound_statements(conn, COMPLETION_TIMEOUT)
-        for i in order:
+        if plain:
+            batch = conn.execute(
+                query("complete_success_batch"),
+                {
+                    "result_ids": [done[i][0].result_id for i in plain],
+                    "return_jsons": [done[i][1] for i in plain],
+                    "logs_uris": [done[i][2] for i in plain],
+                    "worker_id": worker_id,
+                },
+            )
+        for i in members:
             cursors[i] = conn.execute(query("complete_success"), params(*done[i]))
         pipeline.sync()
-    return [cursors[i].fetchone() is not None for i in range(len(done))]
+    written = [
+        cursors[i].fetchone() is not None if i in cursors else False for i in range(len(done))
+    ]
+    if batch is not None:
+        ids = {row["result_id"] for row in batch.fetchall()}
+        for i in plain:
+            written[i] = done[i][0].result_id in ids
+    return written
 
 
 class SuccessConnection:

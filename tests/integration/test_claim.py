@@ -386,6 +386,44 @@ def test_a_group_commit_mixing_plain_chain_chord_and_fenced_tasks(conn, store):
     assert row(conn, callback)["status"] == "READY"
 
 
+def test_a_group_commit_of_plain_tasks_keeps_each_tasks_own_values(conn, store):
+    """Tasks of no workflow are written by one statement over parallel arrays: each row gets
+    its own return value and logs_uri, each chain parent releases only its own child, and a
+    lost lease leaves only that row RUNNING."""
+    parents = [enqueue(conn, "add", i, 0) for i in range(30)]
+    children = {
+        p: enqueue(
+            conn, "add", p, 1, columns={"status": "WAITING", "parent_id": p, "wait_count": 1}
+        )
+        for p in parents[:10]
+    }
+    # Waits for two parents: one success leaves it WAITING.
+    twice = enqueue(
+        conn, "add", 99, 1, columns={"status": "WAITING", "parent_id": parents[29], "wait_count": 2}
+    )
+    by_id = {task.result_id: task for task in store.claim_batch("default", 30, aging_factor=0)[0]}
+    assert set(by_id) == set(parents)
+    stolen = parents[5]
+    conn.execute("UPDATE task_runs SET leased_by = 'w2' WHERE result_id = %s", (stolen,))
+    order = random.Random(7).sample(parents, len(parents))
+    values = {rid: None if rid == parents[7] else f'{{"rid": {rid}}}' for rid in parents}
+    logs = {rid: f"file:///{rid}.log" for rid in parents if rid % 2 == 0}
+    written = store.complete_successes([(by_id[rid], values[rid], logs.get(rid)) for rid in order])
+    assert written == [rid != stolen for rid in order]
+    for rid in parents:
+        r = row(conn, rid)
+        if rid == stolen:
+            assert (r["status"], r["return_json"], r["logs_uri"]) == ("RUNNING", None, None)
+            continue
+        expected = None if rid == parents[7] else {"rid": rid}
+        assert (r["status"], r["return_json"], r["leased_by"]) == ("SUCCESSFUL", expected, None)
+        assert r["logs_uri"] == logs.get(rid)
+    for parent, child in children.items():
+        expected = ("WAITING", 1) if parent == stolen else ("READY", 0)
+        assert (row(conn, child)["status"], row(conn, child)["wait_count"]) == expected
+    assert (row(conn, twice)["status"], row(conn, twice)["wait_count"]) == ("WAITING", 1)
+
+
 def test_a_group_commit_is_all_or_nothing(conn, pool, store):
     """The batch's statements share one transaction: one that fails takes the others back,
     and the connection goes back to the pool clean."""
