@@ -122,7 +122,7 @@ def _go_escape_char(match: re.Match[str]) -> str:
     return f"\\u{ord(ch):04x}"
 
 
-def _go_string(value: str) -> str:
+def go_json_string(value: str) -> str:
     """A JSON string as Go's encoder writes it (HTML-safe, U+2028/2029 escaped, rest raw)."""
     return '"' + _GO_NEEDS_ESCAPE.sub(_go_escape_char, value) + '"'
 
@@ -205,17 +205,17 @@ def periodic_spec_json(
     ``args_json``/``kwargs_json`` are raw JSON texts (as read from payload_json::text) and are
     embedded with their key order and number literals intact.
     """
-    key = "null" if concurrency_key is None else _go_string(concurrency_key)
+    key = "null" if concurrency_key is None else go_json_string(concurrency_key)
     return (
         "{"
-        f'"task_path":{_go_string(task_path)},'
+        f'"task_path":{go_json_string(task_path)},'
         f'"args":{_go_compact_raw(args_json)},'
         f'"kwargs":{_go_compact_raw(kwargs_json)},'
-        f'"queue_name":{_go_string(queue_name)},'
+        f'"queue_name":{go_json_string(queue_name)},'
         f'"priority":{int(priority)},'
         f'"concurrency_key":{key},'
         f'"concurrency_limit":{int(concurrency_limit)},'
-        f'"periodic_name":{_go_string(periodic_name)},'
+        f'"periodic_name":{go_json_string(periodic_name)},'
         f'"scheduled_at":"{_rfc3339_seconds_utc(scheduled_at)}",'
         f'"exec":{{"timeout_seconds":{int(timeout_seconds)},"max_attempts":{int(max_attempts)}}}'
         "}"

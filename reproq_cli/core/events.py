@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import json
 import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from reproq_cli.spec import go_time
+from reproq_cli.spec import go_json_string, go_time
 
 REPLAY_SIZE = 200
 SUBSCRIBER_CAPACITY = 50
@@ -36,31 +35,40 @@ class Event:
     ts: str = field(default_factory=lambda: go_time(dt.datetime.now(), digits=None))
 
     def to_json(self) -> str:
-        # Field order and omissions as the Go worker writes them; the TUI reads either way.
-        body: dict[str, object] = {"ts": self.ts, "level": self.level, "type": self.type}
-        body["msg"] = self.msg
+        """The line the Go worker's json.Marshal writes: its field order and omissions, the
+        metadata map's keys sorted, strings escaped as Go escapes them (``<``, ``>``, ``&``,
+        U+2028/U+2029), so a client comparing bytes sees the same event."""
+        fields = [("ts", go_json_string(self.ts)), ("level", go_json_string(self.level))]
+        fields += [("type", go_json_string(self.type)), ("msg", go_json_string(self.msg))]
         if self.queue:
-            body["queue"] = self.queue
+            fields.append(("queue", go_json_string(self.queue)))
         if self.task_id:
-            body["task_id"] = self.task_id
+            fields.append(("task_id", str(self.task_id)))
         if self.worker_id:
-            body["worker_id"] = self.worker_id
+            fields.append(("worker_id", go_json_string(self.worker_id)))
         if self.metadata:
-            body["metadata"] = self.metadata
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+            # str(): a stray non-string value must not stop the worker from publishing.
+            pairs = (
+                f"{go_json_string(str(key))}:{go_json_string(str(value))}"
+                for key, value in sorted(self.metadata.items())
+            )
+            fields.append(("metadata", "{" + ",".join(pairs) + "}"))
+        return "{" + ",".join(f'"{name}":{value}' for name, value in fields) + "}"
 
 
 @dataclass(frozen=True)
 class EventFilter:
     queue: str = ""
     worker_id: str = ""
-    task_id: int = 0
+    # None: no task_id filter. A given task_id, 0 included, must match, as in the Go worker
+    # (?task_id=0 names a task that does not exist: no events, not every event).
+    task_id: int | None = None
 
     def matches(self, event: Event) -> bool:
         return (
             (not self.queue or event.queue == self.queue)
             and (not self.worker_id or event.worker_id == self.worker_id)
-            and (not self.task_id or event.task_id == self.task_id)
+            and (self.task_id is None or event.task_id == self.task_id)
         )
 
 

@@ -241,6 +241,7 @@ class DenyLimiter:
 @dataclass(frozen=True)
 class Denial:
     status: int
+    # The Go worker writes these bodies bare (w.Write, not http.Error): no newline.
     body: str
 
 
@@ -285,12 +286,12 @@ class Authorizer:
             if ip is None or not any(ip in network for network in self.allow):
                 limited = self.limiter.over_limit(remote_host)
                 self.log.warn("Denied request", reason="allowlist", rate_limited=limited, **context)
-                return Denial(429, "rate limited\n") if limited else Denial(403, "forbidden\n")
+                return Denial(429, "rate limited") if limited else Denial(403, "forbidden")
         if not self.token or self.token_accepted(authorization):
             return None
         limited = self.limiter.over_limit(remote_host)
         self.log.warn("Unauthorized request", rate_limited=limited, **context)
-        return Denial(429, "rate limited\n") if limited else Denial(401, "unauthorized\n")
+        return Denial(429, "rate limited") if limited else Denial(401, "unauthorized")
 
     def token_accepted(self, authorization: str | None) -> bool:
         if not authorization or authorization[:7].lower() != "bearer ":
@@ -480,17 +481,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, body, content_type, head=head)
 
     def _events(self, head: bool, query: str) -> None:
-        params = parse_qs(query)
+        # Blank values kept: Go's Query().Get takes the first value, even an empty one.
+        params = parse_qs(query, keep_blank_values=True)
 
         def param(name: str) -> str:
             return params.get(name, [""])[0].strip()
 
-        task_id = 0
+        task_id: int | None = None
         if param("task_id"):
             try:
                 task_id = parse_int64(param("task_id"))
             except ValueError:
-                self._send(400, b"invalid task_id\n", "text/plain; charset=utf-8")
+                self._send(400, b"invalid task_id", "text/plain; charset=utf-8")
                 return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
