@@ -33,6 +33,11 @@ def delete_rate_limit(conn: psycopg.Connection[Any], key: str) -> int:
     return conn.execute(query("rate_limit_delete"), {"key": key}).rowcount
 
 
+# A refused copy whose blocker finished meanwhile is tried again; it can only keep failing
+# if identical tasks keep finishing between attempts.
+REPLAY_ATTEMPTS = 3
+
+
 class ReplayConflict(Exception):
     """An identical spec is already READY or RUNNING."""
 
@@ -48,23 +53,35 @@ def source_for_hash(conn: psycopg.Connection[Any], spec_hash: str) -> int | None
 
 
 def replay(conn: psycopg.Connection[Any], result_id: int) -> int | None:
-    """Insert a READY copy of a task; None when the source row does not exist."""
-    try:
-        row = conn.execute(query("replay_by_id"), {"result_id": result_id}).fetchone()
-    except psycopg.errors.UniqueViolation:
-        spec_hash = conn.execute(query("task_spec_hash"), {"result_id": result_id}).fetchone()
-        active = conn.execute(
-            query("active_by_spec_hash"), {"spec_hash": spec_hash["spec_hash"]}
-        ).fetchone()
-        raise ReplayConflict(active["result_id"], active["status"]) from None
-    except psycopg.errors.CheckViolation:
-        # The copy takes its task_path from the spec (as the Go worker's does); a row whose
-        # spec has none (older rows, or written by hand) has nothing to run.
-        raise DatabaseError(
-            f"task {result_id} cannot be replayed: its spec_json has no task_path",
-            hint="enqueue the task again from Django, or fix the row's spec_json",
-        ) from None
-    return None if row is None else int(row["result_id"])
+    """Insert a READY copy of a task; None when the source row does not exist.
+
+    ``conn`` is in autocommit: a refused insert leaves nothing to roll back."""
+    for _ in range(REPLAY_ATTEMPTS):
+        try:
+            row = conn.execute(query("replay_by_id"), {"result_id": result_id}).fetchone()
+        except psycopg.errors.UniqueViolation:
+            spec_hash = conn.execute(query("task_spec_hash"), {"result_id": result_id}).fetchone()
+            active = conn.execute(
+                query("active_by_spec_hash"), {"spec_hash": spec_hash["spec_hash"]}
+            ).fetchone()
+            if active is None:
+                # The identical task that refused the copy finished before we could read
+                # it: the spec is free again.
+                continue
+            raise ReplayConflict(active["result_id"], active["status"]) from None
+        except psycopg.errors.CheckViolation:
+            # The copy takes its task_path from the spec (as the Go worker's does); a row
+            # whose spec has none (older rows, or written by hand) has nothing to run.
+            raise DatabaseError(
+                f"task {result_id} cannot be replayed: its spec_json has no task_path",
+                hint="enqueue the task again from Django, or fix the row's spec_json",
+            ) from None
+        return None if row is None else int(row["result_id"])
+    raise DatabaseError(
+        f"task {result_id} could not be replayed: an identical task kept finishing as the "
+        "copy was inserted",
+        hint="run the replay again",
+    )
 
 
 def prune_expired(conn: psycopg.Connection[Any], *, limit: int | None, dry_run: bool) -> int:
