@@ -165,7 +165,9 @@ def parse(expression: str) -> Schedule:
         raise CronError(f"parser does not accept descriptors: {text}")
     fields = text.split()
     if len(fields) != 5:
-        raise CronError(f"expected exactly 5 fields, found {len(fields)}: {fields}")
+        # Go formats the fields with %v: [a b c], not a Python list.
+        listed = " ".join(fields)
+        raise CronError(f"expected exactly 5 fields, found {len(fields)}: [{listed}]")
     parsed = [
         _parse_field(value, name, low, high, names)
         for value, (name, low, high, names) in zip(fields, FIELDS, strict=True)
