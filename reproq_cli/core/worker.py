@@ -702,7 +702,12 @@ class Worker:
             # longer renewed, decides when another attempt may start.
             log.error("Task abandoned: executor connection lost; the row is left for reclaim")
             return True
-        if result.stopped_for == "cancelled":
+        stopped_for = result.stopped_for
+        if stopped_for == "worker_shutdown" and self._cancel_requested(task, log):
+            # A cancel the heartbeat has not seen yet still wins: handed back, the task
+            # would run again in full.
+            stopped_for = "cancelled"
+        if stopped_for == "cancelled":
             log.warn("Task cancelled by request")
             self._fail(
                 log,
@@ -713,7 +718,7 @@ class Worker:
                 event=("warn", "task_cancelled", "task cancelled by request", "cancel_requested"),
             )
             return True
-        if result.stopped_for == "worker_shutdown":
+        if stopped_for == "worker_shutdown":
             log.warn("Task stopped by worker shutdown; it will run again")
             self._fail(
                 log,
@@ -916,6 +921,15 @@ class Worker:
                 metadata=meta,
             )
         )
+
+    def _cancel_requested(self, task: ClaimedTask, log: Logger) -> bool:
+        """Whether the row asks for cancellation now (a heartbeat reads it). A lease already
+        lost or a database error counts as no: the shutdown outcome's own write then decides."""
+        try:
+            return self._timed_db("heartbeat", lambda: self.store.heartbeat(task.result_id))
+        except (FencingError, DatabaseError) as exc:
+            log.warn("Could not check for a cancellation at shutdown", error=str(exc))
+            return False
 
     def _timed_db[R](self, operation: str, action: Callable[[], R]) -> R:
         return timed(lambda seconds: self.metrics.observe_db(operation, seconds), action)
