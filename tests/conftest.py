@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -241,6 +242,22 @@ def workers(db_dsn: str, tmp_path: Path, executor_kind: str) -> Iterator[object]
     factory = WorkerFactory(db_dsn, tmp_path, executor=executor_kind)
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def stop_workers(workers: object) -> Iterator[None]:
+    """Ends every worker still running with SIGTERM, so it unregisters (a clean exit removes
+    its registry row) and exits."""
+    yield
+    processes = workers.processes  # type: ignore[attr-defined]
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in processes:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture(scope="session")

@@ -58,20 +58,6 @@ def value(found: dict[str, list], sample_name: str, **labels: str) -> float | No
     return None
 
 
-@pytest.fixture
-def stop_workers(workers):
-    """Ends every worker with SIGTERM (a clean exit removes its registry row)."""
-    yield
-    for proc in workers.processes:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in workers.processes:
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def test_metrics_hold_every_go_name_and_count_outcomes(conn, workers, stop_workers):
     ok = enqueue(conn, "add", 2, 3)
     bad = enqueue(conn, "fail", "nope", columns={"max_attempts": 1})

@@ -31,7 +31,7 @@ from tests.support.harness import (
     process_alive,
     wait_for,
 )
-from tests.support.ray_cluster import free_port
+from tests.support.ports import free_port
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

@@ -15,7 +15,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +24,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql as pgsql
+
+from tests.support.ports import free_port
 
 SUPERUSER = "postgres"
 
@@ -69,12 +70,6 @@ def find_pg_cron_install() -> PgInstall | None:
     if not found:
         return None
     return max(found, key=lambda item: item[0])[1]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _server_account() -> tuple[int, int] | None:
@@ -170,7 +165,7 @@ class PgCronServer:
         # process took it in between.
         errors: list[str] = []
         for _attempt in range(3):
-            port = _free_port()
+            port = free_port()
             done = self._run(
                 "pg_ctl",
                 "-D",
