@@ -378,7 +378,11 @@ RETURNING cancel_requested;
 -- complete_success_batch (the items after their `input`; it ends with a comma). Fenced: only
 -- the lease holder completes a RUNNING row, and every other change hangs off that row ("done").
 -- A chain child waits for its one parent, so several parents in one batch never release the
--- same child twice. Params: worker_id.
+-- same child twice. The status test is made in the "C" collation so that no plan can prove
+-- the RUNNING-only partial indexes apply: with statistics taken while nothing ran, the
+-- generic plan otherwise scanned idx_task_runs_lock_key (every RUNNING row, and the dead
+-- entries fast turnover leaves there) instead of probing the primary key.
+-- Params: worker_id.
 done AS (
     UPDATE task_runs t
     SET status = 'SUCCESSFUL',
@@ -391,7 +395,8 @@ done AS (
         logs_uri = COALESCE(i.logs_uri, t.logs_uri),
         updated_at = now()
     FROM input i
-    WHERE t.result_id = i.result_id AND t.leased_by = %(worker_id)s AND t.status = 'RUNNING'
+    WHERE t.result_id = i.result_id AND t.leased_by = %(worker_id)s
+      AND t.status = 'RUNNING' COLLATE "C"
     RETURNING t.result_id, t.workflow_id
 ),
 children AS (

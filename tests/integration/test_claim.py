@@ -11,11 +11,13 @@ from concurrent.futures import Future
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from reproq_cli.core.logs import Logger
 from reproq_cli.core.worker import Worker
 from reproq_cli.db import tasks as tasks_module
 from reproq_cli.db.connect import create_pool
+from reproq_cli.db.queries import query
 from reproq_cli.db.tasks import FencingError, SuccessConnection, TaskStore
 from reproq_cli.errors import DatabaseError
 from reproq_cli.models import Failure
@@ -774,3 +776,51 @@ def test_a_return_value_the_database_refuses_fails_only_its_own_success(conn, st
     statuses = {rid: row(conn, rid)["status"] for rid in ids}
     assert statuses.pop(bad.result_id) == "RUNNING"
     assert set(statuses.values()) == {"SUCCESSFUL"}
+
+
+@pytest.mark.parametrize("name", ["complete_success", "complete_success_batch"])
+def test_a_success_finds_its_row_by_primary_key_whatever_the_statistics(conn, name):
+    """Statistics taken while nothing ran estimate no RUNNING rows; the generic plan (which
+    the worker's connections always use) must still probe the primary key, not scan a
+    RUNNING-only partial index that fast turnover fills with dead entries."""
+    rid = enqueue(conn, "add", 1, 0)
+    conn.execute("UPDATE task_runs SET status = 'SUCCESSFUL' WHERE result_id = %s", (rid,))
+    columns = conn.execute(
+        "SELECT string_agg(quote_ident(column_name), ', ') FROM information_schema.columns "
+        "WHERE table_name = 'task_runs' AND column_name <> 'result_id'"
+    ).fetchone()[0]
+    # A history of finished rows, as a worker that has run a while has.
+    conn.execute(
+        f"INSERT INTO task_runs ({columns}) SELECT {columns} FROM task_runs, "
+        "generate_series(1, 20000)"
+    )
+    conn.execute("ANALYZE task_runs")
+    names: list[str] = []
+
+    def placeholder(match: re.Match[str]) -> str:
+        if match[1] not in names:
+            names.append(match[1])
+        return f"${names.index(match[1]) + 1}"
+
+    text = re.sub(r"%\((\w+)\)s", placeholder, query(name))
+    values = {
+        "result_id": 1,
+        "result_ids": "{1,2}",
+        "return_json": "null",
+        "return_jsons": "{null,null}",
+        "logs_uri": None,
+        "logs_uris": "{NULL,NULL}",
+        "worker_id": "w1",
+    }
+    with conn.transaction():
+        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        # The simple protocol: through the extended one, the server would take the body's
+        # $n for parameters of the PREPARE itself.
+        conn.pgconn.exec_(f"PREPARE success_plan AS {text}".encode())
+        arguments = sql.SQL(", ").join(sql.Literal(values[n]) for n in names)
+        explain = sql.SQL("EXPLAIN EXECUTE success_plan({})").format(arguments)
+        plan = "\n".join(r[0] for r in conn.execute(explain))
+        conn.execute("DEALLOCATE success_plan")
+    updated = plan.split("Update on task_runs t ", 1)[1].split("CTE children", 1)[0]
+    assert "task_runs_pkey" in updated, plan
+    assert "idx_task_runs_lock_key" not in updated, plan
