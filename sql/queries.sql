@@ -1,5 +1,12 @@
 -- Every runtime query reproq runs, one named block each (`-- name: <name>`), loaded by
 -- reproq_cli.db.queries. Parameters use psycopg's %(name)s / %s placeholders.
+--
+-- A row looked up by result_id has its status tested in the "C" collation (`status =
+-- 'RUNNING' COLLATE "C"`): the same test for these ASCII words, but no plan can then prove
+-- that a partial index (READY-only, RUNNING-only, active-only) applies. Statistics taken
+-- while the table held no such rows (they last until the next ANALYZE), or a RUNNING-only
+-- index full of the dead entries fast turnover leaves (which no statistics count), made
+-- plans read a whole partial index instead of probing the primary key.
 
 -- name: ping
 -- The cheapest round trip: health checks and connection tests.
@@ -196,7 +203,7 @@ candidate AS (
     SELECT t.result_id, t.task_path
     FROM task_runs t
     WHERE t.result_id = ANY (ARRAY(SELECT h.result_id FROM heads h))
-      AND t.status = 'READY'
+      AND t.status = 'READY' COLLATE "C"
     ORDER BY
         t.priority + CASE
             WHEN %(aging)s::float8 > 0
@@ -313,7 +320,7 @@ locked AS (
     FROM unnest(ARRAY(SELECT c.result_id FROM chosen c ORDER BY c.position))
          WITH ORDINALITY AS o (result_id, position)
     JOIN task_runs t ON t.result_id = o.result_id
-    WHERE t.status = 'READY'
+    WHERE t.status = 'READY' COLLATE "C"
     ORDER BY o.position
     LIMIT %(n)s
     FOR UPDATE OF t SKIP LOCKED
@@ -369,7 +376,7 @@ LISTEN reproq_ready;
 -- Extend this worker's lease; fenced. Returns whether cancellation was requested.
 UPDATE task_runs
 SET leased_until = now() + make_interval(secs => %(lease_seconds)s), updated_at = now()
-WHERE result_id = %(result_id)s AND leased_by = %(worker_id)s AND status = 'RUNNING'
+WHERE result_id = %(result_id)s AND leased_by = %(worker_id)s AND status = 'RUNNING' COLLATE "C"
 RETURNING cancel_requested;
 
 -- name: fragment_success_done
@@ -378,11 +385,7 @@ RETURNING cancel_requested;
 -- complete_success_batch (the items after their `input`; it ends with a comma). Fenced: only
 -- the lease holder completes a RUNNING row, and every other change hangs off that row ("done").
 -- A chain child waits for its one parent, so several parents in one batch never release the
--- same child twice. The status test is made in the "C" collation so that no plan can prove
--- the RUNNING-only partial indexes apply: with statistics taken while nothing ran, the
--- generic plan otherwise scanned idx_task_runs_lock_key (every RUNNING row, and the dead
--- entries fast turnover leaves there) instead of probing the primary key.
--- Params: worker_id.
+-- same child twice. Params: worker_id.
 done AS (
     UPDATE task_runs t
     SET status = 'SUCCESSFUL',
@@ -400,12 +403,13 @@ done AS (
     RETURNING t.result_id, t.workflow_id
 ),
 children AS (
+    -- The parents as an array: the WAITING-only index on parent_id is then probed with it,
+    -- where a join let the plan read that whole index when statistics counted few children.
     UPDATE task_runs c
     SET wait_count = c.wait_count - 1,
         status = CASE WHEN c.wait_count - 1 <= 0 THEN 'READY' ELSE 'WAITING' END,
         updated_at = now()
-    FROM done
-    WHERE c.parent_id = done.result_id AND c.status = 'WAITING'
+    WHERE c.parent_id = ANY (ARRAY(SELECT d.result_id FROM done d)) AND c.status = 'WAITING'
     RETURNING c.result_id
 ),
 
@@ -452,7 +456,7 @@ callback AS (
       AND m.status = 'WAITING_CALLBACK'
       AND m.failure_count = 0
       AND m.success_count >= m.expected_count
-      AND t.status = 'WAITING'
+      AND t.status = 'WAITING' COLLATE "C"
     RETURNING t.result_id
 )
 SELECT result_id, workflow_id FROM done;
@@ -488,7 +492,7 @@ SET status = CASE WHEN %(retry)s THEN 'READY' ELSE 'FAILED' END,
     leased_by = NULL,
     logs_uri = COALESCE(%(logs_uri)s, logs_uri),
     updated_at = now()
-WHERE result_id = %(result_id)s AND leased_by = %(worker_id)s AND status = 'RUNNING'
+WHERE result_id = %(result_id)s AND leased_by = %(worker_id)s AND status = 'RUNNING' COLLATE "C"
 RETURNING workflow_id;
 
 -- name: workflow_member_failed
@@ -615,7 +619,7 @@ DELETE FROM reproq_workers WHERE worker_id = %(worker_id)s;
 -- name: request_cancel
 -- Only RUNNING rows: the owning worker sees the flag at its next heartbeat.
 UPDATE task_runs SET cancel_requested = TRUE, updated_at = now()
-WHERE result_id = %(result_id)s AND status = 'RUNNING'
+WHERE result_id = %(result_id)s AND status = 'RUNNING' COLLATE "C"
 RETURNING result_id;
 
 -- name: task_logs_uri
