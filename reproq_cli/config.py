@@ -341,6 +341,8 @@ def load_file(path: Path, *, cwd: Path | None = None) -> dict[str, Any]:
         ) from exc
     if data is None:
         return {}
+    if suffix == ".toml":
+        data = _toml_key_case(data)
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path} must hold a mapping of settings, not a {type(data).__name__}",
@@ -354,6 +356,28 @@ def load_file(path: Path, *, cwd: Path | None = None) -> dict[str, Any]:
                 hint=f"write `{section}:` followed by indented keys",
             )
     return data
+
+
+def _toml_key_case(data: dict[str, Any]) -> dict[str, Any]:
+    """Known keys in any case, as go-toml v2 matches them (``DSN``, ``[Worker]``,
+    ``Concurrency``); yaml.v3 does not, so YAML keys stay case-sensitive."""
+
+    def fold(table: dict[str, Any], known: set[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in table.items():
+            name = key if key in known or key.lower() not in known else key.lower()
+            if isinstance(out.get(name), dict) and isinstance(value, dict):
+                value = {**out[name], **value}  # [worker] and [Worker] fill one section
+            out[name] = value
+        return out
+
+    sections = {"worker", "beat", "metrics"}
+    folded = fold(data, {k for k in KNOWN_FILE_KEYS if "." not in k} | sections)
+    for section in sections:
+        if isinstance(folded.get(section), dict):
+            known = {k.partition(".")[2] for k in KNOWN_FILE_KEYS if k.startswith(section + ".")}
+            folded[section] = fold(folded[section], known)
+    return folded
 
 
 def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -413,6 +437,11 @@ def _coerce_text(setting: Setting, text: str) -> Any:
     return parse_queues(text)
 
 
+# A float with an exponent that YAML 1.2 (yaml.v3) reads as a number and YAML 1.1 (PyYAML)
+# as a string: no dot (1e3) or an unsigned exponent (1.5e3).
+_YAML12_EXPONENT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+
+
 def _coerce_file(setting: Setting, value: Any) -> Any:
     """Type-check a value read from YAML/TOML."""
     kind = setting.kind
@@ -434,10 +463,13 @@ def _coerce_file(setting: Setting, value: Any) -> Any:
             return str(value)
         raise ValueError(f"{json.dumps(value, default=str)} is not a string")
     if kind == "int":
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+        number = value
+        if isinstance(value, str) and _YAML12_EXPONENT.fullmatch(value.strip()):
+            number = float(value)  # yaml.v3 reads a plain 1e3 as a float, PyYAML as a string
+        if isinstance(number, int):
+            return number
+        if isinstance(number, float) and number.is_integer():
+            return int(number)
         raise ValueError(f"{json.dumps(value, default=str)} is not an integer")
     if kind == "float":
         if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
@@ -486,16 +518,24 @@ def _check_range(setting: Setting, value: Any) -> str | None:
         if not math.isfinite(value):
             return "must be a finite number"
         if setting.maximum is not None and value > setting.maximum:
-            return f"must be <= {setting.maximum:g}"
+            return f"must be <= {_number(setting.maximum)}"
         if setting.strictly_positive and value <= 0:
             return "must be a positive duration" if setting.kind == "duration" else "must be > 0"
         if setting.minimum is not None and value < setting.minimum:
             if setting.kind == "duration":
                 return "must not be negative"
-            return f"must be >= {setting.minimum:g}"
+            return f"must be >= {_number(setting.minimum)}"
+        if setting.kind == "int" and not -(2**63) <= value < 2**63:
+            # Go's int: its flag and file parsers refuse what does not fit in 64 bits.
+            return "is out of range (a 64-bit integer)"
     if setting.choices is not None and value not in setting.choices:
         return f"must be one of {', '.join(setting.choices)}"
     return None
+
+
+def _number(bound: float) -> str:
+    # 9223372036, not 9.22337e+09: the hint must give a value the user can type.
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def _describe(value: Any) -> str:
@@ -565,13 +605,17 @@ def resolve(
                     hint=_fix_hint(setting, f"in the environment variable {setting.env}"),
                 ) from None
             problem = _check_range(setting, value)
+            if not problem and setting.key in _LIMITER_SIZES and value < 1:
+                # Checked when read, as Go does: a flag that overrides it does not excuse it.
+                problem = "must be a positive integer"
             if problem:
                 raise ConfigError(
                     f"invalid {setting.env} {_describe(raw_env)} ({problem})",
                     hint=_range_hint(setting, f"in the environment variable {setting.env}"),
                 )
-            if not _is_unset(value):
-                resolved = Resolved(value, "env", f"env {setting.env}")
+            # Any non-empty env value applies, as in Go: ALLOWED_TASK_MODULES="," is an empty
+            # list that replaces the file's (the validator's default prefixes then apply).
+            resolved = Resolved(value, "env", f"env {setting.env}")
         if setting.key in flags and flags[setting.key] is not None:
             raw_flag = flags[setting.key]
             flag_name = setting.flag or setting.key
@@ -584,6 +628,8 @@ def resolve(
                     exit_code=2,
                 ) from None
             problem = _check_range(setting, value)
+            if setting.key == "metrics.auth_window" and value <= 0:
+                problem = None  # as Go: refused only when there is a server (_check_limiter)
             if problem:
                 raise ConfigError(
                     f"invalid value for {flag_name}: {_describe(raw_flag)} {problem}",
@@ -605,10 +651,10 @@ def _range_hint(setting: Setting, where: str) -> str:
         return _fix_hint(setting, where)
     what = _expected(setting.kind)
     if low is not None and high is not None:
-        return f"give {what} from {low:g} to {high:g} {where}"
+        return f"give {what} from {_number(low)} to {_number(high)} {where}"
     if low is not None:
-        return f"give {what} of at least {low:g} {where}"
-    return f"give {what} of at most {high:g} {where}"
+        return f"give {what} of at least {_number(low)} {where}"
+    return f"give {what} of at most {_number(high)} {where}"
 
 
 def _fix_hint(setting: Setting, where: str) -> str:
@@ -621,28 +667,32 @@ def _fix_hint(setting: Setting, where: str) -> str:
     return f"give {_expected(setting.kind)} {where}"
 
 
+_LIMITER_SIZES = {
+    "metrics.auth_limit": "--metrics-auth-limit",
+    "metrics.auth_max_entries": "--metrics-auth-max-entries",
+}
+
+
 def _check_limiter(config: Config) -> None:
-    """The auth limiter's sizes, as the Go worker checks them (go-worker.md §1.1 steps 4 and
-    12): from the environment always, otherwise only when there is an HTTP server to limit;
-    either way a fatal error (exit 1), not a flag error."""
+    """The auth limiter's settings, as the Go worker checks them (go-worker.md §1.1 steps 4
+    and 12): the environment's and the file's window when read (in resolve), the rest only
+    when there is an HTTP server to limit; a fatal error (exit 1), not a flag error."""
     serving = bool(config.values["metrics.addr"].value) or config.values["metrics.port"].value > 0
-    for key, env, flag in (
-        ("metrics.auth_limit", "METRICS_AUTH_LIMIT", "--metrics-auth-limit"),
-        ("metrics.auth_max_entries", "METRICS_AUTH_MAX_ENTRIES", "--metrics-auth-max-entries"),
-    ):
+    if not serving:
+        return
+    for key, flag in _LIMITER_SIZES.items():
         resolved = config.values[key]
-        if resolved.value >= 1:
-            continue
-        if resolved.source == "env":
-            raise ConfigError(
-                f"invalid {env} {_describe(str(resolved.value))} (must be a positive integer)",
-                hint=f"e.g. {env}=30",
-            )
-        if serving:
+        if resolved.value < 1:
             raise ConfigError(
                 f"{flag} must be a positive integer (from {resolved.origin})",
                 hint=f"give {flag} a value of at least 1",
             )
+    window = config.values["metrics.auth_window"]
+    if window.value <= 0:
+        raise ConfigError(
+            f"--metrics-auth-window must be a positive duration (from {window.origin})",
+            hint="give --metrics-auth-window a duration such as 1m",
+        )
 
 
 def _check_cross_field(config: Config) -> None:

@@ -36,6 +36,11 @@ EXECUTOR_KINDS: tuple[str, ...] = ("spawn", "pool", "ray")
 DEFAULT_ALLOWED_TASK_MODULES: tuple[str, ...] = ("myapp.tasks.", "tasks.")
 
 
+# The most seconds a Go time.Duration holds (2562047h): the Go worker turns these settings
+# into durations, and a lease past it is more than PostgreSQL's interval arithmetic takes.
+MAX_SECONDS = (2**63 - 1) // 1_000_000_000
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -133,6 +138,7 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
         300,
         flag="--lease-seconds",
         minimum=1,
+        maximum=MAX_SECONDS,
         help="lease length in seconds",
     ),
     _s(
@@ -141,6 +147,7 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
         60,
         flag="--heartbeat-seconds",
         minimum=0,
+        maximum=MAX_SECONDS,
         help="lease renewal interval in seconds (0 disables heartbeats and cancellation)",
     ),
     _s(
@@ -149,6 +156,7 @@ WORKER_SETTINGS: tuple[Setting, ...] = (
         60,
         flag="--reclaim-interval-seconds",
         minimum=0,
+        maximum=MAX_SECONDS,
         help="expired-lease reclaim interval in seconds (0 disables)",
     ),
     _s(

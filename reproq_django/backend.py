@@ -24,6 +24,7 @@ from django.tasks import Task
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
 from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.signals import task_enqueued as django_task_enqueued
 from django.utils import timezone
 from django.utils.connection import ConnectionDoesNotExist
 
@@ -184,8 +185,14 @@ class ReproqBackend(BaseTaskBackend):
         else:
             run = self._insert(alias, normalized, digest, fields)
         result = self._result(run, alias, task=task)
-        signals.task_enqueued.send(sender=type(self), task_result=result, spec=normalized)
+        self._announce(result, normalized)
         return result
+
+    def _announce(self, result: TaskResultProxy, spec: dict[str, Any]) -> None:
+        # Django's own signal too: receivers a project connected to django.tasks (and
+        # Django's enqueue log line) expect it from every backend.
+        signals.task_enqueued.send(sender=type(self), task_result=result, spec=spec)
+        django_task_enqueued.send(sender=type(self), task_result=result)
 
     def _dedup(self) -> bool:
         return bool(self.options.get("DEDUP_ACTIVE", True))
@@ -262,7 +269,7 @@ class ReproqBackend(BaseTaskBackend):
         for (alias, spec, _digest, _fields), run, task in zip(prepared, runs, tasks, strict=True):
             assert run is not None
             result = self._result(run, alias, prefix=prefix, task=task)
-            signals.task_enqueued.send(sender=type(self), task_result=result, spec=spec)
+            self._announce(result, spec)
             results.append(result)
         return results
 

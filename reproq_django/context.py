@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from reproq_django.proxy import TaskResultProxy
 
 
 class TaskContext:
@@ -34,6 +37,7 @@ class TaskContext:
         self.priority = priority
         self.db_alias = db_alias
         self._metadata = metadata
+        self._task_result: TaskResultProxy | None = None
         # The stored form of what the row held (or was last saved), to tell whether it changed.
         self._stored: str | None = _stored_form(metadata) if metadata is not None else None
 
@@ -43,6 +47,30 @@ class TaskContext:
             f"task_path={self.task_path!r}, queue_name={self.queue_name!r}, "
             f"priority={self.priority}, db_alias={self.db_alias!r})"
         )
+
+    @property
+    def task_result(self) -> TaskResultProxy:
+        """This run's ``TaskResultProxy``, as Django's ``TaskContext.task_result`` gives a task
+        its result; read from the row when first asked (``TaskResultDoesNotExist`` without
+        one)."""
+        if self._task_result is None:
+            from django.tasks.exceptions import TaskResultDoesNotExist
+
+            from reproq_django.db import format_result_id
+            from reproq_django.models import TaskRun
+            from reproq_django.proxy import TaskResultProxy
+
+            run = (
+                TaskRun.objects.using(self.db_alias)
+                .filter(result_id=int(self.result_id) if self.result_id.isdigit() else -1)
+                .first()
+            )
+            if run is None:
+                raise TaskResultDoesNotExist(self.result_id)
+            self._task_result = TaskResultProxy.from_row(
+                run, alias=self.db_alias, result_id=format_result_id(run.result_id, self.db_alias)
+            )
+        return self._task_result
 
     @property
     def metadata(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ CANCELLED -> FAILED (finished without a result).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,7 +84,20 @@ def resolve_task(task_path: Any, backend_alias: str) -> Task:
     try:
         return Task(func=func, backend=backend_alias)
     except Exception:
-        return Task(func=unknown_task, backend=backend_alias)
+        # Task() asks the named backend to validate it: a row's backend alias that this
+        # project does not configure, or a QUEUES without "default", must not make an
+        # existing result unreadable.
+        return _unvalidated_task(func, backend_alias)
+
+
+def _unvalidated_task(func: Any, backend_alias: str) -> Task:
+    task = object.__new__(Task)
+    for spec in dataclasses.fields(Task):
+        if spec.default is not dataclasses.MISSING:
+            object.__setattr__(task, spec.name, spec.default)
+    object.__setattr__(task, "func", func)
+    object.__setattr__(task, "backend", backend_alias)
+    return task
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,6 +11,7 @@ restrict.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -148,6 +149,23 @@ def _parse_field(expr: str, field: str, low: int, high: int, names: dict[str, in
     return Field(frozenset(values), star)
 
 
+def _location(zone: str) -> dt.tzinfo:
+    """A zone as Go's time.LoadLocation reads it: "" and "UTC" are UTC, "Local" the
+    process's zone ($TZ, else /etc/localtime; UTC when neither names one)."""
+    if zone in ("", "UTC"):
+        return dt.UTC
+    if zone != "Local":
+        return ZoneInfo(zone)
+    name = os.environ.get("TZ")
+    try:
+        if name is None:
+            with open("/etc/localtime", "rb") as handle:
+                return ZoneInfo.from_file(handle)
+        return ZoneInfo(name.removeprefix(":")) if name else dt.UTC
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return dt.UTC
+
+
 def parse(expression: str) -> Schedule:
     """Parse a schedule; CronError names what is wrong."""
     text = expression.strip()
@@ -156,7 +174,7 @@ def parse(expression: str) -> Schedule:
         zone_part, _, text = text.partition(" ")
         zone = zone_part.split("=", 1)[1]
         try:
-            tz = ZoneInfo(zone)
+            tz = _location(zone)
         except (ZoneInfoNotFoundError, ValueError, OSError):
             # OSError: a name that is a directory of the tz database (America), or too long.
             raise CronError(f"provided bad location {zone}: unknown time zone {zone}") from None

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from reproq_cli.defaults import MAX_SECONDS
 from tests.support.harness import enqueue, process_alive, row, wait_for
 
 # Every executor must behave the same; tests about spawn-only details say so themselves.
@@ -498,12 +499,18 @@ def test_invalid_memory_log_interval_is_reported(conn, workers):
 
 @SPAWN_ONLY
 def test_a_reclaim_interval_longer_than_threading_waits(conn, workers):
-    # Event.wait() overflowed: the reclaim thread died with a traceback on stderr.
+    # Event.wait() overflowed: the reclaim thread died with a traceback on stderr. The
+    # longest interval a Go duration holds is accepted; past it, a one-line usage error.
     rid = enqueue(conn, "add", 1, 1)
-    run = workers.run("--reclaim-interval-seconds", "99999999999")
+    run = workers.run("--reclaim-interval-seconds", str(MAX_SECONDS))
     assert run.returncode == 0, run.stderr
     assert row(conn, rid)["status"] == "SUCCESSFUL"
     assert "Traceback" not in run.stderr
+    refused = workers.run("--reclaim-interval-seconds", "99999999999")
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(
+        f"error: invalid value for --reclaim-interval-seconds: 99999999999 must be <= {MAX_SECONDS}"
+    ), refused.stderr
 
 
 @SPAWN_ONLY
