@@ -11,11 +11,13 @@ process group: SIGTERM, then SIGKILL after a short grace, so grandchildren die t
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import resource
 import select
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -240,6 +242,26 @@ def raw_members(text: str, *, fold_case: bool = True) -> dict[str, str]:
     return members
 
 
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t", "\v": "\\v", "\\": "\\\\"}  # fmt: skip
+
+
+def go_quote_char(char: str) -> str:
+    """How Go's encoding/json quotes the byte it stopped at: its first UTF-8 byte, read as
+    one Latin-1 character ('\'' and '"' are Go's own special cases)."""
+    if char == "'":
+        return "'\\''"
+    if char == '"':
+        return "'\"'"
+    byte = char.encode("utf-8", errors="replace")[0]
+    char = chr(byte)
+    if char in _GO_ESCAPES:
+        return f"'{_GO_ESCAPES[char]}'"
+    if char.isprintable():
+        return f"'{char}'"
+    return f"'\\x{byte:02x}'" if byte < 0x80 else f"'\\u{byte:04x}'"
+
+
 def _decode_envelope(text: str) -> Envelope:
     if not text:
         raise ValueError("unexpected end of JSON input")
@@ -257,12 +279,12 @@ def _decode_envelope(text: str) -> Envelope:
             raise ValueError("unexpected end of JSON input") from None
         if exc.pos == 0:
             raise ValueError(
-                f"invalid character {text[0]!r} looking for beginning of value"
+                f"invalid character {go_quote_char(text[0])} looking for beginning of value"
             ) from None
         raise ValueError(f"{exc.msg} at offset {exc.pos}") from None
     trailing = text[end:].lstrip()
     if trailing:
-        raise ValueError(f"invalid character {trailing[0]!r} after top-level value")
+        raise ValueError(f"invalid character {go_quote_char(trailing[0])} after top-level value")
     return envelope_of(value, text)
 
 
@@ -374,7 +396,7 @@ def run_attempt(
                 preexec_fn=limits_preexec(spec),
             )
         except OSError as exc:
-            raise InfraError(f"cannot start {spec.python_bin!r}: {exc.strerror or exc}") from None
+            raise InfraError(spawn_error(spec.python_bin, exc)) from None
         except subprocess.SubprocessError as exc:  # preexec_fn failed (a limit above the hard one)
             raise InfraError(f"cannot apply task resource limits: {exc}") from None
         return _supervise(proc, spec, stdin_data, started, timeout, tick)
@@ -382,6 +404,18 @@ def run_attempt(
         if payload_file is not None:
             with contextlib.suppress(OSError):
                 os.unlink(payload_file)
+
+
+def spawn_error(program: str, exc: OSError) -> str:
+    """Go's os/exec text for a child that could not be started: a bare name is looked up
+    in PATH first (only executable files count), a path is started as it is."""
+    if os.sep not in program:
+        if exc.errno in (errno.ENOENT, errno.EACCES):
+            name = json.dumps(program, ensure_ascii=False)
+            return f"exec: {name}: executable file not found in $PATH"
+        program = shutil.which(program) or program
+    reason = exc.strerror or str(exc)
+    return f"fork/exec {program}: {reason[:1].lower()}{reason[1:]}"
 
 
 def _write_payload_file(result_id: int, data: bytes) -> str:
@@ -462,7 +496,9 @@ def _supervise(
     if returncode not in (0, None) and not timed_out:
         # Go appends the wait error to stderr: "exit status 1" / "signal: killed".
         err.write(wait_error(returncode).encode())
-    stdout_text = out.text(with_marker=False).strip()
+    # On a timeout Go keeps stdout as captured (marker included) for the log file; otherwise
+    # the trimmed text it parses.
+    stdout_text = out.text() if timed_out else out.text(with_marker=False).strip()
     result = ExecResult(
         stdout=stdout_text,
         stderr=err.text(),
@@ -510,14 +546,50 @@ def _stop_group(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+# Go's syscall.Signal strings (Linux), which its "signal: ..." wait errors are made of.
+_GO_SIGNAL_TEXT = {
+    "SIGHUP": "hangup",
+    "SIGINT": "interrupt",
+    "SIGQUIT": "quit",
+    "SIGILL": "illegal instruction",
+    "SIGTRAP": "trace/breakpoint trap",
+    "SIGABRT": "aborted",
+    "SIGBUS": "bus error",
+    "SIGFPE": "floating point exception",
+    "SIGKILL": "killed",
+    "SIGUSR1": "user defined signal 1",
+    "SIGSEGV": "segmentation fault",
+    "SIGUSR2": "user defined signal 2",
+    "SIGPIPE": "broken pipe",
+    "SIGALRM": "alarm clock",
+    "SIGTERM": "terminated",
+    "SIGSTKFLT": "stack fault",
+    "SIGCHLD": "child exited",
+    "SIGCONT": "continued",
+    "SIGSTOP": "stopped (signal)",
+    "SIGTSTP": "stopped",
+    "SIGTTIN": "stopped (tty input)",
+    "SIGTTOU": "stopped (tty output)",
+    "SIGURG": "urgent I/O condition",
+    "SIGXCPU": "CPU time limit exceeded",
+    "SIGXFSZ": "file size limit exceeded",
+    "SIGVTALRM": "virtual timer expired",
+    "SIGPROF": "profiling timer expired",
+    "SIGWINCH": "window changed",
+    "SIGIO": "I/O possible",
+    "SIGPWR": "power failure",
+    "SIGSYS": "bad system call",
+}
+
+
 def wait_error(returncode: int) -> str:
+    """Go's text for a child that failed: "exit status N" or "signal: <Go's signal name>"."""
     if returncode < 0:
         try:
-            name = signal.Signals(-returncode).name.removeprefix("SIG").lower()
+            text = _GO_SIGNAL_TEXT.get(signal.Signals(-returncode).name)
         except ValueError:
-            name = str(-returncode)
-        names = {"kill": "killed", "term": "terminated", "segv": "segmentation fault"}
-        return f"signal: {names.get(name, name)}"
+            text = None
+        return f"signal: {text or f'signal {-returncode}'}"
     return f"exit status {returncode}"
 
 

@@ -66,12 +66,36 @@ def resolve_task_path(task: ClaimedTask) -> tuple[str | None, str | None]:
         return task.task_path, None
     if problem is not None:
         return None, problem
-    if not isinstance(spec, dict):
-        return None, "spec_json is not a JSON object"
-    path = spec.get("task_path")
-    if not isinstance(path, str) or not path:
+    return _spec_task_path(spec)
+
+
+def _spec_task_path(spec: Any) -> tuple[str | None, str | None]:
+    """The spec's task_path as Go's json.Unmarshal into ``runner.taskSpec`` reads it: keys
+    match case-insensitively and the last one wins, null is no value, and a value of the
+    wrong type is Go's error text."""
+    if spec is not None and not isinstance(spec, dict):
+        return (
+            None,
+            f"json: cannot unmarshal {_go_kind(spec)} into Go value of type runner.taskSpec",
+        )
+    path = ""
+    for key, value in (spec or {}).items():
+        if key.lower() != "task_path" or value is None:
+            continue
+        if not isinstance(value, str):
+            return None, (
+                f"json: cannot unmarshal {_go_kind(value)} into Go struct field"
+                " taskSpec.task_path of type string"
+            )
+        path = value
+    if not path:
         return None, "spec_json missing task_path"
     return path, None
+
+
+def _go_kind(value: Any) -> str:
+    kinds = {dict: "object", list: "array", str: "string", bool: "bool"}
+    return kinds.get(type(value), "number")
 
 
 def _error(kind: str, message: str, **extra: Any) -> dict[str, Any]:

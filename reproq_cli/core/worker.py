@@ -456,24 +456,41 @@ class Worker:
             return not self._running and self._finished == finished_before
 
     def _poll(self, slots: int) -> list[ClaimedTask]:
-        """Claim up to ``slots`` tasks from the first queue that has any, trying the queues
-        round-robin from where the last success left off."""
+        """Claim up to ``slots`` tasks the way the Go worker's one-task polls share them out:
+        the queues take turns from where the last claim left off, and an empty queue's turns
+        go to the queues after it. Each queue is asked once, for its turns among the slots
+        still free, so a busy queue still fills them in one statement."""
         queues = self.settings.queues
-        start = self._round_robin % len(queues)
-        for offset in range(len(queues)):
-            index = (start + offset) % len(queues)
-            queue = queues[index]
-            tasks = timed(
-                lambda seconds, q=queue: self.metrics.observe_claim(q, seconds),
-                lambda q=queue: self._claim_from(q, slots),
-            )
+        count = len(queues)
+        start = self._round_robin % count
+        claimed: list[ClaimedTask] = []
+        last_turn = -1
+        for offset in range(count):
+            turns = -(-(slots - len(claimed)) // (count - offset))  # ceil: earlier queues first
+            if turns == 0:
+                break
+            queue = queues[(start + offset) % count]
+            try:
+                tasks = timed(
+                    lambda seconds, q=queue: self.metrics.observe_claim(q, seconds),
+                    lambda q=queue, n=turns: self._claim_from(q, n),
+                )
+            except DatabaseError as exc:
+                if not claimed:
+                    raise
+                # What the earlier queues gave is leased to us and must run; the error ends
+                # the round, as a failed claim ends Go's.
+                self.log.error("Polling error", error=str(exc))
+                break
+            for task in tasks:
+                self.metrics.task_claimed(queue, _age(task.enqueued_at))
             if tasks:
-                self._round_robin = index + 1
-                for task in tasks:
-                    self.metrics.task_claimed(queue, _age(task.enqueued_at))
-                return tasks
-        self._round_robin = start + 1
-        return []
+                # This queue's last task is its len(tasks)-th turn; the next poll starts
+                # after the queue that took the very last turn, as Go's would.
+                last_turn = max(last_turn, offset + count * (len(tasks) - 1))
+            claimed += tasks
+        self._round_robin = start + (last_turn % count if claimed else 0) + 1
+        return claimed
 
     def _claim_from(self, queue: str, slots: int) -> list[ClaimedTask]:
         """Plain tasks in one autocommit statement (as many as slots are free); only when the
@@ -864,20 +881,19 @@ class Worker:
         extra = dict(metadata)
         if failure.retry and failure.delay_seconds >= 0:
             extra["next_run"] = _next_run(failure.delay_seconds)
+        # Go's words per outcome: "Failed to mark cancellation|infra error|failure".
+        what = "mark " + _MARKED.get(str(failure.error.get("kind")), "failure")
         try:
             written = self._with_retries(
                 log,
-                "mark failure",
+                what,
                 lambda: self._timed_db(
                     "complete_failure",
                     lambda: self.store.complete_failure(task, failure, logs_uri),
                 ),
             )
-        except FencingError as exc:
-            log.error("Failed to mark failure", error=str(exc))
-            return
-        except DatabaseError as exc:
-            log.error("Failed to mark failure", error=str(exc))
+        except (FencingError, DatabaseError) as exc:
+            log.error(f"Failed to {what}", error=str(exc))
             return
         if not written:
             return
@@ -956,9 +972,14 @@ class Worker:
         logs_dir = self.settings.logs_dir
         if not logs_dir or not (result.stdout or result.stderr):
             return None
-        path = os.path.join(logs_dir, f"task-{task.result_id}-attempt-{task.attempts}.log")
+        # Go's filepath.Join cleans the path it stores: "./logs/" gives "logs/task-…".
+        path = os.path.normpath(
+            os.path.join(logs_dir, f"task-{task.result_id}-attempt-{task.attempts}.log")
+        )
+        if path.startswith("//"):
+            path = "/" + path.lstrip("/")
         try:
-            os.makedirs(logs_dir, mode=0o700, exist_ok=True)
+            _make_private_dirs(logs_dir)
         except OSError as exc:
             log.warn("Failed to create logs dir", error=str(exc), logs_dir=logs_dir)
             return None
@@ -972,6 +993,10 @@ class Worker:
         )
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            log.warn("Failed to open logs file", error=str(exc), path=path)
+            return None
+        try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(content)
         except OSError as exc:
@@ -1008,6 +1033,21 @@ class Worker:
                 self.log.warn("Failed to update worker heartbeat", error=str(exc))
 
 
+def _make_private_dirs(path: str) -> None:
+    """mkdir -p with mode 0700 for every directory it creates, as Go's MkdirAll does
+    (os.makedirs gives the intermediate ones the default mode)."""
+    if not path or os.path.isdir(path):
+        return
+    parent = os.path.dirname(os.path.normpath(path))
+    if parent and parent != path:
+        _make_private_dirs(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):  # a file in the way; another worker's mkdir is fine
+            raise
+
+
 def _age(since: datetime) -> float:
     """Seconds from a database timestamp to now (clamped: clocks of two hosts can disagree)."""
     if since.tzinfo is None:
@@ -1017,6 +1057,9 @@ def _age(since: datetime) -> float:
 
 def _next_run(delay: float) -> str:
     return go_time(datetime.now() + timedelta(seconds=delay), digits=None)
+
+
+_MARKED = {"cancelled": "cancellation", "infra_error": "infra error"}
 
 
 def _failed_event(failure: Failure) -> tuple[Level, str, str, str]:

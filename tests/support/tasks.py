@@ -173,3 +173,10 @@ def wait_for_file(path: str, timeout: float = 30.0) -> str:
             raise TimeoutError(f"{path} did not appear within {timeout}s")
         time.sleep(0.01)
     return path
+
+
+def write_stdout_then_sleep(data_hex: str, seconds: float) -> float:
+    """Writes raw bytes to file descriptor 1, then sleeps (output left by a task that times out)."""
+    os.write(1, bytes.fromhex(data_hex))
+    time.sleep(seconds)
+    return seconds
