@@ -521,9 +521,14 @@ def test_worker_connections_plan_once_and_never_compile(db_dsn, store):
         for conn in [*held, writer._conn]:
             settings = conn.execute(
                 "SELECT current_setting('jit') AS jit, "
-                "current_setting('plan_cache_mode') AS plan_cache_mode"
+                "current_setting('plan_cache_mode') AS plan_cache_mode, "
+                "current_setting('enable_sort') AS enable_sort"
             ).fetchone()
-            assert settings == {"jit": "off", "plan_cache_mode": "force_generic_plan"}
+            assert settings == {
+                "jit": "off",
+                "plan_cache_mode": "force_generic_plan",
+                "enable_sort": "off",
+            }
         for conn in held:
             worker_pool.putconn(conn)
     finally:
@@ -535,7 +540,7 @@ def test_worker_connections_plan_once_and_never_compile(db_dsn, store):
         with other.connection() as conn:
             unchanged = conn.execute(
                 "SELECT bool_and(setting = reset_val) AS same FROM pg_settings "
-                "WHERE name IN ('jit', 'plan_cache_mode')"
+                "WHERE name IN ('jit', 'plan_cache_mode', 'enable_sort')"
             ).fetchone()
             assert unchanged == {"same": True}
     finally:
@@ -836,8 +841,8 @@ def test_rows_found_by_id_never_scan_a_whole_partial_index(conn, name, by_id):
         "error": "{}",
         "refund": 0,
     }
+    conn.execute(query("worker_session"))  # the worker's generic plans, sorting disabled
     with conn.transaction():
-        conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         # The simple protocol: through the extended one, the server would take the body's
         # $n for parameters of the PREPARE itself.
         conn.pgconn.exec_(f"PREPARE by_id AS {text}".encode())
@@ -848,6 +853,25 @@ def test_rows_found_by_id_never_scan_a_whole_partial_index(conn, name, by_id):
     text_plan = "\n".join(plan)
     probes = re.findall(r"Index Scan using task_runs_pkey on task_runs", text_plan)
     assert len(probes) == by_id, text_plan
+    # No index holding the READY backlog is read whole: a claim's priorities and heads come
+    # from the ordered idx_task_runs_claim, not from every active row of
+    # idx_task_runs_spec_unique, sorted. (SubPlans run only for heads with a lock_key or
+    # concurrency_key; they read RUNNING rows.)
+    backlog = re.compile(r"Scan using idx_task_runs_(claim|claim_due|spec_unique) on task_runs")
+    for at, line in enumerate(plan):
+        depth = len(line) - len(line.lstrip())
+        ancestors, level = [], depth
+        for above in reversed(plan[:at]):  # each line less indented than all below it
+            if len(above) - len(above.lstrip()) < level:
+                level = len(above) - len(above.lstrip())
+                ancestors.append(above.strip())
+        if backlog.search(line) and not any(a.startswith("SubPlan") for a in ancestors):
+            details = []
+            for below in plan[at + 1 :]:
+                if "->" in below or len(below) - len(below.lstrip()) <= depth:
+                    break
+                details.append(below.strip())
+            assert any(d.startswith("Index Cond:") for d in details), text_plan
     if "children AS" in query(name):
         # Chain children are found through the WAITING-only index on parent_id, probed.
         assert "Index Cond: (parent_id = ANY" in text_plan, text_plan
