@@ -23,7 +23,7 @@ from django.db import IntegrityError, connections, transaction
 from django.tasks import Task
 from django.tasks.backends.base import BaseTaskBackend
 from django.tasks.base import TASK_MAX_PRIORITY, TASK_MIN_PRIORITY
-from django.tasks.exceptions import InvalidTask, TaskResultDoesNotExist
+from django.tasks.exceptions import InvalidTask
 from django.tasks.signals import task_enqueued as django_task_enqueued
 from django.utils import timezone
 from django.utils.connection import ConnectionDoesNotExist
@@ -356,11 +356,7 @@ class ReproqBackend(BaseTaskBackend):
 
     def get_result(self, result_id: int | str) -> TaskResultProxy:
         alias, raw = parse_result_id(result_id)
-        try:
-            run = TaskRun.objects.using(alias).get(result_id=int(raw))
-        except (TaskRun.DoesNotExist, ValueError):
-            raise TaskResultDoesNotExist(result_id) from None
-        return TaskResultProxy.from_row(run, alias=alias, result_id=str(result_id))
+        return TaskResultProxy.read(alias, raw, str(result_id))
 
     async def aget_result(self, result_id: int | str) -> TaskResultProxy:
         return await sync_to_async(self.get_result, thread_sensitive=True)(result_id)

@@ -54,21 +54,13 @@ class TaskContext:
         its result; read from the row when first asked (``TaskResultDoesNotExist`` without
         one)."""
         if self._task_result is None:
-            from django.tasks.exceptions import TaskResultDoesNotExist
-
             from reproq_django.db import format_result_id
-            from reproq_django.models import TaskRun
             from reproq_django.proxy import TaskResultProxy
 
-            run = (
-                TaskRun.objects.using(self.db_alias)
-                .filter(result_id=int(self.result_id) if self.result_id.isdigit() else -1)
-                .first()
-            )
-            if run is None:
-                raise TaskResultDoesNotExist(self.result_id)
-            self._task_result = TaskResultProxy.from_row(
-                run, alias=self.db_alias, result_id=format_result_id(run.result_id, self.db_alias)
+            self._task_result = TaskResultProxy.read(
+                self.db_alias,
+                self.result_id,
+                format_result_id(self.result_id, self.db_alias),
             )
         return self._task_result
 

@@ -141,6 +141,16 @@ class TaskResultProxy(TaskResult):
         object.__setattr__(proxy, "_return_value", run.return_json)
         return proxy
 
+    @classmethod
+    def read(cls, alias: str, row_id: str, result_id: str) -> TaskResultProxy:
+        """The result of row ``row_id`` on database ``alias``, known to its caller as
+        ``result_id``; TaskResultDoesNotExist(result_id) when there is no such row."""
+        try:
+            run = TaskRun.objects.using(alias).get(result_id=int(row_id))
+        except (TaskRun.DoesNotExist, ValueError):
+            raise TaskResultDoesNotExist(result_id) from None
+        return cls.from_row(run, alias=alias, result_id=result_id)
+
     @property
     def attempts(self) -> int:
         return self.data.attempts if self.data is not None else len(self.worker_ids)
@@ -155,11 +165,7 @@ class TaskResultProxy(TaskResult):
         raise RuntimeError(f"task {self.id} has not finished (status {self.raw_status})")
 
     def refresh(self) -> None:
-        try:
-            run = TaskRun.objects.using(self.db_alias).get(result_id=int(self.result_id))
-        except TaskRun.DoesNotExist:
-            raise TaskResultDoesNotExist(self.id) from None
-        fresh = TaskResultProxy.from_row(run, alias=self.db_alias, result_id=self.id)
+        fresh = TaskResultProxy.read(self.db_alias, self.result_id, self.id)
         for name in (
             "status", "enqueued_at", "started_at", "finished_at", "last_attempted_at",
             "errors", "worker_ids", "_return_value", "raw_status", "metadata", "errors_json",
