@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass
 
 from reproq_cli.config import Config, mask_dsn, resolve
+from reproq_cli.core.logfiles import make_private_dirs
 from reproq_cli.db import embedded
 from reproq_cli.db.connect import connection, has_libpq_location
 from reproq_cli.db.schema import check as schema_check
@@ -143,7 +144,7 @@ def run_checks(config_path: str | None, dsn: str | None) -> list[Check]:
     logs_dir = config.get("worker.logs_dir")
     if logs_dir:
         try:
-            os.makedirs(logs_dir, exist_ok=True)
+            make_private_dirs(logs_dir)  # as the worker makes it
             with tempfile.TemporaryFile(dir=logs_dir):
                 pass
             checks.append(Check("logs-dir", "OK", f"{logs_dir} writable"))

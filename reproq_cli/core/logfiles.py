@@ -1,4 +1,5 @@
-"""Reading a task's persisted logs from its logs_uri: a path, file:// or http(s)://."""
+"""A task's persisted logs: the folder they are written to, and reading them back from a
+logs_uri (a path, file:// or http(s)://)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,18 @@ def tail_lines(data: bytes, lines: int) -> str:
     if lines <= 0:
         return text
     return "\n".join(text.splitlines()[-lines:])
+
+
+def make_private_dirs(path: str) -> None:
+    """mkdir -p with mode 0700 for every directory it creates, as Go's MkdirAll does
+    (os.makedirs gives the intermediate ones the default mode)."""
+    if not path or os.path.isdir(path):
+        return
+    parent = os.path.dirname(os.path.normpath(path))
+    if parent and parent != path:
+        make_private_dirs(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not os.path.isdir(path):  # a file in the way; another worker's mkdir is fine
+            raise

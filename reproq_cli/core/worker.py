@@ -37,6 +37,7 @@ from reproq_cli.core.executor import (
 )
 from reproq_cli.core.httpserver import HttpSettings, start_http
 from reproq_cli.core.listener import start_listener
+from reproq_cli.core.logfiles import make_private_dirs
 from reproq_cli.core.logs import Logger
 from reproq_cli.core.memory import start_memory_logger
 from reproq_cli.core.metrics import FAILURE, SUCCESS, Collector, Metrics, timed
@@ -979,7 +980,7 @@ class Worker:
         if path.startswith("//"):
             path = "/" + path.lstrip("/")
         try:
-            _make_private_dirs(logs_dir)
+            make_private_dirs(logs_dir)
         except OSError as exc:
             log.warn("Failed to create logs dir", error=str(exc), logs_dir=logs_dir)
             return None
@@ -1031,21 +1032,6 @@ class Worker:
                 self.store.seen()
             except DatabaseError as exc:
                 self.log.warn("Failed to update worker heartbeat", error=str(exc))
-
-
-def _make_private_dirs(path: str) -> None:
-    """mkdir -p with mode 0700 for every directory it creates, as Go's MkdirAll does
-    (os.makedirs gives the intermediate ones the default mode)."""
-    if not path or os.path.isdir(path):
-        return
-    parent = os.path.dirname(os.path.normpath(path))
-    if parent and parent != path:
-        _make_private_dirs(parent)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        if not os.path.isdir(path):  # a file in the way; another worker's mkdir is fine
-            raise
 
 
 def _age(since: datetime) -> float:

@@ -64,10 +64,13 @@ def test_doctor_healthy_and_failing(run_cli, db_dsn, tmp_path):
     (tmp_path / "reproq.yaml").write_text(
         f"dsn: '{db_dsn}'\nworker:\n  python_bin: {sys.executable}\n"
         f"  executor_module: reproq_cli\n  allowed_task_modules: [myapp.tasks.]\n"
-        f"  logs_dir: {tmp_path / 'logs'}\nmetrics:\n  addr: 127.0.0.1:9999\n"
+        f"  logs_dir: {tmp_path / 'logs' / 'tasks'}\nmetrics:\n  addr: 127.0.0.1:9999\n"
     )
     result = run_cli("doctor", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    # The folders it makes are private, every one, as the worker makes them.
+    for made in (tmp_path / "logs", tmp_path / "logs" / "tasks"):
+        assert made.stat().st_mode & 0o777 == 0o700, made
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["OK"] * len(lines)
     names = [line.split()[1].rstrip(":") for line in lines]
