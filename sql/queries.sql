@@ -589,8 +589,12 @@ RETURNING t.result_id;
 -- RUNNING rows whose lease ran out (worker crashed or lost the database): back to READY while
 -- attempts remain, else FAILED. Returns the rows and whether they failed terminally.
 WITH expired AS (
+    -- In the order of idx_task_runs_lock_key, whose entries are the RUNNING rows (NULL keys
+    -- included): under statistics that count no active row, the planner otherwise read every
+    -- active row, the READY backlog too, through idx_task_runs_spec_unique (worker_session).
     SELECT result_id FROM task_runs
     WHERE status = 'RUNNING' AND leased_until < now()
+    ORDER BY lock_key
     FOR UPDATE SKIP LOCKED
 )
 UPDATE task_runs t

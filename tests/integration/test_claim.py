@@ -861,6 +861,7 @@ _PLAN_VALUES = {
     "refund": 0,
     "lock_key": "k",
     "concurrency_key": "c",
+    "max_attempts_default": 3,
 }
 
 
@@ -898,3 +899,12 @@ def test_running_rows_of_a_key_are_found_through_the_key_indexes(conn, name):
     assert "idx_task_runs_spec_unique" not in text_plan, text_plan
     assert "using idx_task_runs_lock_key" in text_plan, text_plan
     assert "using idx_task_runs_concurrency_active" in text_plan, text_plan
+
+
+def test_expired_leases_are_found_among_the_running_rows_only(conn):
+    """The reclaim looks for RUNNING rows whose lease ran out; under statistics that count no
+    active row it read every active row (the READY backlog too) on every reclaim tick."""
+    _analyze_finished_history(conn)
+    text_plan = "\n".join(_worker_generic_plan(conn, "reclaim_expired"))
+    assert "idx_task_runs_spec_unique" not in text_plan, text_plan
+    assert "Index Scan using idx_task_runs_lock_key" in text_plan, text_plan
