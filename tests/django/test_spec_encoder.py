@@ -66,6 +66,21 @@ def test_a_spec_with_int_keys_is_hashed_as_it_is_stored():
     assert digest == spec_hash(stored)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        [[{10: "a", 2: "b"}]],  # a dict in a list in the args
+        [({"x": [1, {10: "a", 2: "b"}]},)],  # in a list in a dict in a tuple
+        ["s", 1, None, {"k": {"deep": [[{10: "a", 2: "b"}]]}}],  # after scalars, deep down
+    ],
+)
+def test_int_keys_anywhere_in_the_arguments_are_found(args):
+    from reproq_django.serialization import canonical_spec
+
+    _stored, _digest, text = canonical_spec({"args": args, "v": 1})
+    assert '{"10":"a","2":"b"}' in text, text
+
+
 def test_an_unpaired_surrogate_is_refused_with_the_storage_error():
     # It escaped as a bare UnicodeEncodeError from hashing; NaN and NUL got this message.
     from reproq_django.serialization import canonical_spec
