@@ -410,3 +410,31 @@ def test_the_cli_gets_the_databases_options_too(monkeypatch):
     assert (params["sslmode"], params["connect_timeout"]) == ("disable", "7")
     assert params["dbname"] == connections["default"].settings_dict["NAME"]
     assert "prepare_threshold" not in params and "context" not in params
+
+
+@pytest.mark.django_db
+def test_the_cli_connects_as_the_role_django_assumes(monkeypatch):
+    import psycopg
+    from django.db import connections
+    from psycopg import conninfo
+
+    from reproq_django.management.commands.reproq import database_dsn
+
+    role = "reproq test\\role"  # a space and a backslash, which libpq's options escape
+    login = database_dsn("default")
+    # Roles belong to the server, not to the test's transaction: made and dropped outside it.
+    with psycopg.connect(login, autocommit=True) as admin:
+        admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        admin.execute(f'CREATE ROLE "{role}" NOLOGIN')
+    try:
+        options = {"options": "-c search_path=public", "assume_role": role}
+        monkeypatch.setitem(connections["default"].settings_dict, "OPTIONS", options)
+        dsn = database_dsn("default")
+        assert "assume_role" not in conninfo.conninfo_to_dict(dsn)
+        # Django's SET ROLE covered its own connections only: the worker wrote as the login.
+        with psycopg.connect(dsn) as conn:
+            query = "SELECT current_user, current_setting('search_path')"
+            assert conn.execute(query).fetchone() == (role, "public")
+    finally:
+        with psycopg.connect(login, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')

@@ -85,14 +85,20 @@ def database_dsn(alias: str | None = None) -> str | None:
     # as a search_path, ...): without them the CLI reached another database, or the same
     # one without TLS. Django's keys that libpq does not know (cursor_factory, context,
     # prepare_threshold, pool) stay behind.
+    connection = connections[alias or default_db_alias()]
     try:
-        params = connections[alias or default_db_alias()].get_connection_params()
+        params = connection.get_connection_params()
     except ImproperlyConfigured as exc:
         raise CommandError(str(exc)) from None
     keywords = _libpq_keywords()
-    return conninfo.make_conninfo(
-        **{k: str(v) for k, v in params.items() if k in keywords and v not in (None, "")}
-    )
+    kept = {k: str(v) for k, v in params.items() if k in keywords and v not in (None, "")}
+    role = connection.settings_dict.get("OPTIONS", {}).get("assume_role")
+    if role:
+        # Django runs SET ROLE on each new connection; a role in libpq's startup options does
+        # the same for the CLI's. Without it, the worker wrote rows as the login user.
+        setting = "-c role=" + re.sub(r"([\\ ])", r"\\\1", str(role))
+        kept["options"] = f"{kept['options']} {setting}" if kept.get("options") else setting
+    return conninfo.make_conninfo(**kept)
 
 
 @functools.cache
