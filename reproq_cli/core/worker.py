@@ -459,37 +459,49 @@ class Worker:
     def _poll(self, slots: int) -> list[ClaimedTask]:
         """Claim up to ``slots`` tasks the way the Go worker's one-task polls share them out:
         the queues take turns from where the last claim left off, and an empty queue's turns
-        go to the queues after it. Each queue is asked once, for its turns among the slots
-        still free, so a busy queue still fills them in one statement."""
+        go to the other queues. Each queue is asked for its turns among the slots still free,
+        so a busy queue fills them in one statement; slots left over once every queue has
+        been asked go, in another pass, to the queues that gave every turn they were asked
+        for (those may hold more), as Go's next polls would."""
         queues = self.settings.queues
         count = len(queues)
         start = self._round_robin % count
         claimed: list[ClaimedTask] = []
-        last_turn = -1
-        for offset in range(count):
-            turns = -(-(slots - len(claimed)) // (count - offset))  # ceil: earlier queues first
-            if turns == 0:
-                break
-            queue = queues[(start + offset) % count]
-            try:
-                tasks = timed(
-                    lambda seconds, q=queue: self.metrics.observe_claim(q, seconds),
-                    lambda q=queue, n=turns: self._claim_from(q, n),
-                )
-            except DatabaseError as exc:
-                if not claimed:
-                    raise
-                # What the earlier queues gave is leased to us and must run; the error ends
-                # the round, as a failed claim ends Go's.
-                self.log.error("Polling error", error=str(exc))
-                break
-            for task in tasks:
-                self.metrics.task_claimed(queue, _age(task.enqueued_at))
-            if tasks:
-                # This queue's last task is its len(tasks)-th turn; the next poll starts
-                # after the queue that took the very last turn, as Go's would.
-                last_turn = max(last_turn, offset + count * (len(tasks) - 1))
-            claimed += tasks
+        taken = [0] * count  # tasks per queue, by its offset from start
+        asking = list(range(count))
+        while asking and len(claimed) < slots:
+            gave_all: list[int] = []
+            for position, offset in enumerate(asking):
+                free = slots - len(claimed)
+                turns = -(-free // (len(asking) - position))  # ceil: earlier queues first
+                if turns == 0:
+                    break
+                queue = queues[(start + offset) % count]
+                try:
+                    tasks = timed(
+                        lambda seconds, q=queue: self.metrics.observe_claim(q, seconds),
+                        lambda q=queue, n=turns: self._claim_from(q, n),
+                    )
+                except DatabaseError as exc:
+                    if not claimed:
+                        raise
+                    # What the earlier queues gave is leased to us and must run; the error
+                    # ends the round, as a failed claim ends Go's.
+                    self.log.error("Polling error", error=str(exc))
+                    gave_all = []
+                    break
+                for task in tasks:
+                    self.metrics.task_claimed(queue, _age(task.enqueued_at))
+                taken[offset] += len(tasks)
+                if len(tasks) == turns:
+                    gave_all.append(offset)
+                claimed += tasks
+            asking = gave_all
+        # The next poll starts after the queue that took the very last turn, as Go's would:
+        # a queue's last task is its taken-th turn, and the queues' turns alternate.
+        last_turn = max(
+            (offset + count * (n - 1) for offset, n in enumerate(taken) if n), default=-1
+        )
         self._round_robin = start + (last_turn % count if claimed else 0) + 1
         return claimed
 

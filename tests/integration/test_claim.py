@@ -274,6 +274,26 @@ def test_round_robin(conn, store):
     assert worker._round_robin == 3  # the next poll starts at q3
 
 
+def test_slots_left_by_an_empty_queue_after_a_busy_one_go_to_the_busy_one(conn, store):
+    # Go's polls each try the queues until one gives a task: with q2 empty, all six slots
+    # go to q1. Each queue asked once for its share, q1 gave three and q2's three were lost.
+    busy = [enqueue(conn, "add", i, i, columns={"queue_name": "q1"}) for i in range(10)]
+    worker = Worker(_settings(["q1", "q2"]), store, Logger())
+    assert [t.result_id for t in worker._poll(6)] == busy[:6]
+    assert worker._round_robin % 2 == 1  # q1 gave the last task: the next poll starts at q2
+
+
+def test_a_queue_that_runs_dry_leaves_its_turns_to_the_one_that_has_more(conn, store):
+    # Turn by turn, as Go's one-task polls go: q1, q2, q1, q2, q1, then q2 is empty and q1
+    # takes the sixth; the next poll starts after q1.
+    q1 = [enqueue(conn, "add", i, i, columns={"queue_name": "q1"}) for i in range(10)]
+    q2 = [enqueue(conn, "add", i, -i, columns={"queue_name": "q2"}) for i in range(2)]
+    worker = Worker(_settings(["q1", "q2"]), store, Logger())
+    got = [t.result_id for t in worker._poll(6)]
+    assert sorted(got) == sorted(q1[:4] + q2)
+    assert worker._round_robin % 2 == 1
+
+
 def _settings(queues):
     from reproq_cli.config import resolve
     from reproq_cli.core.worker import WorkerSettings
