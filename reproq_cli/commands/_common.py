@@ -9,13 +9,14 @@ from typing import Any
 import click
 
 from reproq_cli import console
-from reproq_cli.config import Config, parse_int64, resolve
+from reproq_cli.config import Config, parse_go_int, resolve
 from reproq_cli.db.connect import require_dsn
 from reproq_cli.defaults import Mode
 
 
 class _Int64(click.ParamType):
-    """What Go's flag.Int64 takes: a larger number is a usage error, not a lookup."""
+    """What Go's flag.Int and flag.Int64 take (0x10, 010 octal, 1_000); a number past 64
+    bits is a usage error, not a lookup."""
 
     name = "integer"
 
@@ -23,7 +24,7 @@ class _Int64(click.ParamType):
         if isinstance(value, int):
             return value
         try:
-            return parse_int64(value)
+            return parse_go_int(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -88,12 +89,6 @@ def database_url(config: Config) -> str:
     if notice:
         console.notice(notice)
     return dsn
-
-
-def clamp_limit(limit: int) -> int:
-    """A --limit as SQL's LIMIT takes it: a bigint; a larger one would fail the statement
-    and means "all of them" anyway."""
-    return min(limit, 2**63 - 1)
 
 
 def render_rows(headers: list[str], rows: list[list[str]]) -> None:

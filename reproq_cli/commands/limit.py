@@ -9,6 +9,7 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    INT64,
     command_dsn,
     config_option,
     dsn_option,
@@ -36,7 +37,7 @@ def command() -> None:
 @config_option
 @click.option("--key", default="", help="task:<task_path>, queue:<queue_name> or global.")
 @click.option("--rate", type=float, default=0.0, help="Tokens per second (0 disables).")
-@click.option("--burst", type=int, default=1, help="Bucket size.")
+@click.option("--burst", type=INT64, default=1, help="Bucket size.")
 @json_option
 def set_(
     dsn: str | None, config_path: str | None, key: str, rate: float, burst: int, as_json: bool

@@ -6,6 +6,7 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
+    INT64,
     command_dsn,
     config_option,
     dsn_option,
@@ -20,12 +21,12 @@ from reproq_cli.errors import ReproqError, UsageError
 @click.command(name="logs")
 @dsn_option
 @config_option
-@click.option("--id", "result_id", type=int, required=True, help="result_id of the task.")
+@click.option("--id", "result_id", type=INT64, required=True, help="result_id of the task.")
 @click.option(
     "--tail", "lines", type=click.IntRange(min=0), default=200, show_default=True,
     help="0 = all lines.",
 )  # fmt: skip
-@click.option("--max-bytes", type=int, default=1_000_000, show_default=True)
+@click.option("--max-bytes", type=INT64, default=1_000_000, show_default=True)
 @click.option("--show-path", is_flag=True, help="Print the logs_uri instead of the logs.")
 @json_option
 def command(

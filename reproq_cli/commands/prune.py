@@ -6,7 +6,7 @@ import click
 
 from reproq_cli import console
 from reproq_cli.commands._common import (
-    clamp_limit,
+    INT64,
     command_dsn,
     config_option,
     dsn_option,
@@ -25,7 +25,7 @@ def command() -> None:
 @command.command(name="expired")
 @dsn_option
 @config_option
-@click.option("--limit", type=int, default=0, help="At most N rows, earliest expiry first.")
+@click.option("--limit", type=INT64, default=0, help="At most N rows, earliest expiry first.")
 @click.option("--dry-run", is_flag=True, help="Count only.")
 @json_option
 def expired(
@@ -34,7 +34,7 @@ def expired(
     """Delete tasks past their expires_at (READY and WAITING included, RUNNING never)."""
     url = command_dsn(dsn, config_path)
     with connection(url) as conn, console.working("Pruning expired tasks"):
-        limited = clamp_limit(limit) if limit > 0 else None
+        limited = limit if limit > 0 else None
         count = prune_expired(conn, limit=limited, dry_run=dry_run)
     if as_json:
         console.print_json({"dry_run": dry_run, "count": count})

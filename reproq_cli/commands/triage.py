@@ -9,7 +9,6 @@ import click
 from reproq_cli import console
 from reproq_cli.commands._common import (
     INT64,
-    clamp_limit,
     command_dsn,
     config_option,
     dsn_option,
@@ -40,13 +39,13 @@ def command() -> None:
 @command.command(name="list")
 @dsn_option
 @config_option
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=INT64, default=50, show_default=True)
 @click.option("--queue", default="", help="Only this queue.")
 @json_option
 def list_(dsn: str | None, config_path: str | None, limit: int, queue: str, as_json: bool) -> None:
     """Most recent failures first."""
     with connection(command_dsn(dsn, config_path)) as conn:
-        rows = triage_list(conn, queue=queue or None, limit=clamp_limit(limit) if limit > 0 else 50)
+        rows = triage_list(conn, queue=queue or None, limit=limit if limit > 0 else 50)
     if as_json:
         console.print_json(rows)
         return

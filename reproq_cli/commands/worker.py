@@ -8,14 +8,14 @@ from typing import Any
 
 import click
 
-from reproq_cli.commands._common import config_option, database_url, load_config
+from reproq_cli.commands._common import INT64, config_option, database_url, load_config
 from reproq_cli.config import display_value, is_truthy
 from reproq_cli.defaults import WORKER_SETTINGS, Setting
 from reproq_cli.errors import ConfigError
 
 PRODUCTION_ENV = "REPROQ_PRODUCTION"
 
-_CLICK_TYPES: dict[str, click.ParamType] = {"int": click.INT, "float": click.FLOAT}
+_CLICK_TYPES: dict[str, click.ParamType] = {"int": INT64, "float": click.FLOAT}
 
 
 def _help(setting: Setting) -> str:

@@ -26,9 +26,14 @@ def test_cancel(run_cli, conn, db_dsn):
     huge = run_cli("cancel", "--dsn", db_dsn, "--id", "99999999999999999999")
     assert huge.returncode == 2
     assert "99999999999999999999 is out of range (a 64-bit integer)" in huge.stderr
-    underscored = run_cli("cancel", "--dsn", db_dsn, "--id", "5_0")  # int() read it as 50
-    assert underscored.returncode == 2
-    assert "'5_0' is not a valid integer" in underscored.stderr
+    # Go's flag package reads integers as Go literals: 0x10 is 16, 010 is 8, 5_0 is 50.
+    for given, meant in (("0x10", 16), ("010", 8), ("5_0", 50), ("-0b11", -3)):
+        found = run_cli("cancel", "--dsn", db_dsn, "--id", given)
+        assert found.stdout == f"No RUNNING task found for result_id {meant}\n", found.stderr
+    for bad in ("08", "1__0", " 5", "٣"):  # not octal, a doubled underscore, a space, not ASCII
+        refused = run_cli("cancel", "--dsn", db_dsn, "--id", bad)
+        assert refused.returncode == 2
+        assert f"{bad!r} is not a valid integer" in refused.stderr
 
 
 def test_logs(run_cli, conn, db_dsn, tmp_path):
@@ -220,9 +225,13 @@ def test_prune_expired(run_cli, conn, db_dsn):
     }
     assert row(conn, running)["status"] == "RUNNING"
     assert ready not in remaining
-    # Past a bigint, a limit is "all of them" (it was an internal error, exit 3).
+    # Past 64 bits a limit is a usage error, as Go's flag package makes it (it was an
+    # internal error, exit 3).
     huge = run_cli("prune", "expired", "--dsn", db_dsn, "--dry-run", "--limit", str(10**20))
-    assert huge.stdout == "Would prune 0 expired task(s)\n", huge.stderr
+    assert huge.returncode == 2
+    assert f"{10**20} is out of range (a 64-bit integer)" in huge.stderr
+    hex_limit = run_cli("prune", "expired", "--dsn", db_dsn, "--dry-run", "--limit", "0x10")
+    assert hex_limit.stdout == "Would prune 0 expired task(s)\n", hex_limit.stderr
 
 
 def test_triage(run_cli, conn, db_dsn):
@@ -241,8 +250,10 @@ def test_triage(run_cli, conn, db_dsn):
         run_cli("triage", "list", "--dsn", db_dsn, "--queue", "mail", "--json").stdout
     )
     assert [r["result_id"] for r in only_mail] == [a]
-    huge = run_cli("triage", "list", "--dsn", db_dsn, "--limit", str(10**20), "--json")
-    assert len(json.loads(huge.stdout)) == 2, huge.stderr
+    largest = run_cli("triage", "list", "--dsn", db_dsn, "--limit", str(2**63 - 1), "--json")
+    assert len(json.loads(largest.stdout)) == 2, largest.stderr
+    one = run_cli("triage", "list", "--dsn", db_dsn, "--limit", "0b1", "--json")
+    assert len(json.loads(one.stdout)) == 1, one.stderr
     shown = run_cli("triage", "inspect", "--dsn", db_dsn, "--id", str(a)).stdout.splitlines()
     assert shown[0] == f"Result ID: {a}"
     assert shown[4] == "Attempts: 3/3"

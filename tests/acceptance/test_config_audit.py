@@ -61,6 +61,21 @@ def test_toml_keys_match_in_any_case_as_go_toml_matches_them(run_cli, tmp_path):
     assert beat["beat.interval"] == ("10s", "reproq.toml: beat.interval")
 
 
+def test_integer_flags_are_read_as_go_literals(run_cli):
+    # Go's flag package (strconv.ParseInt, base 0): --concurrency 0x10 is 16, 010 is 8; the
+    # flags were read as decimal only, so 010 was 10 and 0x10 a usage error.
+    for given in ("0x10", "010", "1_6", "0o20"):
+        started = run_cli("worker", "--dsn", UNREACHABLE, "--concurrency", given)
+        assert_one_line_error(started, "cannot connect")  # got past the flags
+        assert started.returncode == 1
+    octal_eight = run_cli("worker", "--dsn", UNREACHABLE, "--concurrency", "08")
+    assert octal_eight.returncode == 2
+    assert_one_line_error(octal_eight, "--concurrency", "'08' is not a valid integer")
+    zero = run_cli("worker", "--dsn", UNREACHABLE, "--concurrency", "0x0")
+    assert zero.returncode == 2
+    assert_one_line_error(zero, "--concurrency")  # 0, refused as 0 is
+
+
 def test_integers_past_what_go_holds_are_refused_at_start(run_cli, tmp_path):
     # Both started the worker (a lease of 1e20 seconds then failed every claim with
     # PostgreSQL's "interval out of range"); Go's flag parser refuses what is past 64 bits.
