@@ -572,3 +572,36 @@ def test_yaml_scalars_are_read_as_gos_yaml_reads_them(tmp_path):
     (tmp_path / "reproq.yaml").write_text("worker:\n  poll_min_backoff: 5\n")
     with pytest.raises(ConfigError, match="missing unit in duration 5"):
         resolve("worker", env={}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("16", 16), ("0x10", 16), ("0X1f", 31), ("0x_1f", 31), ("0o20", 16), ("020", 16),
+        ("0_20", 16), ("0b1_0000", 16), ("1_000", 1000), ("0", 0), ("00", 0), ("-0x10", -16),
+        ("+7", 7), ("9223372036854775807", 2**63 - 1), ("-9223372036854775808", -(2**63)),
+    ],
+)  # fmt: skip
+def test_integer_flags_read_go_literals(text, value):
+    from reproq_cli.config import parse_go_int
+
+    assert parse_go_int(text) == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["08", "0o8", "0b2", "0x", "1__0", "_1", "1_", " 5", "5 ", "", "+", "--1", "1e3", "٣", "0x1g"],
+)
+def test_what_go_does_not_read_as_an_integer_flag_is_refused(text):
+    from reproq_cli.config import parse_go_int
+
+    with pytest.raises(ValueError, match="is not a valid integer"):
+        parse_go_int(text)
+
+
+def test_an_integer_flag_past_64_bits_is_refused():
+    from reproq_cli.config import parse_go_int
+
+    for text in ("9223372036854775808", "-0x8000000000000001"):
+        with pytest.raises(ValueError, match=rf"^{text} is out of range \(a 64-bit integer\)"):
+            parse_go_int(text)
