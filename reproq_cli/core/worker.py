@@ -326,6 +326,11 @@ class Worker:
                 hint="press Ctrl+C again to stop now",
             )
             self._stop_claiming.set()
+            # A claim waiting on a lock would hold the stop up until the lock is released.
+            # Off the signal handler's thread: a cancel request is a connection of its own.
+            threading.Thread(
+                target=self.store.interrupt_claims, name="interrupt-claims", daemon=True
+            ).start()
         else:
             self.log.warn("Second signal: stopping running tasks now", running=self.running_count())
             self._hard_stop.set()
@@ -419,6 +424,8 @@ class Worker:
                 tasks = self._poll(slots)
             except DatabaseError as exc:
                 self._release_slots(slots)
+                if self._stop_claiming.is_set():
+                    return  # most likely the claim interrupt_claims cancelled: nothing taken
                 self.log.error("Polling error", error=str(exc))
                 self._poll_errors += 1
                 if s.burst and self._poll_errors >= BURST_MAX_POLL_ERRORS:
@@ -487,7 +494,8 @@ class Worker:
                         raise
                     # What the earlier queues gave is leased to us and must run; the error
                     # ends the round, as a failed claim ends Go's.
-                    self.log.error("Polling error", error=str(exc))
+                    if not self._stop_claiming.is_set():  # else likely interrupt_claims'
+                        self.log.error("Polling error", error=str(exc))
                     gave_all = []
                     break
                 for task in tasks:

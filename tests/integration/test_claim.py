@@ -294,11 +294,26 @@ def test_a_queue_that_runs_dry_leaves_its_turns_to_the_one_that_has_more(conn, s
     assert worker._round_robin % 2 == 1
 
 
+def test_a_task_claimed_as_the_stop_came_is_handed_back_unstarted(conn, store):
+    # A claim that returns after the stop signal (it finished before the cancel reached it)
+    # hands its task back: READY, the attempt given back, nothing run.
+    rid = enqueue(conn, "add", 1, 1)
+    worker = Worker(_settings(["default"]), store, Logger())
+    [task] = worker._poll(1)
+    worker.request_stop()
+    assert worker._process(task) is True
+    handed_back = row(conn, rid)
+    assert (handed_back["status"], handed_back["attempts"]) == ("READY", 0)
+    assert handed_back["errors_json"][0]["kind"] == "worker_shutdown"
+    assert handed_back["errors_json"][0]["message"] == "worker shut down before the task started"
+
+
 def _settings(queues):
     from reproq_cli.config import resolve
     from reproq_cli.core.worker import WorkerSettings
 
-    config = resolve("worker", env={}, flags={"worker.queues": ",".join(queues)})
+    flags = {"worker.queues": ",".join(queues), "worker.allowed_task_modules": ["tests."]}
+    config = resolve("worker", env={}, flags=flags)
     return WorkerSettings.from_config(config, burst=True, max_tasks=0, env={})
 
 
