@@ -29,6 +29,10 @@ class Beat:
     def install_signal_handlers(self) -> None:
         def handler(_signum: int, _frame: Any) -> None:
             self._stop.set()
+            # Off the handler's thread: a cancel request is a connection of its own.
+            threading.Thread(
+                target=self.session.interrupt, name="interrupt-pass", daemon=True
+            ).start()
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
@@ -36,11 +40,13 @@ class Beat:
     def one_pass(self) -> None:
         try:
             result = run_pass(self.session, dt.datetime.now(dt.UTC), self._stop.is_set)
-        except DatabaseError as exc:
-            self.log.error("Failed to enqueue periodic tasks", error=str(exc), enqueued=0)
-            return
-        except PassStopped:
-            self.log.warn("Beat pass rolled back: shutting down", hint="the next pass enqueues it")
+        except (DatabaseError, PassStopped) as exc:
+            if isinstance(exc, DatabaseError) and not self._stop.is_set():
+                self.log.error("Failed to enqueue periodic tasks", error=str(exc), enqueued=0)
+            else:  # stopping: a database error is then most likely interrupt()'s cancel
+                self.log.warn(
+                    "Beat pass rolled back: shutting down", hint="the next pass enqueues it"
+                )
             return
         for message in result.errors:
             # The summary below keeps the Go worker's one line with the last error; each row's

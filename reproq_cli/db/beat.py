@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,9 @@ class BeatSession:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.conn = connect(dsn)
+        # interrupt() cancels only inside a pass, and a pass does not end while it does.
+        self._in_pass = False
+        self._pass_lock = threading.Lock()
 
     def close(self) -> None:
         self.conn.close()
@@ -48,11 +52,25 @@ class BeatSession:
 
     @contextlib.contextmanager
     def pass_transaction(self) -> Iterator[BeatPass]:
+        with self._pass_lock:
+            self._in_pass = True
         try:
             with self.conn.transaction():
                 yield BeatPass(self.conn)
         except psycopg.Error as exc:
             raise _error(exc) from None
+        finally:
+            with self._pass_lock:
+                self._in_pass = False
+
+    def interrupt(self) -> None:
+        """Cancel the statement of a pass in progress (the beat is stopping): one waiting on a
+        lock would hold the stop up until the lock is released. The pass then rolls back."""
+        with self._pass_lock:
+            if self._in_pass:
+                # If the cancel fails, the pass ends on its own and rolls back then.
+                with contextlib.suppress(psycopg.Error):
+                    self.conn.cancel_safe(timeout=5.0)
 
 
 class BeatPass:

@@ -99,7 +99,8 @@ def test_rows_that_used_to_crash_the_pass_fail_alone(run_cli, conn, db_dsn):
 
 def test_a_pass_the_stop_signal_catches_is_rolled_back(conn, conn_for, db_dsn, tmp_path):
     # The pass waited out a lock, then committed its runs after SIGTERM; Go's pass fails on its
-    # cancelled context.
+    # cancelled context. Then it waited out the lock and rolled back; now the stop cancels
+    # the waiting statement, and the beat exits with the lock still held.
     conn.execute(INSERT, ("good", "* * * * *", "myapp.a", "{}", "2025-01-01T00:00:00Z"))
     blocker = conn_for(db_dsn)
     with blocker.transaction():
@@ -107,7 +108,8 @@ def test_a_pass_the_stop_signal_catches_is_rolled_back(conn, conn_for, db_dsn, t
         proc = beat(db_dsn, tmp_path)
         wait_for(lambda: waiting_on_task_runs(conn), what="the pass waiting on the lock")
         proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=30) == 0
+        assert not waiting_on_task_runs(conn)
     messages = [e["msg"] for e in parse_logs((tmp_path / "beat.out").read_text())]
     assert "Beat pass rolled back: shutting down" in messages
     assert "Enqueued periodic tasks" not in messages
