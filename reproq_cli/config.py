@@ -290,8 +290,9 @@ def resolve_config_path(
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; Go's yaml.v3 (and TOML) refuse them. A second
-    ``worker:`` would otherwise drop every setting of the first without a word."""
+    """Config files as Go's yaml.v3 reads them where PyYAML differs. PyYAML keeps the last of
+    two equal keys; yaml.v3 (and TOML) refuse them: a second ``worker:`` would otherwise drop
+    every setting of the first without a word. Booleans: below."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -306,6 +307,25 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2's booleans, which Go's yaml.v3 reads: only true and false. PyYAML follows YAML
+# 1.1, where yes/no/on/off/y/n are booleans too, so `worker_id: on` was refused and
+# `queues: [yes]` a boolean; as plain words they are strings here, as in Go (a bool setting
+# still takes yes, no, on and off, as yaml.v3 does for a typed bool).
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+# The YAML 1.1 words yaml.v3 still takes for a bool field.
+_YAML11_BOOLS = {
+    **dict.fromkeys(("y", "Y", "yes", "Yes", "YES", "on", "On", "ON"), True),
+    **dict.fromkeys(("n", "N", "no", "No", "NO", "off", "Off", "OFF"), False),
+}
 
 
 def load_file(path: Path, *, cwd: Path | None = None) -> dict[str, Any]:
@@ -474,6 +494,8 @@ def _coerce_file(setting: Setting, value: Any) -> Any:
     if kind == "bool":
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value in _YAML11_BOOLS:
+            return _YAML11_BOOLS[value]
         if isinstance(value, str):
             return parse_bool(value)
         raise ValueError(f"{json.dumps(value, default=str)} is not a boolean")

@@ -605,3 +605,20 @@ def test_an_integer_flag_past_64_bits_is_refused():
     for text in ("9223372036854775808", "-0x8000000000000001"):
         with pytest.raises(ValueError, match=rf"^{text} is out of range \(a 64-bit integer\)"):
             parse_go_int(text)
+
+
+def test_yaml_words_are_read_as_go_reads_them(tmp_path):
+    # yaml.v3 follows YAML 1.2: only true and false are booleans. PyYAML (YAML 1.1) made
+    # `worker_id: on` a boolean (refused) and `queues: [yes, no]` two booleans.
+    (tmp_path / "reproq.yaml").write_text(
+        "worker:\n  worker_id: on\n  queues: [yes, no, Off]\n  no_listen: y\n  pool_no_fork: NO\n"
+    )
+    config = resolve("worker", env={}, cwd=tmp_path)
+    assert config.get("worker.worker_id") == "on"
+    assert config.get("worker.queues") == ["yes", "no", "Off"]
+    # A bool setting takes the YAML 1.1 words, as yaml.v3 does for a typed bool.
+    assert config.get("worker.no_listen") is True
+    assert config.get("worker.pool_no_fork") is False
+    (tmp_path / "reproq.yaml").write_text("worker:\n  worker_id: true\n")
+    with pytest.raises(ConfigError, match=r"worker\.worker_id .*true is a boolean"):
+        resolve("worker", env={}, cwd=tmp_path)
