@@ -94,6 +94,11 @@ class TaskStore:
                 if self.stopping() or waited >= self.pool.timeout:
                     raise PoolTimeout(f"couldn't get a connection after {waited:.2f} sec") from None
         with self._claiming_lock:
+            # Checked under the lock interrupt_claims takes after the stop is set: a claim
+            # either starts before it (and is cancelled) or sees the stop and does not start.
+            if self.stopping():
+                self.pool.putconn(conn)
+                raise PoolTimeout("the worker is stopping: no new claim")
             self._claiming.add(conn)
         try:
             yield conn
