@@ -27,8 +27,10 @@ class BeatSession:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.conn = connect(dsn)
-        # interrupt() cancels only inside a pass, and a pass does not end while it does.
+        # interrupt() cancels only inside a pass, and a pass does not end while it does; once
+        # it has run, no new pass starts.
         self._in_pass = False
+        self._interrupted = False
         self._pass_lock = threading.Lock()
 
     def close(self) -> None:
@@ -53,6 +55,8 @@ class BeatSession:
     @contextlib.contextmanager
     def pass_transaction(self) -> Iterator[BeatPass]:
         with self._pass_lock:
+            if self._interrupted:
+                raise DatabaseError("the beat is stopping: no new pass")
             self._in_pass = True
         try:
             with self.conn.transaction():
@@ -65,8 +69,10 @@ class BeatSession:
 
     def interrupt(self) -> None:
         """Cancel the statement of a pass in progress (the beat is stopping): one waiting on a
-        lock would hold the stop up until the lock is released. The pass then rolls back."""
+        lock would hold the stop up until the lock is released. The pass then rolls back, and
+        no pass starts after this."""
         with self._pass_lock:
+            self._interrupted = True
             if self._in_pass:
                 # If the cancel fails, the pass ends on its own and rolls back then.
                 with contextlib.suppress(psycopg.Error):
