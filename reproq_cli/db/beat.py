@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 
-from reproq_cli.db.connect import connect, one_line
+from reproq_cli.db.connect import Interruptible, connect, one_line
 from reproq_cli.db.queries import query
 from reproq_cli.errors import DatabaseError
 
@@ -27,11 +26,7 @@ class BeatSession:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.conn = connect(dsn)
-        # interrupt() cancels only inside a pass, and a pass does not end while it does; once
-        # it has run, no new pass starts.
-        self._in_pass = False
-        self._interrupted = False
-        self._pass_lock = threading.Lock()
+        self._passes = Interruptible("the beat is stopping: no new pass")
 
     def close(self) -> None:
         self.conn.close()
@@ -54,29 +49,16 @@ class BeatSession:
 
     @contextlib.contextmanager
     def pass_transaction(self) -> Iterator[BeatPass]:
-        with self._pass_lock:
-            if self._interrupted:
-                raise DatabaseError("the beat is stopping: no new pass")
-            self._in_pass = True
         try:
-            with self.conn.transaction():
+            with self._passes.running(self.conn), self.conn.transaction():
                 yield BeatPass(self.conn)
         except psycopg.Error as exc:
             raise _error(exc) from None
-        finally:
-            with self._pass_lock:
-                self._in_pass = False
 
     def interrupt(self) -> None:
-        """Cancel the statement of a pass in progress (the beat is stopping): one waiting on a
-        lock would hold the stop up until the lock is released. The pass then rolls back, and
-        no pass starts after this."""
-        with self._pass_lock:
-            self._interrupted = True
-            if self._in_pass:
-                # If the cancel fails, the pass ends on its own and rolls back then.
-                with contextlib.suppress(psycopg.Error):
-                    self.conn.cancel_safe(timeout=5.0)
+        """Cancel the statement of a pass in progress, which then rolls back, and start no
+        more passes (the beat is stopping)."""
+        self._passes.interrupt()
 
 
 class BeatPass:

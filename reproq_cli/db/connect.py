@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -183,3 +184,40 @@ def require_dsn(dsn: str, env: Mapping[str, str]) -> tuple[str, str | None]:
         f"(set {embedded.DIR_ENV} to move it, REPROQ_EMBEDDED=0 to turn this off)"
     )
     return url, notice
+
+
+class Interruptible:
+    """Statements a stop may cancel. A connection is registered while it runs them
+    (``running``); ``interrupt`` cancels the registered ones, and no registration succeeds
+    after it: one waiting on a lock would otherwise hold the stop up until the lock is released.
+
+    The lock keeps a connection registered (so not back in a pool) while a cancel request for
+    it is in flight; a cancel that reaches an idle connection is ignored by the server."""
+
+    def __init__(self, refusal: str) -> None:
+        self._refusal = refusal
+        self._lock = threading.Lock()
+        self._running: set[psycopg.Connection[Any]] = set()
+        self._interrupted = False
+
+    @contextlib.contextmanager
+    def running(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """Run the block's statements on ``conn`` cancellably; DatabaseError(refusal) once
+        interrupted."""
+        with self._lock:
+            if self._interrupted:
+                raise DatabaseError(self._refusal)
+            self._running.add(conn)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running.discard(conn)
+
+    def interrupt(self) -> None:
+        with self._lock:
+            self._interrupted = True
+            for conn in self._running:
+                # If the cancel fails, the statement ends on its own and the stop waits for it.
+                with contextlib.suppress(psycopg.Error):
+                    conn.cancel_safe(timeout=5.0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -19,7 +18,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from reproq_cli.db.connect import connect, one_line, worker_session
+from reproq_cli.db.connect import Interruptible, connect, one_line, worker_session
 from reproq_cli.db.queries import query
 from reproq_cli.errors import DatabaseError
 from reproq_cli.models import ClaimedTask, Failure, ReclaimedTask
@@ -75,10 +74,8 @@ class TaskStore:
         # Set by the worker when it stops: a claim waiting for a connection gives up at once
         # (with the database down it waited the pool's 30 s, and the exit with it).
         self.stopping: Callable[[], bool] = lambda: False
-        # The connections claims run on right now, for interrupt_claims; the lock keeps a
-        # connection from going back to the pool while a cancel request for it is in flight.
-        self._claiming: set[psycopg.Connection[dict[str, Any]]] = set()
-        self._claiming_lock = threading.Lock()
+        # Claims in flight, which interrupt_claims cancels.
+        self._claims = Interruptible("the worker is stopping: no new claim")
 
     @contextlib.contextmanager
     def _claim_connection(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
@@ -93,30 +90,16 @@ class TaskStore:
                 waited = time.monotonic() - started
                 if self.stopping() or waited >= self.pool.timeout:
                     raise PoolTimeout(f"couldn't get a connection after {waited:.2f} sec") from None
-        with self._claiming_lock:
-            # Checked under the lock interrupt_claims takes after the stop is set: a claim
-            # either starts before it (and is cancelled) or sees the stop and does not start.
-            if self.stopping():
-                self.pool.putconn(conn)
-                raise PoolTimeout("the worker is stopping: no new claim")
-            self._claiming.add(conn)
         try:
-            yield conn
+            with self._claims.running(conn):
+                yield conn
         finally:
-            with self._claiming_lock:
-                self._claiming.discard(conn)
             self.pool.putconn(conn)
 
     def interrupt_claims(self) -> None:
-        """Cancel the claim statements running now (the worker is stopping): one waiting on a
-        lock would otherwise hold the stop up until the lock is released. The interrupted
-        claim fails and rolls back; nothing of it is kept. A cancel that arrives after its
-        statement ended is ignored by the server (the connection is idle then)."""
-        with self._claiming_lock:
-            for conn in self._claiming:
-                # If the cancel fails, the claim ends on its own and the stop waits for it.
-                with contextlib.suppress(psycopg.Error):
-                    conn.cancel_safe(timeout=5.0)
+        """Cancel the claim statements running now, and start no more (the worker is
+        stopping). The interrupted claim fails and rolls back; nothing of it is kept."""
+        self._claims.interrupt()
 
     # --- claim ------------------------------------------------------------------------------
 
