@@ -417,13 +417,18 @@ def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
+def fits_int64(number: int) -> bool:
+    """Whether Go's int (64 bits) holds ``number``: its flag and file parsers refuse the rest."""
+    return -(2**63) <= number < 2**63
+
+
 def parse_int64(text: str) -> int:
     """An int64 as Go's strconv.ParseInt reads it: ASCII digits, an optional sign, no
     spaces (int() also took "5_0" and other scripts' digits). ValueError says why not."""
     if not _INTEGER.fullmatch(text):
         raise ValueError(f"{text!r} is not a valid integer")
     number = int(text)
-    if not -(2**63) <= number < 2**63:
+    if not fits_int64(number):
         raise ValueError(f"{text} is out of range (a 64-bit integer)")
     return number
 
@@ -449,7 +454,7 @@ def parse_go_int(text: str) -> int:
         number = int(digits, 0)
     if text.startswith("-"):
         number = -number
-    if not -(2**63) <= number < 2**63:
+    if not fits_int64(number):
         raise ValueError(f"{text} is out of range (a 64-bit integer)")
     return number
 
@@ -573,8 +578,7 @@ def _check_range(setting: Setting, value: Any) -> str | None:
             if setting.kind == "duration":
                 return "must not be negative"
             return f"must be >= {_number(setting.minimum)}"
-        if setting.kind == "int" and not -(2**63) <= value < 2**63:
-            # Go's int: its flag and file parsers refuse what does not fit in 64 bits.
+        if setting.kind == "int" and not fits_int64(value):
             return "is out of range (a 64-bit integer)"
     if setting.choices is not None and value not in setting.choices:
         return f"must be one of {', '.join(setting.choices)}"
