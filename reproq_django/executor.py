@@ -19,7 +19,11 @@ import os
 import signal
 import sys
 import traceback
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
+
+if TYPE_CHECKING:
+    # Django is imported once the settings are known (run_spec, serve).
+    from django.tasks import Task
 
 DEBUG_ENV = "REPROQ_EXECUTOR_DEBUG"
 
@@ -136,11 +140,15 @@ def run_spec(
     spec: dict[str, Any], *, result_id: str, attempt: int, task_path: str | None = None
 ) -> tuple[bool, str]:
     """Run one task in this (set-up) process: (ok, the envelope as one line of JSON)."""
+    from django.tasks import Task
+    from django.tasks import signals as django_signals
+    from django.tasks.base import TaskError
     from django.utils.module_loading import import_string
 
     from reproq_django import signals
     from reproq_django.context import TaskContext
-    from reproq_django.db import resolve_queue_db
+    from reproq_django.db import format_result_id, resolve_queue_db
+    from reproq_django.proxy import RunningResult, resolve_task
     from reproq_django.serialization import NUL_REFUSED, decode_args_kwargs, holds_nul
 
     task_path = task_path or spec.get("task_path") or ""
@@ -169,17 +177,28 @@ def run_spec(
         db_alias=alias,
     )
     captured = io.StringIO()
+    args, kwargs = list(spec.get("args") or []), dict(spec.get("kwargs") or {})
+    django_result: RunningResult | None = None  # set once Django's task_started is sent
     try:
         try:
-            call_args, call_kwargs = decode_args_kwargs(
-                list(spec.get("args") or []), dict(spec.get("kwargs") or {}), using=alias
-            )
+            call_args, call_kwargs = decode_args_kwargs(args, kwargs, using=alias)
         except Exception as exc:
             raise RuntimeError(f"Failed to deserialize arguments: {exc}") from exc
         takes_context = bool(spec.get("takes_context") or getattr(obj, "takes_context", False))
         if takes_context:
             call_args = [context, *call_args]
         _send(signals.task_started, task_context=context)
+        running = RunningResult.start(
+            task=obj if isinstance(obj, Task) else resolve_task(task_path, "default"),
+            result_id=format_result_id(result_id, alias),
+            row_id=result_id,
+            db_alias=alias,
+            args=args,
+            kwargs=kwargs,
+        )
+        sender = _backend_class(running.task)
+        django_result = running
+        _send(django_signals.task_started, sender=sender, task_result=running)
         with contextlib.redirect_stdout(captured):
             value = func(*call_args, **call_kwargs)
             if inspect.isawaitable(value):
@@ -193,10 +212,22 @@ def run_spec(
         _report_prints(captured)
         _save_metadata(context)
         _send(signals.task_finished, task_context=context, ok=False, error=exc)
-        return False, json.dumps(_failure(exc))
+        failure = _failure(exc)
+        if django_result is not None:
+            django_result.finish(
+                error=TaskError(
+                    exception_class_path=failure["exception_class"],
+                    traceback=failure["traceback"],
+                )
+            )
+            # Still inside the handler: Django's own receiver logs sys.exc_info() with it.
+            _send(django_signals.task_finished, sender=sender, task_result=django_result)
+        return False, json.dumps(failure)
     _report_prints(captured)
     _save_metadata(context)
     _send(signals.task_finished, task_context=context, ok=True)
+    running.finish(envelope=text)
+    _send(django_signals.task_finished, sender=sender, task_result=running)
     return True, text
 
 
@@ -303,9 +334,21 @@ def _save_metadata(context: Any) -> None:
         context.save_metadata()
 
 
-def _send(signal_obj: Any, **kwargs: Any) -> None:
-    with contextlib.suppress(Exception):
-        signal_obj.send(sender="reproq_django.executor", **kwargs)
+def _send(signal_obj: Any, *, sender: Any = "reproq_django.executor", **kwargs: Any) -> None:
+    # What a receiver prints goes to stderr: on stdout it would corrupt the envelope.
+    with contextlib.suppress(Exception), contextlib.redirect_stdout(sys.stderr):
+        signal_obj.send(sender=sender, **kwargs)
+
+
+def _backend_class(task: Task) -> type:
+    """The sender of Django's signals: the class of the task's backend, as Django's own
+    backends send them."""
+    try:
+        return type(task.get_backend())
+    except Exception:  # a row's backend alias this project does not configure
+        from reproq_django.backend import ReproqBackend
+
+        return ReproqBackend
 
 
 def main() -> NoReturn:

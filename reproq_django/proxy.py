@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.db import DatabaseError
 from django.tasks import Task, TaskResultStatus
 from django.tasks.base import TaskError, TaskResult
 from django.tasks.exceptions import TaskResultDoesNotExist
+from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from reproq_django.models import TaskRun, TaskRunStatus
@@ -198,3 +201,112 @@ class TaskResultProxy(TaskResult):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"task {self.id} still {self.raw_status} after {timeout}s")
             await asyncio.sleep(poll_interval)
+
+
+_FIELDS = tuple(spec.name for spec in dataclasses.fields(TaskResultProxy))
+
+
+class RunningResult(TaskResultProxy):
+    """The result the executor hands Django's ``task_started`` and ``task_finished``.
+
+    What the executor knows (the task, id, status, arguments and, once finished, the
+    outcome) is set when it is made; the rest of the row is read the first time anything
+    asks for it. Django's own receivers log the id, path and status only, so a task run
+    costs no query for them. The worker writes the attempt's outcome after the executor
+    answers: the row says RUNNING until then, so ``raw_status`` does too, and ``status``,
+    ``finished_at``, the return value and this attempt's error come from the executor.
+    """
+
+    __slots__ = ("_late_errors", "_return_text")
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        task: Task,
+        result_id: str,
+        row_id: str,
+        db_alias: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+    ) -> RunningResult:
+        result = object.__new__(cls)
+        known: dict[str, Any] = {
+            "task": task,
+            "id": result_id,
+            "status": TaskResultStatus.RUNNING,
+            "raw_status": TaskRunStatus.RUNNING,
+            "args": args,
+            "kwargs": kwargs,
+            "result_id": row_id,
+            "db_alias": db_alias,
+            "_late_errors": (),
+            "_return_text": None,
+        }
+        for name, value in known.items():
+            object.__setattr__(result, name, value)
+        return result
+
+    def finish(self, *, error: TaskError | None = None, envelope: str | None = None) -> None:
+        """The attempt ended: with ``error``, or successfully with the envelope's JSON text
+        (its ``return`` is parsed only if asked for)."""
+        object.__setattr__(
+            self, "status", TaskResultStatus.FAILED if error else TaskResultStatus.SUCCESSFUL
+        )
+        object.__setattr__(self, "finished_at", timezone.now())
+        if error is None:
+            object.__setattr__(self, "_return_text", envelope)
+            if _has(self, "_return_value"):  # read from the row while it was running
+                object.__delattr__(self, "_return_value")
+        elif _has(self, "errors"):
+            object.__setattr__(self, "errors", [*self.errors, error])
+        else:
+            object.__setattr__(self, "_late_errors", (*self._late_errors, error))
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for a slot not set yet: the first such look-up reads the row.
+        if name not in _FIELDS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        if name == "_return_value" and self._return_text is not None:
+            value = json.loads(self._return_text).get("return")
+            object.__setattr__(self, name, value)
+            return value
+        self._fill()
+        return object.__getattribute__(self, name)
+
+    def _fill(self) -> None:
+        row: TaskResultProxy | None
+        try:
+            row = TaskResultProxy.read(self.db_alias, self.result_id, self.id)
+        except (TaskResultDoesNotExist, DatabaseError):
+            row = None  # an executor run by hand, without a row, or the database is away
+        for name in _FIELDS:
+            if _has(self, name):
+                continue
+            if name == "_return_value" and self._return_text is not None:
+                value = self._return_value  # parsed from the envelope, not the row
+            elif row is not None:
+                value = getattr(row, name)
+            else:
+                value = _without_row(self, name)
+            if name == "errors":
+                value = [*value, *self._late_errors]
+            object.__setattr__(self, name, value)
+
+
+def _has(result: RunningResult, name: str) -> bool:
+    try:
+        object.__getattribute__(result, name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _without_row(result: RunningResult, name: str) -> Any:
+    if name == "backend":
+        return result.task.backend
+    if name in ("errors", "worker_ids", "errors_json"):
+        return []
+    if name == "metadata":
+        return {}
+    return None  # the timestamps, data, the return value
