@@ -875,16 +875,27 @@ SELECT count(*) FILTER (WHERE paused) AS paused FROM reproq_queue_controls;
 
 -- name: metrics_concurrency_blocked
 -- READY rows that cannot be claimed now because their key is already at its limit.
-WITH running AS (
-    SELECT concurrency_key, count(*) AS n
+-- The READY rows are counted per key and limit first, then each key's RUNNING rows are
+-- counted (up to the limit) through the key's own index. Joining every READY row to the
+-- RUNNING counts instead let statistics taken while no row was READY or RUNNING pick a nested
+-- loop that aggregated the RUNNING rows again for each READY row: 13 s a scrape with 50,000
+-- READY rows and 1,000 RUNNING, against 47 ms this way (33 ms either way once analyzed).
+WITH ready AS (
+    SELECT concurrency_key, concurrency_limit, count(*) AS n
     FROM task_runs
-    WHERE status = 'RUNNING' AND concurrency_key IS NOT NULL
-    GROUP BY concurrency_key
+    WHERE status = 'READY' AND concurrency_limit > 0 AND concurrency_key IS NOT NULL
+    GROUP BY concurrency_key, concurrency_limit
 )
-SELECT count(*) AS blocked
-FROM task_runs t
-JOIN running r ON r.concurrency_key = t.concurrency_key
-WHERE t.status = 'READY' AND t.concurrency_limit > 0 AND r.n >= t.concurrency_limit;
+SELECT COALESCE(sum(g.n), 0)::bigint AS blocked
+FROM ready g
+WHERE (
+    SELECT count(*) FROM (
+        SELECT 1 FROM task_runs r
+        WHERE r.status = 'RUNNING' AND r.concurrency_key = g.concurrency_key
+        ORDER BY r.leased_until
+        LIMIT g.concurrency_limit
+    ) AS running
+) >= g.concurrency_limit;
 
 -- ---------------------------------------------------------------------------------------------
 -- reproq_django: enqueue (ReproqBackend on PostgreSQL)

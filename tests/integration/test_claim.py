@@ -916,7 +916,9 @@ def _worker_generic_plan(conn, name: str) -> list[str]:
         # $n for parameters of the PREPARE itself.
         conn.pgconn.exec_(f"PREPARE plan_of AS {text}".encode())
         arguments = sql.SQL(", ").join(sql.Literal(_PLAN_VALUES[n]) for n in names)
-        explain = sql.SQL("EXPLAIN EXECUTE plan_of({})").format(arguments)
+        explain = sql.SQL("EXPLAIN EXECUTE plan_of{}").format(
+            sql.SQL("({})").format(arguments) if names else sql.SQL("")
+        )
         plan = [r[0] for r in conn.execute(explain)]
         conn.execute("DEALLOCATE plan_of")
     return plan
@@ -943,3 +945,57 @@ def test_expired_leases_are_found_among_the_running_rows_only(conn):
     text_plan = "\n".join(_worker_generic_plan(conn, "reclaim_expired"))
     assert "idx_task_runs_spec_unique" not in text_plan, text_plan
     assert "Index Scan using idx_task_runs_lock_key" in text_plan, text_plan
+
+
+def _running(conn, key: str | None, limit: int, count: int) -> None:
+    for _ in range(count):
+        rid = enqueue(
+            conn,
+            "add",
+            1,
+            2,
+            unique=uuid.uuid4().hex,
+            columns={"concurrency_key": key, "concurrency_limit": limit},
+        )
+        conn.execute(
+            "UPDATE task_runs SET status = 'RUNNING', leased_until = now() + interval '1 hour'"
+            " WHERE result_id = %s",
+            (rid,),
+        )
+
+
+def test_concurrency_blocked_metric_counts_the_ready_rows_whose_key_is_full(conn):
+    """The gauge reproq_concurrency_blocked_tasks: READY rows whose key already has as many
+    RUNNING rows as the row's own limit."""
+    for key, limit, running, ready in [
+        ("full", 2, 2, 3),  # blocked: 3
+        ("room", 2, 1, 4),  # one slot left
+        ("unlimited", 0, 5, 2),  # a limit of 0 is no limit
+        ("", 1, 1, 2),  # an empty key is a key here too: blocked: 2
+        (None, 1, 0, 2),  # no key
+    ]:
+        _running(conn, key, limit, running)
+        for _ in range(ready):
+            enqueue(
+                conn,
+                "add",
+                1,
+                2,
+                unique=uuid.uuid4().hex,
+                columns={"concurrency_key": key, "concurrency_limit": limit},
+            )
+    # The same key with a higher limit on the row: room for it.
+    enqueue(conn, "add", 1, 2, columns={"concurrency_key": "full", "concurrency_limit": 3})
+    blocked = conn.execute(query("metrics_concurrency_blocked")).fetchone()
+    assert blocked[0] == 5
+
+
+def test_concurrency_blocked_metric_reads_running_rows_per_key_not_per_ready_row(conn):
+    """Under statistics that count no active row, the metric's plan aggregated the RUNNING
+    rows again for each READY row (a nested loop): 13 s a scrape with 50,000 READY rows.
+    Each key's RUNNING rows must be read through the key's own index, once per key."""
+    _analyze_finished_history(conn)
+    text_plan = "\n".join(_worker_generic_plan(conn, "metrics_concurrency_blocked"))
+    assert "Nested Loop" not in text_plan, text_plan
+    assert "Index Only Scan using idx_task_runs_concurrency_active" in text_plan, text_plan
+    assert "Index Cond: (concurrency_key = g.concurrency_key)" in text_plan, text_plan
