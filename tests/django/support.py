@@ -1,4 +1,5 @@
-"""Helpers for Django tests that need a separate process on SQLite settings."""
+"""Helpers for Django tests that run a separate process: on SQLite settings, or a worker
+on the test database."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import REPO_ROOT
+from tests.support.harness import WorkerFactory
 
 
 def sqlite_env(**extra: str) -> dict[str, str]:
@@ -31,3 +33,22 @@ def run_sqlite_script(script: str, cwd: Path, **extra_env: str) -> subprocess.Co
         cwd=cwd,
         timeout=120,
     )
+
+
+def run_worker(
+    factory: WorkerFactory,
+    *flags: str,
+    modules: tuple[str, ...] = ("tests.django.sampleapp.tasks.",),
+) -> subprocess.CompletedProcess[str]:
+    """A `reproq worker --burst` on tests.django.settings, run to its end; it must exit 0."""
+    run = factory.run(
+        "--queues",
+        "default,high",
+        *flags,
+        env={"DJANGO_SETTINGS_MODULE": "tests.django.settings"},
+        executor_module="reproq_django.executor",
+        allowed_task_modules=list(modules),
+        python_bin=sys.executable,
+    )
+    assert run.returncode == 0, run.stderr
+    return run

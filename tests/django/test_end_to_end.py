@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from django.tasks import TaskResultStatus
 from reproq_django.models import TaskRun, WorkflowRun
 from reproq_django.workflows import chain, chord, group
 from tests.django.sampleapp import tasks
+from tests.django.support import run_worker
 from tests.support.harness import WorkerFactory, process_alive, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.executors("spawn", "pool")]
@@ -23,20 +23,6 @@ def django_workers(tmp_path, executor_kind):
     factory = WorkerFactory(os.environ["REPROQ_TEST_DJANGO_DSN"], tmp_path, executor=executor_kind)
     yield factory
     factory.cleanup()
-
-
-def run_worker(factory: WorkerFactory, *flags: str):
-    run = factory.run(
-        "--queues",
-        "default,high",
-        *flags,
-        env={"DJANGO_SETTINGS_MODULE": "tests.django.settings"},
-        executor_module="reproq_django.executor",
-        allowed_task_modules=["tests.django.sampleapp.tasks."],
-        python_bin=sys.executable,
-    )
-    assert run.returncode == 0, run.stderr
-    return run
 
 
 def test_success_failure_context_async_and_prints(django_workers, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from reproq_django.executor import run_spec
 from reproq_django.models import TaskRun
 from tests.django.sampleapp import signal_tasks
+from tests.django.support import run_worker
 from tests.support.harness import WorkerFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -34,19 +34,16 @@ def test_a_worker_run_sends_both_signals_with_the_row_behind_them(tmp_path, exec
     bad = signal_tasks.refused.enqueue(7, record=str(record))
     factory = WorkerFactory(os.environ["REPROQ_TEST_DJANGO_DSN"], tmp_path, executor=executor_kind)
     try:
-        run = factory.run(
+        run_worker(
+            factory,
             "--max-tasks",
             "2",
             "--concurrency",
             "1",
-            env={"DJANGO_SETTINGS_MODULE": "tests.django.settings"},
-            executor_module="reproq_django.executor",
-            allowed_task_modules=["tests.django.sampleapp.signal_tasks."],
-            python_bin=sys.executable,
+            modules=("tests.django.sampleapp.signal_tasks.",),
         )
     finally:
         factory.cleanup()
-    assert run.returncode == 0, run.stderr
     ok.refresh()
     assert ok.return_value == 42  # the receivers' prints stayed off the envelope
     bad.refresh()
