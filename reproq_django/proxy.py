@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError
 from django.tasks import Task, TaskResultStatus
 from django.tasks.base import TaskError, TaskResult
 from django.tasks.exceptions import TaskResultDoesNotExist
@@ -278,8 +277,8 @@ class RunningResult(TaskResultProxy):
         row: TaskResultProxy | None
         try:
             row = TaskResultProxy.read(self.db_alias, self.result_id, self.id)
-        except (TaskResultDoesNotExist, DatabaseError):
-            row = None  # an executor run by hand, without a row, or the database is away
+        except TaskResultDoesNotExist:
+            row = None  # an executor run by hand, without a row
         for name in _FIELDS:
             if _has(self, name):
                 continue
