@@ -6,11 +6,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.django.support import sqlite_env
+from tests.support.harness import wait_for
 
 
 def run(*flags: str, stdin: str | None = None, settings: str | None = "tests.django.settings"):
@@ -140,16 +140,20 @@ def test_sigterm_gives_a_terminated_envelope():
          json.dumps({"task_path": "reproq_django.tasks.debug_noop_task", "kwargs": {"sleep_seconds": 30}})],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    # wait until Django is set up and the task sleeps: the process is then idle
-    while time.monotonic() < deadline:
-        with open(f"/proc/{proc.pid}/stat") as handle:
-            if handle.read().split(")")[-1].split()[0] == "S":
-                time.sleep(0.5)
-                break
-        time.sleep(0.05)
+    # Wait until the executor catches SIGTERM (its handler goes in once Django is set up):
+    # a process seen sleeping earlier may still be loading, and SIGTERM would kill it.
+    wait_for(lambda: _catches(proc.pid, signal.SIGTERM), timeout=30, what="a SIGTERM handler")
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 1
     envelope = json.loads(out.strip().splitlines()[-1])
     assert envelope["exception_class"] == "Terminated"
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (SigCgt in /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False

@@ -233,9 +233,11 @@ def test_rate_limit_most_specific_existing_key_wins(conn, store):
 def test_global_limit(conn, store):
     enqueue(conn, "add", 1, 1)
     conn.execute(
-        "UPDATE rate_limits SET tokens_per_second = 0.001, burst_size = 1, current_tokens = 0"
-        " WHERE key = 'global'"
+        "UPDATE rate_limits SET tokens_per_second = 0.001, burst_size = 1, current_tokens = 0,"
+        " last_refilled_at = now() WHERE key = 'global'"
     )
+    # Refilled just now: the row's first refill time (the template's, cloned for this test)
+    # would have given it a token back once the suite had run for 1,000 s.
     assert claim(store) is None
 
 
