@@ -9,7 +9,6 @@ import psycopg
 import pytest
 
 from reproq_django.schema import TABLES
-from tests.conftest import dsn_for
 from tests.django.support import run_sqlite_script
 from tests.integration.test_schema import catalog
 
@@ -30,10 +29,11 @@ def reproq_catalog(dsn: str) -> dict:
 
 
 @pytest.mark.django_db
-def test_django_migrate_matches_reproq_migrate(pg_cluster):
+def test_django_migrate_matches_reproq_migrate(db_dsn):
+    # db_dsn is a clone of the template `reproq migrate` made (the template itself is being
+    # cloned for the next test: a session on it would make that clone fail).
     django_db = os.environ["REPROQ_TEST_DJANGO_DSN"]
-    reproq_db = dsn_for(pg_cluster.admin_dsn, pg_cluster.template)
-    assert reproq_catalog(django_db) == reproq_catalog(reproq_db)
+    assert reproq_catalog(django_db) == reproq_catalog(db_dsn)
 
 
 def test_sqlite_project_can_migrate_enqueue_and_inspect(tmp_path):
