@@ -949,7 +949,8 @@ def test_expired_leases_are_found_among_the_running_rows_only(conn):
     assert "Index Scan using idx_task_runs_lock_key" in text_plan, text_plan
 
 
-def _running(conn, key: str | None, limit: int, count: int) -> None:
+def _keyed_rows(conn, key: str | None, limit: int, count: int, *, running: bool) -> None:
+    """``count`` distinct tasks with this concurrency key and limit, READY or RUNNING."""
     for _ in range(count):
         rid = enqueue(
             conn,
@@ -959,11 +960,12 @@ def _running(conn, key: str | None, limit: int, count: int) -> None:
             unique=uuid.uuid4().hex,
             columns={"concurrency_key": key, "concurrency_limit": limit},
         )
-        conn.execute(
-            "UPDATE task_runs SET status = 'RUNNING', leased_until = now() + interval '1 hour'"
-            " WHERE result_id = %s",
-            (rid,),
-        )
+        if running:
+            conn.execute(
+                "UPDATE task_runs SET status = 'RUNNING',"
+                " leased_until = now() + interval '1 hour' WHERE result_id = %s",
+                (rid,),
+            )
 
 
 def test_concurrency_blocked_metric_counts_the_ready_rows_whose_key_is_full(conn):
@@ -976,16 +978,8 @@ def test_concurrency_blocked_metric_counts_the_ready_rows_whose_key_is_full(conn
         ("", 1, 1, 2),  # an empty key is a key here too: blocked: 2
         (None, 1, 0, 2),  # no key
     ]:
-        _running(conn, key, limit, running)
-        for _ in range(ready):
-            enqueue(
-                conn,
-                "add",
-                1,
-                2,
-                unique=uuid.uuid4().hex,
-                columns={"concurrency_key": key, "concurrency_limit": limit},
-            )
+        _keyed_rows(conn, key, limit, running, running=True)
+        _keyed_rows(conn, key, limit, ready, running=False)
     # The same key with a higher limit on the row: room for it.
     enqueue(conn, "add", 1, 2, columns={"concurrency_key": "full", "concurrency_limit": 3})
     blocked = conn.execute(query("metrics_concurrency_blocked")).fetchone()
