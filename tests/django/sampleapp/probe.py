@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import sys
 
-from django.tasks import task
+from django.tasks import task, task_backends
+
+# Before this module's first @task, which builds the default backend if nothing has yet.
+_BUILT_AT_IMPORT = sorted(backend.alias for backend in task_backends.all(initialized_only=True))
 
 
 @task()
 def loaded(names: list[str]) -> list[str]:
     return sorted(name for name in names if name in sys.modules)
+
+
+@task()
+def built_at_import() -> list[str]:
+    """The task backends this process had built before it imported this module."""
+    return _BUILT_AT_IMPORT
 
 
 @task()
