@@ -107,6 +107,34 @@ partial="$out_dir/.$name.partial.$$"
     --compressed \
     --reproducible \
     --output-file "$partial" >&2
+"$python" - "$partial" "$root/build/pyz_main.py" <<'EOF'
+"""Put build/pyz_main.py in place of shiv's __main__.py (it skips shiv's bootstrap once the
+build is unpacked), with this build's id and entry point; every other entry is kept as is."""
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+path, template = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
+with zipfile.ZipFile(path) as archive:
+    entries = [(info, archive.read(info)) for info in archive.infolist()]
+    environment = json.loads(archive.read("environment.json"))
+module, _, name = (environment["entry_point"] or "").partition(":")
+if not (module and name.isidentifier()):
+    sys.exit(f"error: shiv's entry point {environment['entry_point']!r} is not module:function")
+main = (
+    template.replace("@BUILD_ID@", environment["build_id"])
+    .replace("@ENTRY_MODULE@", module)
+    .replace("@ENTRY_NAME@", name)
+)
+data = path.read_bytes()
+prefix = data[: min(info.header_offset for info, _ in entries)]  # shiv's shebang line
+with path.open("wb") as out:
+    out.write(prefix)
+    with zipfile.ZipFile(out, "w") as rewritten:
+        for info, content in entries:
+            rewritten.writestr(info, main.encode() if info.filename == "__main__.py" else content)
+EOF
 "$python" - "$partial" "$out" <<'EOF'
 import hashlib
 import os

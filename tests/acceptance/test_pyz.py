@@ -70,6 +70,8 @@ def test_help_imports_nothing_heavy(pyz, tmp_path):
     )
     imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", timed.stderr, re.M))
     assert {"click", "reproq_cli.console"} <= imported  # the CLI really loaded
+    # Unpacked already: shiv's bootstrap (compileall, subprocess, zipfile, ...) is skipped.
+    assert not {"_bootstrap", "compileall", "zipfile"} & imported
     heavy = sorted(
         name
         for name in imported
@@ -77,6 +79,36 @@ def test_help_imports_nothing_heavy(pyz, tmp_path):
         or name.startswith(("reproq_cli.core", "reproq_cli.db", "reproq_cli.commands."))
     )
     assert heavy == []
+
+
+def test_shiv_overrides_still_go_through_its_bootstrap(pyz, tmp_path):
+    """The zipapp's own __main__ leaves to shiv's bootstrap what only it knows: the first run
+    (unpacking) and SHIV_* variables such as SHIV_FORCE_EXTRACT."""
+    fresh = tmp_path / "fresh-root"
+
+    def imports(env: dict[str, str]) -> tuple[set[str], str]:
+        done = subprocess.run(
+            [plain_python(), "-X", "importtime", str(pyz.path), "--version"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        names = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", done.stderr, re.M)
+        return set(names), done.stdout
+
+    first, said = imports(pyz.env(SHIV_ROOT=str(fresh)))
+    assert "_bootstrap" in first and said == f"reproq {__version__}\n"
+    (unpacked,) = fresh.glob(f"{pyz.path.name}_*/site-packages")
+    marker = unpacked / "reproq_cli" / "marker-left-by-the-test"
+    marker.write_text("")
+    forced, said = imports(pyz.env(SHIV_ROOT=str(fresh), SHIV_FORCE_EXTRACT="1"))
+    assert "_bootstrap" in forced and said == f"reproq {__version__}\n"
+    assert not marker.exists()  # unpacked again, as shiv does when forced
+    warm, said = imports(pyz.env(SHIV_ROOT=str(fresh)))
+    assert "_bootstrap" not in warm and said == f"reproq {__version__}\n"
 
 
 def snapshot(destination: Path) -> Path:
