@@ -82,7 +82,11 @@ def _setup_django(settings_module: str | None) -> str | None:
 
 
 def _parse_spec(text: str) -> dict[str, Any]:
-    spec = json.loads(text)
+    try:
+        spec = json.loads(text)
+    except RecursionError:
+        # jsonb and Go's decoder take 10,000 levels; Python's decoder ~1,500.
+        raise ValueError("the spec is nested too deeply for Python's JSON decoder") from None
     if not isinstance(spec, dict):
         raise ValueError("the spec must be a JSON object")
     return spec

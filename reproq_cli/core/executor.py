@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from reproq_cli.core.gojson import go_kind, raw_members, syntax_error, top_level
 from reproq_cli.process import pidfd
 
 TRUNCATION_MARKER = "\n[TRUNCATED due to size limit]"
@@ -192,6 +193,13 @@ def build_argv(spec: ExecSpec, result_id: int, attempt: int) -> list[str]:
 # --- envelope parsing (Go encoding/json semantics, messages included) --------------------------
 
 _ENVELOPE_FIELDS = ("ok", "return", "exception_class", "message", "traceback")
+# The Python type each field must have, and its Go type, as Go's error texts name it.
+_FIELD_TYPES: dict[str, tuple[type, str]] = {
+    "ok": (bool, "bool"),
+    "exception_class": (str, "string"),
+    "message": (str, "string"),
+    "traceback": (str, "string"),
+}
 
 
 def parse_envelope(stdout: str) -> Envelope:
@@ -203,88 +211,30 @@ def parse_envelope(stdout: str) -> Envelope:
         return Envelope(ok=False, message=f"Invalid JSON on stdout: {exc}")
 
 
-class _NotJson(ValueError):
-    """NaN, Infinity or -Infinity: Python's decoder takes them, Go's and jsonb do not."""
-
-
 def _refuse_constant(name: str) -> Any:
-    where = "in numeric literal" if name.startswith("-") else "looking for beginning of value"
-    raise _NotJson(f"invalid character {name.lstrip('-')[0]!r} {where}")
+    # Python's decoder takes NaN and the infinities; Go's and jsonb do not. The caller words
+    # the error as Go does (syntax_error).
+    raise ValueError(f"{name} is not JSON")
 
 
 # Go's decoder, as far as the envelope needs it: NaN and the infinities are refused.
 STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
-_SCANNER = json.JSONDecoder()
-_WHITESPACE = " \t\n\r"
-
-
-def raw_members(text: str, *, fold_case: bool = True) -> dict[str, str]:
-    """The raw text of each member of the JSON object ``text`` (already decoded once, so
-    known to be valid), by lower-cased key (``fold_case``), the last match winning as in Go."""
-
-    def skip(i: int) -> int:
-        while text[i] in _WHITESPACE:
-            i += 1
-        return i
-
-    members: dict[str, str] = {}
-    i = skip(skip(0) + 1)  # past "{"
-    while text[i] != "}":
-        key, i = json.decoder.scanstring(text, i + 1)
-        i = skip(skip(i) + 1)  # past ":"
-        # Only the extent of each value is wanted here: NaN and the like are the caller's
-        # to refuse (parse_envelope does), not a reason to fail the split.
-        _value, end = _SCANNER.raw_decode(text, i)
-        members[key.lower() if fold_case else key] = text[i:end]
-        i = skip(end)
-        if text[i] == ",":
-            i = skip(i + 1)
-    return members
-
-
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
-               "\t": "\\t", "\v": "\\v", "\\": "\\\\"}  # fmt: skip
-
-
-def go_quote_char(char: str) -> str:
-    """How Go's encoding/json quotes the byte it stopped at: its first UTF-8 byte, read as
-    one Latin-1 character ('\'' and '"' are Go's own special cases)."""
-    if char == "'":
-        return "'\\''"
-    if char == '"':
-        return "'\"'"
-    byte = char.encode("utf-8", errors="replace")[0]
-    char = chr(byte)
-    if char in _GO_ESCAPES:
-        return f"'{_GO_ESCAPES[char]}'"
-    if char.isprintable():
-        return f"'{char}'"
-    return f"'\\x{byte:02x}'" if byte < 0x80 else f"'\\u{byte:04x}'"
 
 
 def _decode_envelope(text: str) -> Envelope:
-    if not text:
-        raise ValueError("unexpected end of JSON input")
-    decoder = STRICT_JSON
     try:
-        value, end = decoder.raw_decode(text)
-    except json.JSONDecodeError as exc:
-        rest = text[exc.pos :]
-        truncated = (
-            exc.pos >= len(text)
-            or exc.msg.startswith("Unterminated string")
-            or any(literal.startswith(rest) for literal in ("true", "false", "null"))
-        )
-        if truncated:
-            raise ValueError("unexpected end of JSON input") from None
-        if exc.pos == 0:
-            raise ValueError(
-                f"invalid character {go_quote_char(text[0])} looking for beginning of value"
-            ) from None
-        raise ValueError(f"{exc.msg} at offset {exc.pos}") from None
-    trailing = text[end:].lstrip()
-    if trailing:
-        raise ValueError(f"invalid character {go_quote_char(trailing[0])} after top-level value")
+        value, end = STRICT_JSON.raw_decode(text)
+    except (ValueError, RecursionError):
+        # Go's words for what Python's decoder refused (NaN included), or a value nested
+        # deeper than Python's decoder goes, which Go's takes.
+        problem = syntax_error(text)
+        if problem is not None:
+            raise ValueError(problem) from None
+        return envelope_of(top_level(text), text)
+    if text[end:].strip(" \t\n\r"):
+        # Python's decoder stops after a value that Go's scanner is still reading ("12." is
+        # a number cut short to Go, a 12 with a "." after it to Python): Go's text says.
+        raise ValueError(syntax_error(text) or "invalid character after top-level value")
     return envelope_of(value, text)
 
 
@@ -295,27 +245,24 @@ def envelope_of(value: Any, text: str) -> Envelope:
     if value is None:
         return Envelope(ok=False)
     if not isinstance(value, dict):
-        kind = {list: "array", str: "string", bool: "bool"}.get(type(value), "number")
         raise ValueError(
-            f"json: cannot unmarshal {kind} into Go value of type executor.ResultEnvelope"
+            f"json: cannot unmarshal {go_kind(value)} into Go value of type executor.ResultEnvelope"
         )
     fields: dict[str, Any] = {}
     for key, item in value.items():
-        if key.lower() in _ENVELOPE_FIELDS:
-            fields[key.lower()] = item  # like Go: case-insensitive, the last match wins
-    ok = fields.get("ok")
-    if ok is not None and not isinstance(ok, bool):
-        raise ValueError(
-            "json: cannot unmarshal into Go struct field ResultEnvelope.ok of type bool"
-        )
-    texts: dict[str, str] = {}
-    for name in ("exception_class", "message", "traceback"):
-        item = fields.get(name)
-        if item is not None and not isinstance(item, str):
+        name = key.lower()  # like Go: case-insensitive, the last match wins
+        if name not in _ENVELOPE_FIELDS:
+            continue
+        wanted = _FIELD_TYPES.get(name)
+        if item is not None and wanted is not None and not isinstance(item, wanted[0]):
+            # Go reports the first field of the wrong type, in the order the members came.
             raise ValueError(
-                f"json: cannot unmarshal into Go struct field ResultEnvelope.{name} of type string"
+                f"json: cannot unmarshal {go_kind(item)} into Go struct field"
+                f" ResultEnvelope.{name} of type {wanted[1]}"
             )
-        texts[name] = item or ""
+        fields[name] = item
+    ok = fields.get("ok")
+    texts = {name: fields.get(name) or "" for name in ("exception_class", "message", "traceback")}
     # Kept as written, like Go's json.RawMessage: re-encoding it turned 1E2 into 100.0,
     # dropped the scale of 2.50 and made 1e400 an Infinity that jsonb refuses.
     return_raw = raw_members(text)["return"] if "return" in fields else None

@@ -7,6 +7,7 @@ import json
 import re
 from typing import Any
 
+from reproq_cli.core.gojson import go_kind, syntax_error, top_level
 from reproq_cli.defaults import DEFAULT_ALLOWED_TASK_MODULES
 from reproq_cli.models import ClaimedTask, Failure
 
@@ -57,6 +58,8 @@ def resolve_task_path(task: ClaimedTask) -> tuple[str | None, str | None]:
             spec = json.loads(text)
         except json.JSONDecodeError as exc:
             problem = f"spec_json is not valid JSON: {exc}"
+        except RecursionError:
+            spec, problem = _deep_spec(text)
     if task.task_path:
         path = spec.get("task_path") if isinstance(spec, dict) else None
         if path and path != task.task_path:
@@ -69,6 +72,15 @@ def resolve_task_path(task: ClaimedTask) -> tuple[str | None, str | None]:
     return _spec_task_path(spec)
 
 
+def _deep_spec(text: str) -> tuple[Any, str | None]:
+    """(the spec, a problem) for a spec nested past Python's decoder (~1,500 levels), which
+    Go's and jsonb take up to 10,000: its top level, each array or object in it empty."""
+    problem = syntax_error(text)
+    if problem is not None:
+        return None, f"spec_json is not valid JSON: {problem}"
+    return top_level(text), None
+
+
 def _spec_task_path(spec: Any) -> tuple[str | None, str | None]:
     """The spec's task_path as Go's json.Unmarshal into ``runner.taskSpec`` reads it: keys
     match case-insensitively and the last one wins, null is no value, and a value of the
@@ -76,7 +88,7 @@ def _spec_task_path(spec: Any) -> tuple[str | None, str | None]:
     if spec is not None and not isinstance(spec, dict):
         return (
             None,
-            f"json: cannot unmarshal {_go_kind(spec)} into Go value of type runner.taskSpec",
+            f"json: cannot unmarshal {go_kind(spec)} into Go value of type runner.taskSpec",
         )
     path = ""
     for key, value in (spec or {}).items():
@@ -84,18 +96,13 @@ def _spec_task_path(spec: Any) -> tuple[str | None, str | None]:
             continue
         if not isinstance(value, str):
             return None, (
-                f"json: cannot unmarshal {_go_kind(value)} into Go struct field"
+                f"json: cannot unmarshal {go_kind(value)} into Go struct field"
                 " taskSpec.task_path of type string"
             )
         path = value
     if not path:
         return None, "spec_json missing task_path"
     return path, None
-
-
-def _go_kind(value: Any) -> str:
-    kinds = {dict: "object", list: "array", str: "string", bool: "bool"}
-    return kinds.get(type(value), "number")
 
 
 def _error(kind: str, message: str, **extra: Any) -> dict[str, Any]:

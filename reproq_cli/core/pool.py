@@ -53,9 +53,9 @@ from reproq_cli.core.executor import (
     kill_group,
     limits_preexec,
     parse_envelope,
-    raw_members,
     wait_error,
 )
+from reproq_cli.core.gojson import raw_members, syntax_error, top_level
 from reproq_cli.process import FORK_SERVER_ENV, pidfd
 
 # Django set-up in a fresh process; a process that is not ready by then is considered broken.
@@ -802,7 +802,7 @@ def read_answer(line: bytes) -> tuple[str, str, Envelope]:
                 if text[after:].strip() == "}":
                     raw = text[start:end]
                     return raw, stderr, envelope_of(value, raw)
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError included
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError included
         pass
     raw, stderr = _decode_response(line)
     return raw, stderr, parse_envelope(raw)
@@ -818,6 +818,10 @@ def _decode_response(line: bytes) -> tuple[str, str]:
         response = json.loads(text)
     except ValueError:  # UnicodeDecodeError included
         return line.decode("utf-8", errors="replace"), ""
+    except RecursionError:  # nested past Python's decoder, which Go's would take
+        if syntax_error(text) is not None:
+            return text, ""
+        response = top_level(text)
     if not isinstance(response, dict) or "result" not in response:
         return text, ""
     stderr = response.get("stderr")

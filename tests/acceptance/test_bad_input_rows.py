@@ -135,3 +135,38 @@ def test_garbage_partial_and_huge_executor_stdout(db_dsn, tmp_path_factory, outp
     cut = "(stdout passed max_stdout_bytes, 1024 bytes, and was cut"
     assert cut in tasks[big]["last_error"]
     assert cut not in tasks[partial]["last_error"]
+
+
+def test_json_nested_past_pythons_decoder(db_dsn, tmp_path_factory):
+    """jsonb and Go's decoder take 10,000 levels of nesting, Python's ~1,500. An executor's
+    answer or a spec_json nested 3,000 deep raised RecursionError in the worker, which left
+    the row RUNNING until its lease ran out, and then ran it again."""
+    from tests.support.harness import WorkerFactory
+
+    deep = "[" * 3000 + "]" * 3000
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM task_runs")
+        answer = f'{{"ok": true, "return": {deep}}}'.encode()
+        answered = enqueue(conn, "write_stdout", answer.hex(), True, columns={"max_attempts": 1})
+        spec = conn.execute(
+            "INSERT INTO task_runs (spec_json, spec_hash, status, max_attempts)"
+            " VALUES (%s::jsonb, %s, 'READY', 1) RETURNING result_id",
+            ('{"task_path": "tests.support.tasks.add", "args": [' + deep + ", 1]}", "d" * 64),
+        ).fetchone()[0]
+        workers = WorkerFactory(db_dsn, tmp_path_factory.mktemp("w"))
+        try:
+            run = workers.run(timeout=120)
+        finally:
+            workers.cleanup()
+        assert run.returncode == 0, run.stderr
+        assert "Execution pipeline error" not in run.stderr
+        rows = dict.fromkeys((answered, spec))
+        for rid in rows:
+            rows[rid] = conn.execute(
+                "SELECT status, return_json::text, last_error FROM task_runs WHERE result_id = %s",
+                (rid,),
+            ).fetchone()
+    assert rows[answered][:2] == ("SUCCESSFUL", deep)  # stored as the executor wrote it
+    # The task itself ran and failed: this executor's own decoder refused the spec.
+    status, _, error = rows[spec]
+    assert status == "FAILED" and "maximum recursion depth exceeded" in error, rows[spec]

@@ -88,6 +88,11 @@ def test_bad_requests_get_failed_envelopes(server):
     priority = server.ask(task("add", 1, 2, priority="hi"))["result"]
     assert priority["exception_class"] == "ValueError"
     assert priority["message"].startswith("Invalid spec: invalid literal for int()")
+    # jsonb takes 10,000 levels of nesting; Python's decoder raised RecursionError, which
+    # ended the pool process.
+    deep = server.ask('{"task_path": "x.y", "args": ' + "[" * 3000 + "]" * 3000 + "}")["result"]
+    assert deep["exception_class"] == "PayloadError"
+    assert deep["message"] == "the spec is nested too deeply for Python's JSON decoder"
     assert server.ask(task("add", 1, 2))["result"]["ok"] is True
     assert server.proc.poll() is None  # the same process answered them all
 
