@@ -52,6 +52,19 @@ def _insert_raw(conn, spec, task_path, n) -> int | None:
         return None
 
 
+def _run_worker(db_dsn, tmp_path_factory, **worker):
+    """One `reproq worker --burst` over the rows, which must exit 0."""
+    from tests.support.harness import WorkerFactory
+
+    workers = WorkerFactory(db_dsn, tmp_path_factory.mktemp("w"))
+    try:
+        run = workers.run(timeout=120, **worker)
+    finally:
+        workers.cleanup()
+    assert run.returncode == 0, run.stderr
+    return run
+
+
 def _accounted_for(task) -> None:
     """Terminal, and a failure says why."""
     assert task["status"] in ("SUCCESSFUL", "FAILED"), task
@@ -65,8 +78,6 @@ def _accounted_for(task) -> None:
 @RUNS
 @given(rows=st.lists(st.tuples(SPEC, TASK_PATH_COLUMN), min_size=5, max_size=15))
 def test_garbage_spec_rows_end_failed_with_a_reason(db_dsn, tmp_path_factory, rows):
-    from tests.support.harness import WorkerFactory
-
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM task_runs")
         ids = [_insert_raw(conn, spec, path, n) for n, (spec, path) in enumerate(rows)]
@@ -74,12 +85,7 @@ def test_garbage_spec_rows_end_failed_with_a_reason(db_dsn, tmp_path_factory, ro
         huge = _insert_raw(
             conn, {"task_path": "tests.support.tasks.add", "blob": "x" * 1_100_000}, None, 999
         )
-        workers = WorkerFactory(db_dsn, tmp_path_factory.mktemp("w"))
-        try:
-            run = workers.run(timeout=120)
-        finally:
-            workers.cleanup()
-        assert run.returncode == 0, run.stderr
+        _run_worker(db_dsn, tmp_path_factory)
         cur = conn.execute("SELECT * FROM task_runs ORDER BY result_id")
         names = [d.name for d in cur.description]
         tasks = {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
@@ -99,8 +105,6 @@ def test_garbage_spec_rows_end_failed_with_a_reason(db_dsn, tmp_path_factory, ro
     huge=st.integers(2000, 5000),
 )
 def test_garbage_partial_and_huge_executor_stdout(db_dsn, tmp_path_factory, outputs, huge):
-    from tests.support.harness import WorkerFactory
-
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM task_runs")
         expected = {}
@@ -111,12 +115,7 @@ def test_garbage_partial_and_huge_executor_stdout(db_dsn, tmp_path_factory, outp
         partial = enqueue(conn, "write_stdout", b'{"ok": true, "ret'.hex(), True,
                           columns={"max_attempts": 1})  # fmt: skip
         big = enqueue(conn, "write_stdout", (b"{" * huge).hex(), columns={"max_attempts": 1})
-        workers = WorkerFactory(db_dsn, tmp_path_factory.mktemp("w"))
-        try:
-            run = workers.run(timeout=120, max_stdout_bytes=1024)
-        finally:
-            workers.cleanup()
-        assert run.returncode == 0, run.stderr
+        _run_worker(db_dsn, tmp_path_factory, max_stdout_bytes=1024)
         cur = conn.execute("SELECT * FROM task_runs ORDER BY result_id")
         names = [d.name for d in cur.description]
         tasks = {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
@@ -141,8 +140,6 @@ def test_json_nested_past_pythons_decoder(db_dsn, tmp_path_factory):
     """jsonb and Go's decoder take 10,000 levels of nesting, Python's ~1,500. An executor's
     answer or a spec_json nested 3,000 deep raised RecursionError in the worker, which left
     the row RUNNING until its lease ran out, and then ran it again."""
-    from tests.support.harness import WorkerFactory
-
     deep = "[" * 3000 + "]" * 3000
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM task_runs")
@@ -153,12 +150,7 @@ def test_json_nested_past_pythons_decoder(db_dsn, tmp_path_factory):
             " VALUES (%s::jsonb, %s, 'READY', 1) RETURNING result_id",
             ('{"task_path": "tests.support.tasks.add", "args": [' + deep + ", 1]}", "d" * 64),
         ).fetchone()[0]
-        workers = WorkerFactory(db_dsn, tmp_path_factory.mktemp("w"))
-        try:
-            run = workers.run(timeout=120)
-        finally:
-            workers.cleanup()
-        assert run.returncode == 0, run.stderr
+        run = _run_worker(db_dsn, tmp_path_factory)
         assert "Execution pipeline error" not in run.stderr
         rows = dict.fromkeys((answered, spec))
         for rid in rows:

@@ -23,6 +23,21 @@ from tests.support.pyz import build_pyz, plain_python
 HEAVY = ("psycopg", "psycopg_pool", "yaml", "prometheus_client", "rich")
 
 
+def imports(pyz, cwd: Path, flag: str, env: dict[str, str]) -> tuple[set[str], str]:
+    """The modules ``<plain python> -X importtime reproq.pyz FLAG`` imported, and its stdout."""
+    done = subprocess.run(
+        [plain_python(), "-X", "importtime", str(pyz.path), flag],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    names = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", done.stderr, re.M)
+    return set(names), done.stdout
+
+
 def test_pyz_runs_anywhere_with_a_plain_python(pyz, tmp_path, empty_db_dsn):
     v = sys.version_info
     assert pyz.path.name == (
@@ -59,16 +74,7 @@ def test_pyz_runs_anywhere_with_a_plain_python(pyz, tmp_path, empty_db_dsn):
 def test_help_imports_nothing_heavy(pyz, tmp_path):
     done = pyz.run("--help", cwd=tmp_path)  # unpacks first, so importtime sees a warm start
     assert done.returncode == 0 and "worker" in done.stdout, done.stderr
-    timed = subprocess.run(
-        [plain_python(), "-X", "importtime", str(pyz.path), "--help"],
-        cwd=tmp_path,
-        env=pyz.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    imported = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", timed.stderr, re.M))
+    imported, _ = imports(pyz, tmp_path, "--help", pyz.env())
     assert {"click", "reproq_cli.console"} <= imported  # the CLI really loaded
     # Unpacked already: shiv's bootstrap (compileall, subprocess, zipfile, ...) is skipped.
     assert not {"_bootstrap", "compileall", "zipfile"} & imported
@@ -85,29 +91,17 @@ def test_shiv_overrides_still_go_through_its_bootstrap(pyz, tmp_path):
     """The zipapp's own __main__ leaves to shiv's bootstrap what only it knows: the first run
     (unpacking) and SHIV_* variables such as SHIV_FORCE_EXTRACT."""
     fresh = tmp_path / "fresh-root"
-
-    def imports(env: dict[str, str]) -> tuple[set[str], str]:
-        done = subprocess.run(
-            [plain_python(), "-X", "importtime", str(pyz.path), "--version"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        names = re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)", done.stderr, re.M)
-        return set(names), done.stdout
-
-    first, said = imports(pyz.env(SHIV_ROOT=str(fresh)))
+    first, said = imports(pyz, tmp_path, "--version", pyz.env(SHIV_ROOT=str(fresh)))
     assert "_bootstrap" in first and said == f"reproq {__version__}\n"
     (unpacked,) = fresh.glob(f"{pyz.path.name}_*/site-packages")
     marker = unpacked / "reproq_cli" / "marker-left-by-the-test"
     marker.write_text("")
-    forced, said = imports(pyz.env(SHIV_ROOT=str(fresh), SHIV_FORCE_EXTRACT="1"))
+    forced, said = imports(
+        pyz, tmp_path, "--version", pyz.env(SHIV_ROOT=str(fresh), SHIV_FORCE_EXTRACT="1")
+    )
     assert "_bootstrap" in forced and said == f"reproq {__version__}\n"
     assert not marker.exists()  # unpacked again, as shiv does when forced
-    warm, said = imports(pyz.env(SHIV_ROOT=str(fresh)))
+    warm, said = imports(pyz, tmp_path, "--version", pyz.env(SHIV_ROOT=str(fresh)))
     assert "_bootstrap" not in warm and said == f"reproq {__version__}\n"
 
 
