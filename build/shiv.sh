@@ -122,6 +122,12 @@ with zipfile.ZipFile(path) as archive:
 module, _, name = (environment["entry_point"] or "").partition(":")
 if not (module and name.isidentifier()):
     sys.exit(f"error: shiv's entry point {environment['entry_point']!r} is not module:function")
+# What pyz_main.py's short way does not do: a build that asks for one of these needs shiv's.
+unsupported = ("root", "preamble", "no_modify", "extend_pythonpath", "prepend_pythonpath",
+               "always_write_cache", "script")
+asked = [option for option in unsupported if environment.get(option)]
+if asked:
+    sys.exit(f"error: build/pyz_main.py does not handle shiv's {', '.join(asked)}")
 main = (
     template.replace("@BUILD_ID@", environment["build_id"])
     .replace("@ENTRY_MODULE@", module)
