@@ -234,7 +234,9 @@ def test_a_claim_waiting_on_a_lock_is_interrupted_by_the_stop_signal(
 def test_shutdown_timeout_stops_tasks(conn, workers):
     rid = enqueue(conn, "sleep", 60)
     proc = workers.start(shutdown_timeout="1s")
-    wait_for(lambda: row(conn, rid)["status"] == "RUNNING", what="running")
+    # Not the row's RUNNING: a task claimed but not yet handed to its executor when the
+    # signal comes is given back unstarted, with no running task for the timeout to stop.
+    wait_for(lambda: "Executing task" in workers.output(proc), what="the task started")
     proc.send_signal(signal.SIGTERM)
     run = workers.finish(proc, timeout=30)
     assert run.returncode == 0
