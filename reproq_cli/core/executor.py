@@ -192,14 +192,14 @@ def build_argv(spec: ExecSpec, result_id: int, attempt: int) -> list[str]:
 
 # --- envelope parsing (Go encoding/json semantics, messages included) --------------------------
 
-_ENVELOPE_FIELDS = ("ok", "return", "exception_class", "message", "traceback")
-# The Python type each field must have, and its Go type, as Go's error texts name it.
+# The Python type each typed field must have, and its Go type, as Go's error texts name it.
 _FIELD_TYPES: dict[str, tuple[type, str]] = {
     "ok": (bool, "bool"),
     "exception_class": (str, "string"),
     "message": (str, "string"),
     "traceback": (str, "string"),
 }
+_ENVELOPE_FIELDS = ("return", *_FIELD_TYPES)  # "return" is kept raw, of any type
 
 
 def parse_envelope(stdout: str) -> Envelope:
@@ -225,11 +225,8 @@ def _decode_envelope(text: str) -> Envelope:
     try:
         value, end = STRICT_JSON.raw_decode(text)
     except (ValueError, RecursionError):
-        # Go's words for what Python's decoder refused (NaN included), or a value nested
-        # deeper than Python's decoder goes, which Go's takes.
-        problem = syntax_error(text)
-        if problem is not None:
-            raise ValueError(problem) from None
+        # Go's words for what Python's decoder refused (NaN included; GoSyntaxError is a
+        # ValueError), or a value nested deeper than Python's decoder goes, which Go's takes.
         return envelope_of(top_level(text), text)
     if text[end:].strip(" \t\n\r"):
         # Python's decoder stops after a value that Go's scanner is still reading ("12." is

@@ -7,7 +7,8 @@ decodes with Python's decoder and turns here only when that fails: ``syntax_erro
 error as Go's ``json.Unmarshal`` does, and ``value_end`` finds where a value ends without
 recursing. Both follow the states of Go's scanner, one character at a time. ``raw_members``
 (an object's members as written, for the envelope's raw return value) and ``top_level`` use
-``value_end`` where Python's decoder would recurse too deep.
+``value_end`` where Python's decoder would recurse too deep; ``top_level`` checks the
+document first.
 """
 
 from __future__ import annotations
@@ -322,8 +323,12 @@ def shallow(raw: str) -> Any:
 
 
 def top_level(text: str) -> Any:
-    """The valid JSON document ``text``, decoded without recursing: an object's members, each
-    array or object among them empty (see ``shallow``)."""
+    """The JSON document ``text``, decoded without recursing: an object's members, each array
+    or object among them empty (see ``shallow``). GoSyntaxError, with Go's text, when Go's
+    decoder would refuse it."""
+    problem = syntax_error(text)
+    if problem is not None:
+        raise GoSyntaxError(problem)
     text = text.strip(" \t\n\r")
     if text.startswith("{"):
         return {key: shallow(raw) for key, raw in raw_members(text, fold_case=False).items()}

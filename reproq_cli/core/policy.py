@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-from reproq_cli.core.gojson import go_kind, syntax_error, top_level
+from reproq_cli.core.gojson import GoSyntaxError, go_kind, top_level
 from reproq_cli.defaults import DEFAULT_ALLOWED_TASK_MODULES
 from reproq_cli.models import ClaimedTask, Failure
 
@@ -75,10 +75,10 @@ def resolve_task_path(task: ClaimedTask) -> tuple[str | None, str | None]:
 def _deep_spec(text: str) -> tuple[Any, str | None]:
     """(the spec, a problem) for a spec nested past Python's decoder (~1,500 levels), which
     Go's and jsonb take up to 10,000: its top level, each array or object in it empty."""
-    problem = syntax_error(text)
-    if problem is not None:
-        return None, f"spec_json is not valid JSON: {problem}"
-    return top_level(text), None
+    try:
+        return top_level(text), None
+    except GoSyntaxError as exc:
+        return None, f"spec_json is not valid JSON: {exc}"
 
 
 def _spec_task_path(spec: Any) -> tuple[str | None, str | None]:

@@ -55,7 +55,7 @@ from reproq_cli.core.executor import (
     parse_envelope,
     wait_error,
 )
-from reproq_cli.core.gojson import raw_members, syntax_error, top_level
+from reproq_cli.core.gojson import GoSyntaxError, raw_members, top_level
 from reproq_cli.process import FORK_SERVER_ENV, pidfd
 
 # Django set-up in a fresh process; a process that is not ready by then is considered broken.
@@ -819,9 +819,10 @@ def _decode_response(line: bytes) -> tuple[str, str]:
     except ValueError:  # UnicodeDecodeError included
         return line.decode("utf-8", errors="replace"), ""
     except RecursionError:  # nested past Python's decoder, which Go's would take
-        if syntax_error(text) is not None:
+        try:
+            response = top_level(text)
+        except GoSyntaxError:
             return text, ""
-        response = top_level(text)
     if not isinstance(response, dict) or "result" not in response:
         return text, ""
     stderr = response.get("stderr")
