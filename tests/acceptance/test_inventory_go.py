@@ -185,7 +185,7 @@ def test_sigint_alone_drains_like_sigterm(conn, workers):
     rid = enqueue(conn, "sleep", 1)
     later = enqueue(conn, "add", 1, 1)
     proc = workers.start("--concurrency", "1")
-    wait_for(lambda: row(conn, rid)["status"] == "RUNNING", what="the task running")
+    workers.wait_executing(proc)
     proc.send_signal(signal.SIGINT)
     run = workers.finish(proc, timeout=30)
     assert run.returncode == 0
@@ -218,7 +218,7 @@ def test_beat_stops_on_either_signal(db_dsn, tmp_path, signum):
 def test_a_cancel_during_a_warm_shutdown_wins(conn, workers):
     rid = enqueue(conn, "sleep", 60)
     proc = workers.start("--heartbeat-seconds", "1")
-    wait_for(lambda: row(conn, rid)["status"] == "RUNNING", what="the task running")
+    workers.wait_executing(proc)
     proc.send_signal(signal.SIGTERM)
     wait_for(lambda: "Shutdown requested" in workers.output(proc), what="the signal seen")
     conn.execute("UPDATE task_runs SET cancel_requested = true WHERE result_id = %s", (rid,))
@@ -234,7 +234,7 @@ def test_a_cancel_the_heartbeat_has_not_seen_wins_over_a_hard_stop(conn, workers
     # again in full, though its cancellation had been requested.
     rid = enqueue(conn, "sleep", 60)
     proc = workers.start("--heartbeat-seconds", "600")
-    wait_for(lambda: row(conn, rid)["status"] == "RUNNING", what="the task running")
+    workers.wait_executing(proc)
     conn.execute("UPDATE task_runs SET cancel_requested = true WHERE result_id = %s", (rid,))
     proc.send_signal(signal.SIGTERM)
     wait_for(lambda: "Shutdown requested" in workers.output(proc), what="the first signal seen")

@@ -48,9 +48,7 @@ def test_registry_row_while_running(conn, workers):
     )
     assert registered[:3] == ("w-reg", 3, ["default", "high"])
     assert registered[3]
-    # Started, not only claimed: a task claimed but not yet started when the stop comes is
-    # handed back unstarted.
-    wait_for(lambda: "Executing task" in workers.output(proc), what="task started")
+    workers.wait_executing(proc)  # started, not only claimed (see wait_executing)
     proc.send_signal(signal.SIGTERM)
     run = workers.finish(proc)
     assert run.returncode == 0

@@ -178,7 +178,7 @@ def test_no_claim_waits_for_a_runner_while_successes_are_held_up(
 def test_sigterm_lets_running_tasks_finish(conn, workers):
     ids = [enqueue(conn, "sleep", 2, unique=str(i)) for i in range(3)]
     proc = workers.start("--concurrency", "3", "--worker-id", "drainer")
-    wait_for(lambda: all(row(conn, i)["status"] == "RUNNING" for i in ids), what="three running")
+    workers.wait_executing(proc, count=3)
     later = enqueue(conn, "add", 1, 1)
     proc.send_signal(signal.SIGTERM)
     run = workers.finish(proc)
@@ -234,9 +234,7 @@ def test_a_claim_waiting_on_a_lock_is_interrupted_by_the_stop_signal(
 def test_shutdown_timeout_stops_tasks(conn, workers):
     rid = enqueue(conn, "sleep", 60)
     proc = workers.start(shutdown_timeout="1s")
-    # Not the row's RUNNING: a task claimed but not yet handed to its executor when the
-    # signal comes is given back unstarted, with no running task for the timeout to stop.
-    wait_for(lambda: "Executing task" in workers.output(proc), what="the task started")
+    workers.wait_executing(proc)
     proc.send_signal(signal.SIGTERM)
     run = workers.finish(proc, timeout=30)
     assert run.returncode == 0

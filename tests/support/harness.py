@@ -225,6 +225,16 @@ class WorkerFactory:
         """What the worker has logged on stdout so far."""
         return self.outputs[proc.pid][0].read_text()
 
+    def wait_executing(self, proc: subprocess.Popen[str], count: int = 1) -> None:
+        """Wait until the worker has handed ``count`` tasks to their executors.
+
+        A row turns RUNNING when it is claimed, before a runner takes the task: a stop signal
+        in between gives it back unstarted. "Executing task" is logged past that point."""
+        wait_for(
+            lambda: self.output(proc).count('"msg":"Executing task"') >= count,
+            what=f"{count} task(s) executing",
+        )
+
     def run(
         self, *flags: str, timeout: float = 60.0, env: dict[str, str] | None = None, **worker: Any
     ) -> WorkerRun:
