@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ def test_once_enqueues_due_tasks_with_the_go_spec_bytes(run_cli, conn, db_dsn):
                           "2025-01-01T00:00:00Z"))  # fmt: skip
     conn.execute(INSERT, ("broken", "@daily", "myapp.x", "{}", "2025-01-01T00:00:00Z"))
     conn.execute(INSERT, ("later", "* * * * *", "myapp.y", "{}", "2999-01-01T00:00:00Z"))
+    (before,) = conn.execute("SELECT clock_timestamp()").fetchone()
     result = run_cli("beat", "--once", "--dsn", db_dsn)
     assert result.returncode == 0  # even though one row failed, like the Go beat
     logs = parse_logs(result.stdout)
@@ -53,11 +55,16 @@ def test_once_enqueues_due_tasks_with_the_go_spec_bytes(run_cli, conn, db_dsn):
     assert json.loads(run[0])["periodic_name"] == "test_pt"
     assert run[2:3] == ("READY",)
     assert run[4:] == ("myapp.pt", 3)
+    # The first whole minute strictly after the pass's own time, which lies between `before`
+    # and `after`. Not compared with now(): a pass that ends just before a minute turns leaves
+    # a next run ("* * * * *") that is due by the time this reads it.
+    (after,) = conn.execute("SELECT clock_timestamp()").fetchone()
     last, nxt = conn.execute(
-        "SELECT last_run_at, next_run_at > now() FROM periodic_tasks WHERE name = 'test_pt'"
+        "SELECT last_run_at, next_run_at FROM periodic_tasks WHERE name = 'test_pt'"
     ).fetchone()
     assert last.year == 2025
-    assert nxt is True
+    assert (nxt.second, nxt.microsecond) == (0, 0)
+    assert before < nxt <= after + dt.timedelta(minutes=1)
     # the broken row stays due and is retried next pass; the future row is untouched
     assert conn.execute(
         "SELECT next_run_at < now() FROM periodic_tasks WHERE name = 'broken'"
