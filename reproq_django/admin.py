@@ -32,6 +32,7 @@ from reproq_django.models import (
     RateLimit,
     TaskRun,
     TaskRunStatus,
+    UndecodableJSON,
     Worker,
     WorkflowRun,
 )
@@ -45,6 +46,7 @@ EXPIRED_LEASE_AGE = dt.timedelta(minutes=10)
 EXPIRED_LEASE_OWNER = "admin-expired-lease"
 # Other rows with the same spec_hash shown on a task's page; a hot spec can have thousands.
 DUPLICATE_SPECS_SHOWN = 50
+UNDECODABLE_SHOWN = 200  # characters of a value too deeply nested to pretty-print
 STATUS_COLOURS = {
     TaskRunStatus.READY: "#6c757d",
     TaskRunStatus.RUNNING: "#2271b1",
@@ -113,6 +115,13 @@ def create_expired_lease_task() -> TaskRun:
 
 
 def _pretty_json(value: Any) -> str:
+    if isinstance(value, UndecodableJSON):
+        return format_html(
+            "<p>Nested too deeply for Python's JSON decoder to show ({} characters); "
+            "it begins:</p><pre>{}</pre>",
+            f"{len(value):,}",
+            value[:UNDECODABLE_SHOWN] + "…",
+        )
     text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
     return format_html("<pre>{}</pre>", text)
 
@@ -365,13 +374,15 @@ class TaskRunAdmin(ReproqModelAdmin):
     def replay_tasks(self, request: HttpRequest, queryset: QuerySet[TaskRun]) -> None:
         created, skipped = 0, 0
         for run in queryset.defer(None):
+            # A spec nested too deeply for Python reads as its text, and is copied as it is.
+            spec = run.spec_json if isinstance(run.spec_json, dict) else {}
             copy = TaskRun(
                 backend_alias=run.backend_alias,
                 queue_name=run.queue_name,
                 priority=run.priority,
                 spec_json=run.spec_json,
                 spec_hash=run.spec_hash,
-                task_path=run.task_path or (run.spec_json or {}).get("task_path"),
+                task_path=run.task_path or spec.get("task_path"),
                 max_attempts=run.max_attempts,
                 timeout_seconds=run.timeout_seconds,
                 lock_key=run.lock_key,

@@ -7,8 +7,48 @@ creates them from these models.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.db import models
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
+
+
+class UndecodableJSON(str):
+    """The text of a jsonb value nested deeper than Python's JSON decoder goes (jsonb takes
+    10,000 levels, the decoder ~1,500). Other tools write such values (an executor's
+    return value, a row written by hand); read as this text, the row still loads."""
+
+
+class _Verbatim(json.JSONEncoder):
+    def encode(self, o: Any) -> str:
+        return str(o) if isinstance(o, UndecodableJSON) else super().encode(o)
+
+
+class JSONField(models.JSONField):
+    """Django's JSONField, but a value too deeply nested for Python reads as its text
+    (UndecodableJSON) instead of raising RecursionError from every query that loads the
+    row, and is written back unchanged when the row is saved."""
+
+    def from_db_value(self, value: Any, expression: Any, connection: BaseDatabaseWrapper) -> Any:
+        try:
+            return super().from_db_value(value, expression, connection)
+        except RecursionError:
+            return UndecodableJSON(value)
+
+    def get_db_prep_value(
+        self, value: Any, connection: BaseDatabaseWrapper, prepared: bool = False
+    ) -> Any:
+        if isinstance(value, UndecodableJSON):
+            # Encoded as a value it would be stored as a JSON string of its own text.
+            return connection.ops.adapt_json_value(value, _Verbatim)
+        return super().get_db_prep_value(value, connection, prepared)
+
+    def deconstruct(self) -> Any:
+        # Migrations see Django's field: the column and its type are the same.
+        name, _, args, kwargs = super().deconstruct()
+        return name, "django.db.models.JSONField", args, kwargs
 
 
 class TaskRunStatus:
@@ -29,7 +69,7 @@ class TaskRun(models.Model):
     queue_name = models.TextField(default="default")
     priority = models.IntegerField(default=0)
     run_after = models.DateTimeField(null=True, blank=True)
-    spec_json = models.JSONField()
+    spec_json = JSONField()
     spec_hash = models.CharField(max_length=64)
     task_path = models.TextField(null=True, blank=True)
     status = models.TextField(default=TaskRunStatus.READY)
@@ -43,10 +83,10 @@ class TaskRun(models.Model):
     lock_key = models.TextField(null=True, blank=True)
     concurrency_key = models.TextField(null=True, blank=True)
     concurrency_limit = models.IntegerField(default=0)
-    worker_ids = models.JSONField(default=list)
-    return_json = models.JSONField(null=True, blank=True)
-    errors_json = models.JSONField(default=list)
-    metadata_json = models.JSONField(default=dict)
+    worker_ids = JSONField(default=list)
+    return_json = JSONField(null=True, blank=True)
+    errors_json = JSONField(default=list)
+    metadata_json = JSONField(default=dict)
     last_error = models.TextField(null=True, blank=True)
     failed_at = models.DateTimeField(null=True, blank=True)
     leased_until = models.DateTimeField(null=True, blank=True)
@@ -87,7 +127,7 @@ class Worker(models.Model):
     worker_id = models.TextField(primary_key=True)
     hostname = models.TextField(null=True, blank=True)
     concurrency = models.IntegerField(null=True, blank=True)
-    queues = models.JSONField(default=list)
+    queues = JSONField(default=list)
     started_at = models.DateTimeField(default=timezone.now)
     last_seen_at = models.DateTimeField(default=timezone.now)
     version = models.TextField(null=True, blank=True)
@@ -103,7 +143,7 @@ class PeriodicTask(models.Model):
     name = models.TextField(primary_key=True)
     cron_expr = models.TextField()
     task_path = models.TextField()
-    payload_json = models.JSONField(default=dict)
+    payload_json = JSONField(default=dict)
     queue_name = models.TextField(default="default")
     priority = models.IntegerField(default=0)
     max_attempts = models.IntegerField(default=3)

@@ -25,7 +25,7 @@ from django.tasks.exceptions import TaskResultDoesNotExist
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from reproq_django.models import TaskRun, TaskRunStatus
+from reproq_django.models import TaskRun, TaskRunStatus, UndecodableJSON
 
 _STATUS_MAP = {
     TaskRunStatus.READY: TaskResultStatus.READY,
@@ -120,7 +120,7 @@ class TaskResultProxy(TaskResult):
         errors = _list(run.errors_json)
         if task is None:
             task = resolve_task(run.task_path or spec.get("task_path"), run.backend_alias)
-        proxy = cls(
+        fields: dict[str, Any] = dict(
             task=task,
             id=result_id,
             status=map_status(run.status),
@@ -140,6 +140,12 @@ class TaskResultProxy(TaskResult):
             errors_json=errors,
             data=run,
         )
+        try:
+            proxy = cls(**fields)
+        except RecursionError:
+            # Arguments nested deeper than Django's normalize_json recurses (it runs in
+            # TaskResult's __post_init__) read as none, as those of a spec too deep to decode do.
+            proxy = cls(**{**fields, "args": [], "kwargs": {}})
         object.__setattr__(proxy, "_return_value", run.return_json)
         return proxy
 
@@ -158,13 +164,28 @@ class TaskResultProxy(TaskResult):
         return self.data.attempts if self.data is not None else len(self.worker_ids)
 
     @property
+    def return_value(self) -> Any:
+        """Django's return_value, with a value Python cannot decode (UndecodableJSON) refused
+        by name rather than handed over as a string."""
+        return self._readable(TaskResult.return_value.fget(self))
+
+    @property
     def result(self) -> Any:
         """The return value; RuntimeError (with the errors) when not successful."""
         if self.raw_status == TaskRunStatus.SUCCESSFUL:
-            return self._return_value
+            return self._readable(self._return_value)
         if self.raw_status in (TaskRunStatus.FAILED, TaskRunStatus.CANCELLED):
             raise RuntimeError(f"task {self.id} {self.raw_status.lower()}: {self.errors_json}")
         raise RuntimeError(f"task {self.id} has not finished (status {self.raw_status})")
+
+    def _readable(self, value: Any) -> Any:
+        if isinstance(value, UndecodableJSON):
+            raise ValueError(
+                f"the return value of task {self.id} is JSON nested too deeply for Python's "
+                f"decoder ({len(value):,} characters); read it as text: SELECT "
+                f"return_json::text FROM task_runs WHERE result_id = {self.result_id}"
+            )
+        return value
 
     def refresh(self) -> None:
         fresh = TaskResultProxy.read(self.db_alias, self.result_id, self.id)
