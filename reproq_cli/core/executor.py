@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from reproq_cli.core.gojson import go_kind, raw_members, syntax_error, top_level
+from reproq_cli.gojson import go_kind, raw_members, syntax_error, top_level
 from reproq_cli.process import pidfd
 
 TRUNCATION_MARKER = "\n[TRUNCATED due to size limit]"

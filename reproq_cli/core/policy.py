@@ -7,8 +7,8 @@ import json
 import re
 from typing import Any
 
-from reproq_cli.core.gojson import GoSyntaxError, go_kind, top_level
 from reproq_cli.defaults import DEFAULT_ALLOWED_TASK_MODULES
+from reproq_cli.gojson import GoSyntaxError, go_kind, top_level
 from reproq_cli.models import ClaimedTask, Failure
 
 INFRA_RETRY_DELAY = 10.0

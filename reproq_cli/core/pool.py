@@ -55,7 +55,7 @@ from reproq_cli.core.executor import (
     parse_envelope,
     wait_error,
 )
-from reproq_cli.core.gojson import GoSyntaxError, raw_members, top_level
+from reproq_cli.gojson import GoSyntaxError, raw_members, top_level
 from reproq_cli.process import FORK_SERVER_ENV, pidfd
 
 # Django set-up in a fresh process; a process that is not ready by then is considered broken.

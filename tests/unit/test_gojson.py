@@ -1,4 +1,4 @@
-"""Go's encoding/json syntax check (reproq_cli.core.gojson) and what the worker decodes
+"""Go's encoding/json syntax check (reproq_cli.gojson) and what the worker decodes
 with it: Go's error texts, and JSON nested deeper than Python's decoder goes."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reproq_cli.core import gojson
+from reproq_cli import gojson
 from reproq_cli.core.executor import parse_envelope
 from reproq_cli.core.policy import resolve_task_path
 from reproq_cli.core.pool import read_answer

@@ -1,4 +1,5 @@
-"""Go's encoding/json syntax check, for what the worker reads from executors and rows.
+"""Go's encoding/json syntax check, for what the worker reads from executors and rows, and
+the beat from periodic payloads.
 
 Two gaps of Python's decoder against Go's: its error texts differ (``Expecting ':' delimiter``
 where Go says ``invalid character 'x' after object key``), and it gives up (RecursionError)
