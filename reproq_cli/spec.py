@@ -21,8 +21,11 @@ import re
 import uuid
 from typing import Any
 
+from reproq_cli.gojson import syntax_error
+
 __all__ = [
     "canonical_json",
+    "go_compact_raw",
     "periodic_spec_hash",
     "periodic_spec_json",
     "sha256_hex",
@@ -130,13 +133,19 @@ def go_json_string(value: str) -> str:
 _JSON_WS = " \t\n\r"
 
 
-def _go_compact_raw(raw: str) -> str:
+def go_compact_raw(raw: str) -> str:
     """Compact embedded raw JSON the way Go marshals a json.RawMessage.
 
     Whitespace outside strings is dropped; key order and number literals are kept; inside
     strings, ``<``, ``>``, ``&`` and U+2028/2029 are escaped, existing escapes are kept.
     """
-    json.loads(raw)  # reject invalid JSON before copying it into a spec
+    try:
+        json.loads(raw)  # reject invalid JSON before copying it into a spec
+    except RecursionError:
+        # Nested past Python's decoder (Go's and jsonb's go to 10,000 levels): Go's check.
+        problem = syntax_error(raw)
+        if problem is not None:
+            raise ValueError(problem) from None
     out: list[str] = []
     in_string = False
     escaped = False
@@ -209,8 +218,8 @@ def periodic_spec_json(
     return (
         "{"
         f'"task_path":{go_json_string(task_path)},'
-        f'"args":{_go_compact_raw(args_json)},'
-        f'"kwargs":{_go_compact_raw(kwargs_json)},'
+        f'"args":{go_compact_raw(args_json)},'
+        f'"kwargs":{go_compact_raw(kwargs_json)},'
         f'"queue_name":{go_json_string(queue_name)},'
         f'"priority":{int(priority)},'
         f'"concurrency_key":{key},'

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from reproq_cli.core.cron import CronError
 from reproq_cli.core.cron import parse as parse_cron
-from reproq_cli.spec import periodic_spec_hash, periodic_spec_json
+from reproq_cli.gojson import raw_members, syntax_error
+from reproq_cli.spec import go_compact_raw, periodic_spec_hash, periodic_spec_json
 
 
 class PayloadError(ValueError):
@@ -64,15 +64,12 @@ def _load(text: str) -> Any:
 
 
 def split_payload(text: str | None) -> tuple[str, str]:
-    """(args JSON, kwargs JSON) from a payload_json text, as the Go beat reads it."""
+    """(args JSON, kwargs JSON), compact, from a payload_json text, as the Go beat reads it."""
     try:
         return _split(text)
     except RecursionError:
-        # Python's parser and _serialize recurse; Go's decoder takes up to 10000 levels.
-        raise PayloadError(
-            f"payload JSON is nested deeper than this beat can read (about "
-            f"{sys.getrecursionlimit() - 100} levels)"
-        ) from None
+        # Python's parser and _serialize recurse; Go's decoder takes up to 10,000 levels.
+        return _split_deep(text or "")
 
 
 def _split(text: str | None) -> tuple[str, str]:
@@ -97,6 +94,28 @@ def _split(text: str | None) -> tuple[str, str]:
     if isinstance(payload, list):
         return _serialize(payload), "{}"
     raise PayloadError("invalid payload JSON")
+
+
+def _split_deep(text: str) -> tuple[str, str]:
+    """_split for a payload too deeply nested for Python: its top level read without
+    recursing, each part compacted as the spec embeds it (Go's escapes included). Only an
+    array or an object nests, so the payload is one of those."""
+    problem = syntax_error(text)
+    if problem is not None:  # past Go's own limit (10,000 levels), as Go words it
+        raise PayloadError(f"invalid payload JSON: {problem}")
+    body = text.strip(" \t\n\r")
+    if body.startswith("["):
+        return go_compact_raw(body), "{}"
+    members = raw_members(body, fold_case=False)
+    if "args" not in members and "kwargs" not in members:
+        return "[]", go_compact_raw(body)
+    args = go_compact_raw(members.get("args", "[]"))
+    kwargs = go_compact_raw(members.get("kwargs", "{}"))
+    if args != "null" and not args.startswith("["):
+        raise PayloadError(f"invalid periodic args: {args} is not an array")
+    if kwargs != "null" and not kwargs.startswith("{"):
+        raise PayloadError(f"invalid periodic kwargs: {kwargs} is not an object")
+    return args, kwargs
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 
+from reproq_cli.spec import periodic_spec_hash, periodic_spec_json
 from tests.support.harness import parse_logs, wait_for, waiting_on_task_runs
 
 INSERT = (
@@ -89,19 +90,52 @@ def test_rows_that_used_to_crash_the_pass_fail_alone(run_cli, conn, db_dsn):
     due = "2025-01-01T00:00:00Z"
     conn.execute(INSERT, ("zone_dir", "TZ=America * * * * *", "myapp.a", "{}", due))
     conn.execute(INSERT, ("digit", "*/² * * * *", "myapp.b", "{}", due))
-    conn.execute(INSERT, ("deep", "* * * * *", "myapp.c", "[" * 3000 + "]" * 3000, due))
     conn.execute(INSERT, ("good", "* * * * *", "myapp.d", "{}", due))
     result = run_cli("beat", "--once", "--dsn", db_dsn)
     assert result.returncode == 0, result.stderr
     logs = parse_logs(result.stdout)
     reasons = sorted(e["error"] for e in logs if e["msg"] == "Periodic task not enqueued")
     assert reasons == [
-        "failed to parse periodic payload for deep: payload JSON is nested deeper than this "
-        f"beat can read (about {sys.getrecursionlimit() - 100} levels)",
         "invalid cron expr for digit: failed to parse int from ²: invalid step in '*/²'",
         "invalid cron expr for zone_dir: provided bad location America: unknown time zone America",
     ]
     assert conn.execute("SELECT task_path FROM task_runs").fetchall() == [("myapp.d",)]
+
+
+def test_payloads_nested_past_pythons_decoder_are_read_as_go_reads_them(run_cli, conn, db_dsn):
+    # Was "payload JSON is nested deeper than this beat can read (about 900 levels)" for a
+    # payload Go's beat enqueues; past Go's own 10,000 levels it is Go's error.
+    due = "2025-01-01T00:00:00Z"
+    deep = "[" * 3000 + "]" * 3000
+    conn.execute(
+        INSERT, ("deep", "* * * * *", "myapp.c", f'{{"args": {deep}, "kwargs": {{"a": 1}}}}', due)
+    )
+    conn.execute(INSERT, ("deeper", "* * * * *", "myapp.d", "[" * 10_001 + "]" * 10_001, due))
+    result = run_cli("beat", "--once", "--dsn", db_dsn)
+    assert result.returncode == 0, result.stderr
+    logs = parse_logs(result.stdout)
+    assert [e["error"] for e in logs if e["msg"] == "Periodic task not enqueued"] == [
+        "failed to parse periodic payload for deeper: invalid payload JSON: "
+        "invalid character '[' exceeded max depth"
+    ]
+    (run,) = conn.execute("SELECT spec_hash, task_path FROM task_runs").fetchall()
+    expected = periodic_spec_json(
+        task_path="myapp.c",
+        args_json=deep,
+        kwargs_json='{"a":1}',
+        queue_name="default",
+        priority=0,
+        concurrency_key=None,
+        concurrency_limit=0,
+        periodic_name="deep",
+        scheduled_at=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
+        max_attempts=3,
+    )
+    assert expected.startswith('{"task_path":"myapp.c","args":[[[')
+    assert run == (periodic_spec_hash(expected), "myapp.c")
+    assert conn.execute("SELECT spec_json = %s::jsonb FROM task_runs", (expected,)).fetchone() == (
+        True,
+    )
 
 
 def test_a_pass_the_stop_signal_catches_is_rolled_back(conn, conn_for, db_dsn, tmp_path):

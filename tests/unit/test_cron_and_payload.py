@@ -7,8 +7,10 @@ import re
 
 import pytest
 
+from reproq_cli.core import beat
 from reproq_cli.core.beat import DueTask, PayloadError, plan, split_payload
 from reproq_cli.core.cron import CronError, parse
+from reproq_cli.spec import periodic_spec_json
 
 UTC = dt.UTC
 
@@ -66,9 +68,69 @@ def test_next_run_across_clock_changes(expr, now, expected):
     assert nxt(expr, now) == expected
 
 
-def test_split_payload_nested_too_deep_is_a_payload_error():
-    with pytest.raises(PayloadError, match="nested deeper than this beat can read"):
-        split_payload("[" * 3000 + "]" * 3000)
+DEEP = "[" * 3000 + "]" * 3000  # past Python's decoder (~1,500 levels); Go takes 10,000
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (DEEP, (DEEP, "{}")),
+        (f'{{"args": {DEEP}, "kwargs": {{"a": "<&>"}}}}', (DEEP, '{"a":"\\u003c\\u0026\\u003e"}')),
+        (f'{{"kwargs": {{"k": {DEEP}}}}}', ("[]", f'{{"k":{DEEP}}}')),
+        (f'{{"flag": true, "d": [1, {DEEP}]}}', ("[]", f'{{"flag":true,"d":[1,{DEEP}]}}')),
+        (f'{{"args": null, "x": {DEEP}}}', ("null", "{}")),
+    ],
+)
+def test_split_payload_nested_past_pythons_decoder(payload, expected):
+    # Was a PayloadError ("nested deeper than this beat can read") for what Go enqueues.
+    assert split_payload(payload) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (f'{{"args": {{"x": {DEEP}}}}}', f'invalid periodic args: {{"x":{DEEP}}} is not an array'),
+        (f'{{"kwargs": {DEEP}}}', f"invalid periodic kwargs: {DEEP} is not an object"),
+        (
+            "[" * 10_001 + "]" * 10_001,
+            "invalid payload JSON: invalid character '[' exceeded max depth",
+        ),
+    ],
+)
+def test_split_payload_nested_past_pythons_decoder_refused_as_go_refuses_it(payload, error):
+    with pytest.raises(PayloadError) as caught:
+        split_payload(payload)
+    assert str(caught.value) == error
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{"args": [1, "a <&> \\u2028", 1.10, -0.5e+3], "kwargs": {"k": {"z": [null, false]}}}',
+        '[ "x" , 3 , {"b": 1, "a": [ ]} ]',
+        '{"flag": true, "s": "\\"quoted\\" \\\\ é \\n"}',
+        '{"args": null, "kwargs": null}',
+        '{"kwargs": {"a": 2}, "args": [[1, 2], [3]]}',
+    ],
+)
+def test_the_deep_way_gives_the_same_spec_as_the_usual_one(payload):
+    # The same payloads through both ways: the spec bytes (and so the hash) agree.
+    def spec(args_kwargs: tuple[str, str]) -> str:
+        args, kwargs = args_kwargs
+        return periodic_spec_json(
+            task_path="t.x",
+            args_json=args,
+            kwargs_json=kwargs,
+            queue_name="default",
+            priority=0,
+            concurrency_key=None,
+            concurrency_limit=0,
+            periodic_name="n",
+            scheduled_at=at(2025, 1, 1),
+            max_attempts=3,
+        )
+
+    assert spec(beat._split_deep(payload)) == spec(beat._split(payload))
 
 
 def test_no_match_within_five_years():
