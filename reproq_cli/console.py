@@ -41,8 +41,40 @@ def data(text: str) -> None:
     sys.stdout.flush()
 
 
+class RawJSON:
+    """JSON text print_json writes as it is: a database value nested deeper than Python's
+    decoder goes (jsonb takes 10,000 levels, Python ~1,500)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def json_value(text: str) -> Any:
+    """A database JSON text decoded, or kept as RawJSON when it is too deep to decode."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        return RawJSON(text)
+
+
 def print_json(value: Any) -> None:
-    data(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+    raw: dict[str, str] = {}
+
+    def encode(item: Any) -> Any:
+        if isinstance(item, RawJSON):
+            # A placeholder no database text can hold (PostgreSQL refuses NUL in text and
+            # jsonb), swapped for the raw text once the rest is encoded.
+            token = f"\0{len(raw)}\0"
+            raw[json.dumps(token)] = item.text
+            return token
+        return str(item)
+
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=encode)
+    for placeholder, original in raw.items():
+        text = text.replace(placeholder, original, 1)
+    data(text)
 
 
 def notice(message: str) -> None:

@@ -84,13 +84,11 @@ def inspect(dsn: str | None, config_path: str | None, result_id: int, as_json: b
             f"no FAILED task with result_id {result_id}", hint="reproq triage list shows them"
         )
     if as_json:
-        import json
-
         console.print_json(
             {
                 **{k: v for k, v in row.items() if k not in ("spec_text", "errors_text")},
-                "spec_json": json.loads(row["spec_text"]),
-                "errors_json": json.loads(row["errors_text"]),
+                "spec_json": console.json_value(row["spec_text"]),
+                "errors_json": console.json_value(row["errors_text"]),
             }
         )
         return

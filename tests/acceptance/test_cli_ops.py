@@ -280,6 +280,25 @@ def test_triage(run_cli, conn, db_dsn):
     assert (neither.returncode, "Provide --id or --all" in neither.stderr) == (1, True)
 
 
+def test_triage_inspect_json_of_a_spec_nested_past_pythons_decoder(run_cli, conn, db_dsn):
+    # Was "internal error: RecursionError" (exit 3) for a row jsonb and Go take.
+    from reproq_cli.gojson import syntax_error
+
+    deep = "[" * 3000 + "]" * 3000
+    (failed,) = conn.execute(
+        "INSERT INTO task_runs (spec_json, spec_hash, task_path, status, errors_json)"
+        " VALUES (%s::jsonb, 'ab', 'x.y', 'FAILED', '[{\"kind\": \"app_error\"}]')"
+        " RETURNING result_id",
+        (deep,),
+    ).fetchone()
+    shown = run_cli("triage", "inspect", "--dsn", db_dsn, "--id", str(failed), "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert syntax_error(shown.stdout) is None  # one JSON document
+    assert f'  "spec_json": {deep},\n' in shown.stdout  # the jsonb text as it is
+    assert '"errors_json": [\n    {\n      "kind": "app_error"\n    }\n  ]' in shown.stdout
+    assert f'"result_id": {failed},' in shown.stdout
+
+
 def test_triage_retry_leaves_what_waits_on_an_unfinished_task(run_cli, conn, db_dsn):
     # READY again, a chain child or a chord callback ran beside what it waits for (verify
     # then failed); retrying the parent or the member is what releases them.
