@@ -58,6 +58,7 @@ from reproq_cli.core.executor import (
     parse_envelope,
 )
 from reproq_cli.core.logs import Logger
+from reproq_cli.gojson import raw_members, syntax_error
 
 ENTRY_MODULE = "reproq_django.raytask"
 INSTALL_HINT = "pip install 'reproq[ray]'"
@@ -94,6 +95,21 @@ def ray_installed() -> bool:
         return False
 
 
+def _deep_spec_options(spec_text: str) -> dict[str, Any]:
+    """{"ray": …} from a spec nested past Python's decoder (an argument, most likely): the
+    ray object decoded on its own. A spec Go would refuse gets no options, as in
+    task_options."""
+    if syntax_error(spec_text) is not None or not spec_text.lstrip().startswith("{"):
+        return {}
+    raw = raw_members(spec_text, fold_case=False).get("ray")
+    if raw is None:
+        return {}
+    try:
+        return {"ray": json.loads(raw)}
+    except RecursionError:
+        raise InfraError("spec field 'ray' is nested too deeply", retryable=False) from None
+
+
 def task_options(spec_text: str) -> dict[str, Any]:
     """The spec's ``ray`` object (num_cpus, num_gpus, memory, resources), validated.
 
@@ -104,6 +120,8 @@ def task_options(spec_text: str) -> dict[str, Any]:
         spec = json.loads(spec_text)
     except ValueError:
         return {}
+    except RecursionError:
+        spec = _deep_spec_options(spec_text)
     raw = spec.get("ray") if isinstance(spec, dict) else None
     if raw is None:
         return {}
@@ -646,7 +664,7 @@ class _Driver:
         spec = str(command.get("spec") or "")
         try:
             task_path = str(json.loads(spec).get("task_path") or "task")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # the task reports its spec
             task_path = "task"
         ray_options: dict[str, Any] = {
             k: v for k, v in options.items() if k in RESOURCE_KEYS and v is not None

@@ -235,6 +235,26 @@ def test_timeout_stops_the_ray_task(shared_worker, tmp_path):
     assert float((tmp_path / f"{slow.id}-1.ended").read_text()) - began < 30
 
 
+def test_a_spec_nested_past_pythons_decoder_fails_with_the_executors_reason(shared_worker):
+    # Was RecursionError in the worker (reading the spec's Ray options): the row stayed
+    # RUNNING until its lease ran out, then the same again.
+    from django.db import connection
+
+    later = timezone.now() + dt.timedelta(hours=1)
+    deep = tasks.add.using(run_after=later).enqueue(1, 2)
+    nested = "[" * 3000 + "]" * 3000
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE task_runs SET spec_json = jsonb_set(spec_json, '{args}', %s::jsonb),"
+            " max_attempts = 1, run_after = NULL WHERE result_id = %s",
+            [nested, int(deep.id)],
+        )
+    _wait_status([deep], "FAILED", "SUCCESSFUL")
+    (error,) = TaskRun.objects.get(result_id=int(deep.id)).errors_json
+    assert error["kind"] == "app_error", error
+    assert error["message"] == "the spec is nested too deeply for Python's JSON decoder", error
+
+
 def test_cancellation_stops_the_ray_task(shared_worker, tmp_path):
     slow = ray_tasks.sleeper.enqueue(str(tmp_path), 60)
     started = tmp_path / f"{slow.id}-1.started"

@@ -42,6 +42,20 @@ def test_task_options_read_and_checked():
         assert info.value.retryable is False
 
 
+def test_task_options_of_a_spec_nested_past_pythons_decoder():
+    # Was RecursionError out of run_attempt: the row stayed RUNNING until its lease ran out,
+    # then ran into it again.
+    deep = "[" * 3000 + "]" * 3000
+    assert task_options(f'{{"task_path": "x.y", "args": {deep}, "ray": {{"num_cpus": 2}}}}') == {
+        "num_cpus": 2
+    }
+    assert task_options(f'{{"task_path": "x.y", "args": {deep}}}') == {}
+    assert task_options(f'{{"args": {deep}') == {}  # not JSON: the entry point reports it
+    with pytest.raises(InfraError, match=r"^spec field 'ray' is nested too deeply$") as info:
+        task_options(f'{{"task_path": "x.y", "ray": {{"resources": {deep}}}}}')
+    assert info.value.retryable is False
+
+
 def test_unschedulable_names_what_is_missing():
     cluster = {"CPU": 2.0, "memory": 8e9, "ssd": 1.0}
     assert unschedulable({}, cluster) is None
