@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 
-from reproq_cli.spec import periodic_spec_hash, periodic_spec_json
+from reproq_cli.spec import periodic_spec_hash
 from tests.support.harness import parse_logs, wait_for, waiting_on_task_runs
+from tests.support.specs import periodic_spec
 
 INSERT = (
     "INSERT INTO periodic_tasks (name, cron_expr, task_path, payload_json, next_run_at)"
@@ -119,17 +120,8 @@ def test_payloads_nested_past_pythons_decoder_are_read_as_go_reads_them(run_cli,
         "invalid character '[' exceeded max depth"
     ]
     (run,) = conn.execute("SELECT spec_hash, task_path FROM task_runs").fetchall()
-    expected = periodic_spec_json(
-        task_path="myapp.c",
-        args_json=deep,
-        kwargs_json='{"a":1}',
-        queue_name="default",
-        priority=0,
-        concurrency_key=None,
-        concurrency_limit=0,
-        periodic_name="deep",
-        scheduled_at=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
-        max_attempts=3,
+    expected = periodic_spec(
+        task_path="myapp.c", args_json=deep, kwargs_json='{"a":1}', periodic_name="deep"
     )
     assert expected.startswith('{"task_path":"myapp.c","args":[[[')
     assert run == (periodic_spec_hash(expected), "myapp.c")

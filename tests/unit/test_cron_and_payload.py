@@ -10,7 +10,7 @@ import pytest
 from reproq_cli.core import beat
 from reproq_cli.core.beat import DueTask, PayloadError, plan, split_payload
 from reproq_cli.core.cron import CronError, parse
-from reproq_cli.spec import periodic_spec_json
+from tests.support.specs import periodic_spec
 
 UTC = dt.UTC
 
@@ -115,22 +115,11 @@ def test_split_payload_nested_past_pythons_decoder_refused_as_go_refuses_it(payl
 )
 def test_the_deep_way_gives_the_same_spec_as_the_usual_one(payload):
     # The same payloads through both ways: the spec bytes (and so the hash) agree.
-    def spec(args_kwargs: tuple[str, str]) -> str:
-        args, kwargs = args_kwargs
-        return periodic_spec_json(
-            task_path="t.x",
-            args_json=args,
-            kwargs_json=kwargs,
-            queue_name="default",
-            priority=0,
-            concurrency_key=None,
-            concurrency_limit=0,
-            periodic_name="n",
-            scheduled_at=at(2025, 1, 1),
-            max_attempts=3,
-        )
-
-    assert spec(beat._split_deep(payload)) == spec(beat._split(payload))
+    deep_args, deep_kwargs = beat._split_deep(payload)
+    args, kwargs = beat._split(payload)
+    assert periodic_spec(args_json=deep_args, kwargs_json=deep_kwargs) == periodic_spec(
+        args_json=args, kwargs_json=kwargs
+    )
 
 
 def test_no_match_within_five_years():

@@ -12,6 +12,7 @@ import pytest
 
 from reproq_cli.spec import canonical_json, periodic_spec_hash, periodic_spec_json, spec_hash
 from tests.conftest import REPO_ROOT
+from tests.support.specs import periodic_spec
 
 # A copy of shared/spec/spec_hash_vectors.json, kept in the repo so a plain clone can run it.
 VECTORS = json.loads(
@@ -100,35 +101,17 @@ def test_periodic_spec_keeps_raw_args_and_uses_go_escaping():
 
 def test_periodic_scheduled_at_is_converted_to_utc():
     tz = dt.timezone(dt.timedelta(hours=2))
-    text = periodic_spec_json(
-        task_path="t.x",
-        args_json="[]",
-        kwargs_json="{}",
-        queue_name="default",
-        priority=0,
+    text = periodic_spec(
         concurrency_key="k",
         concurrency_limit=1,
-        periodic_name="n",
         scheduled_at=dt.datetime(2025, 1, 1, 2, 0, tzinfo=tz),
-        max_attempts=3,
     )
     assert '"scheduled_at":"2025-01-01T00:00:00Z"' in text
 
 
 def test_periodic_rejects_invalid_raw_json():
     with pytest.raises(ValueError):
-        periodic_spec_json(
-            task_path="t.x",
-            args_json="[1,",
-            kwargs_json="{}",
-            queue_name="default",
-            priority=0,
-            concurrency_key=None,
-            concurrency_limit=0,
-            periodic_name="n",
-            scheduled_at=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
-            max_attempts=3,
-        )
+        periodic_spec(args_json="[1,")
 
 
 @pytest.mark.parametrize(
