@@ -39,7 +39,7 @@ def test_denials_have_the_go_workers_bare_bodies(workers):
     assert _raw_body(served_port(workers, fenced), "/healthz") == b"forbidden"
     for proc in (guarded, fenced):
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 0
+        assert workers.finish(proc, timeout=15).returncode == 0
 
 
 def test_task_id_zero_is_a_filter_and_event_json_is_gos(conn, workers):

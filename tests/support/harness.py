@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -247,12 +249,17 @@ class WorkerFactory:
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            # Every thread's stack first (the worker's faulthandler, to its stderr): where
+            # it is stuck is what the failure needs to say.
+            out_path, err_path = self.outputs[proc.pid]
+            proc.send_signal(signal.SIGUSR1)
+            with contextlib.suppress(AssertionError):  # the failure below says the rest
+                wait_for(lambda: "most recent call first" in err_path.read_text(), timeout=5)
             proc.kill()
             proc.wait()
-            out_path, err_path = self.outputs[proc.pid]
             raise AssertionError(
                 f"worker did not exit within {timeout}s:\n{out_path.read_text()[-5000:]}\n"
-                f"{err_path.read_text()[-5000:]}"
+                f"{err_path.read_text()[-20000:]}"
             ) from None
         out_path, err_path = self.outputs[proc.pid]
         stdout, stderr = out_path.read_text(), err_path.read_text()
