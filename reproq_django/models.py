@@ -51,6 +51,22 @@ class JSONField(models.JSONField):
         return name, "django.db.models.JSONField", args, kwargs
 
 
+def appended(history: Any, entry: dict[str, Any]) -> Any:
+    """An errors_json value with ``entry`` added last, as the worker's SQL adds one
+    (``COALESCE(errors_json, '[]') || jsonb_build_array(entry)``): a value that is not an
+    array becomes the first element, and the text of one too deep for Python gets the entry
+    written into it."""
+    if isinstance(history, UndecodableJSON):
+        text = history.strip()
+        if text.startswith("["):  # an array: the entry goes before its closing bracket
+            body = text[:-1].rstrip()
+            return UndecodableJSON(f"{body}{'' if body == '[' else ', '}{json.dumps(entry)}]")
+        return UndecodableJSON(f"[{text}, {json.dumps(entry)}]")
+    if history is None:
+        return [entry]
+    return [*history, entry] if isinstance(history, list) else [history, entry]
+
+
 class TaskRunStatus:
     READY = "READY"
     RUNNING = "RUNNING"

@@ -39,6 +39,12 @@ def set_json(result_id: int, **columns: str) -> None:
         )
 
 
+def expire(row: int) -> None:
+    TaskRun.objects.filter(pk=row).update(
+        status="RUNNING", leased_until=timezone.now() - dt.timedelta(hours=1), leased_by="dead"
+    )
+
+
 def stored(result_id: int, column: str) -> tuple[str, str]:
     """The column's jsonb type and text, read without Python's decoder."""
     with connection.cursor() as cursor:
@@ -117,11 +123,7 @@ def test_a_save_writes_undecodable_values_back_unchanged():
 def test_reclaim_fails_a_row_whose_spec_is_too_deep_and_keeps_the_spec():
     result = tasks.add.enqueue(1, 2)
     row = int(result.id)
-    TaskRun.objects.filter(pk=row).update(
-        status="RUNNING",
-        leased_until=timezone.now() - dt.timedelta(hours=1),
-        leased_by="dead",
-    )
+    expire(row)
     set_json(row, spec_json=deep_spec(DEPTH))
     before = stored(row, "spec_json")
 
@@ -131,6 +133,34 @@ def test_reclaim_fails_a_row_whose_spec_is_too_deep_and_keeps_the_spec():
     run = TaskRun.objects.get(pk=row)
     assert run.status == "FAILED" and run.errors_json[-1]["kind"] == "reclaim"
     assert stored(row, "spec_json") == before and before[0] == "object"
+
+
+# What the worker's SQL (errors_json || jsonb_build_array(entry)) keeps of a history: each
+# kept as the first element where it is not an array, an array's elements kept as they are.
+@pytest.mark.parametrize(
+    ("history", "kept"),
+    [
+        (DEEP, "[" * (DEPTH - 1) + "]" * (DEPTH - 1)),  # too deep for Python: spliced as text
+        ('[{"kind": "app_error"}]', '{"kind": "app_error"}'),
+        ('{"odd": 1}', '{"odd": 1}'),  # was ["odd", {reclaim}]: the object's keys
+        ('"text"', '"text"'),  # was ["t", "e", "x", "t", {reclaim}]
+    ],
+)
+def test_reclaim_adds_its_error_to_any_history_as_the_worker_would(history, kept):
+    result = tasks.add.enqueue(1, 2)
+    row = int(result.id)
+    expire(row)
+    set_json(row, errors_json=history)
+
+    manage("reclaim", "--action", "fail")
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT jsonb_array_length(errors_json), (errors_json -> 0)::text,"
+            " errors_json -> -1 ->> 'kind' FROM task_runs WHERE result_id = %s",
+            [row],
+        )
+        assert cursor.fetchone() == (2, kept, "reclaim")
 
 
 def test_admin_shows_the_start_of_a_value_too_deep_to_pretty_print(staff):

@@ -817,7 +817,7 @@ class Command(BaseCommand):
         from django.db.models import Q
 
         from reproq_cli.core.policy import timestamp
-        from reproq_django.models import TaskRun
+        from reproq_django.models import TaskRun, appended
         from reproq_django.workflows import fail_dependents
 
         limit = check_limit(options["limit"])
@@ -851,11 +851,11 @@ class Command(BaseCommand):
                     ended: list[tuple[int, Any]] = []
                     # Locked: a worker cannot complete the row between this read and the save.
                     for run in targets.select_for_update():
-                        run.errors_json = [
-                            *(run.errors_json or []),
+                        run.errors_json = appended(
+                            run.errors_json,
                             {"at": timestamp(), "kind": "reclaim",
                              "message": "Failed by manage.py reproq reclaim"},
-                        ]  # fmt: skip
+                        )  # fmt: skip
                         run.status = "FAILED"
                         run.finished_at = run.last_attempted_at = run.failed_at = now
                         run.last_error = "reclaim: Failed by manage.py reproq reclaim"
