@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django import forms
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
+
+from reproq_cli.gojson import syntax_error
 
 
 class UndecodableJSON(str):
@@ -24,6 +28,30 @@ class UndecodableJSON(str):
 class _Verbatim(json.JSONEncoder):
     def encode(self, o: Any) -> str:
         return str(o) if isinstance(o, UndecodableJSON) else super().encode(o)
+
+
+class JSONFormField(forms.JSONField):
+    """Django's form field for JSON, with a value too deeply nested for Python shown and
+    taken back as its text (Django's showed it as a JSON string, which a save then stored)."""
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, UndecodableJSON):
+            return value
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            if syntax_error(value) is not None:
+                raise ValidationError(self.error_messages["invalid"], code="invalid") from None
+            return UndecodableJSON(value)
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return UndecodableJSON(data)  # shown again as typed; to_python checks it
+
+    def prepare_value(self, value: Any) -> Any:
+        return str(value) if isinstance(value, UndecodableJSON) else super().prepare_value(value)
 
 
 class JSONField(models.JSONField):
@@ -44,6 +72,9 @@ class JSONField(models.JSONField):
             # Encoded as a value it would be stored as a JSON string of its own text.
             return connection.ops.adapt_json_value(value, _Verbatim)
         return super().get_db_prep_value(value, connection, prepared)
+
+    def formfield(self, **kwargs: Any) -> Any:
+        return super().formfield(**{"form_class": JSONFormField, **kwargs})
 
     def deconstruct(self) -> Any:
         # Migrations see Django's field: the column and its type are the same.

@@ -9,10 +9,11 @@ import datetime as dt
 
 import pytest
 from django.db import connection
+from django.forms import modelform_factory
 from django.urls import reverse
 from django.utils import timezone
 
-from reproq_django.models import TaskRun, UndecodableJSON
+from reproq_django.models import PeriodicTask, TaskRun, UndecodableJSON
 from tests.django import test_admin
 from tests.django.sampleapp import tasks
 from tests.django.test_manage import manage
@@ -189,3 +190,57 @@ def test_admin_replay_copies_a_spec_too_deep_for_python(staff):
     (copy,) = TaskRun.objects.exclude(pk=row).values_list("result_id", flat=True)
     assert stored(copy, "spec_json") == stored(row, "spec_json")
     assert TaskRun.objects.get(pk=copy).task_path == "tests.django.sampleapp.tasks.add"
+
+
+def deep_periodic_task() -> PeriodicTask:
+    PeriodicTask.objects.create(
+        name="deep", cron_expr="* * * * *", task_path="x.y", next_run_at=timezone.now()
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE periodic_tasks SET payload_json = %s::jsonb WHERE name = 'deep'", [DEEP]
+        )
+    return PeriodicTask.objects.get(name="deep")
+
+
+def payload() -> tuple[str, str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT jsonb_typeof(payload_json), payload_json::text FROM periodic_tasks"
+            " WHERE name = 'deep'"
+        )
+        return cursor.fetchone()
+
+
+def test_a_form_shows_and_saves_a_value_too_deep_for_python_as_its_text(staff):
+    # Shown as a JSON string of its text, a save stored it as that string.
+    task = deep_periodic_task()
+    page = staff.get(reverse("admin:reproq_django_periodictask_change", args=["deep"]))
+    assert page.status_code == 200
+    assert page.context["adminform"].form["payload_json"].value() == DEEP
+
+    form_class = modelform_factory(PeriodicTask, fields=["payload_json", "cron_expr"])
+    shown = form_class(instance=task)
+    data = {name: shown[name].value() for name in ("payload_json", "cron_expr")}
+    assert data["payload_json"] == DEEP
+    # A field whose default is callable (dict) sends its initial value in a hidden input.
+    assert shown["payload_json"].field.show_hidden_initial
+    data["initial-payload_json"] = data["payload_json"]
+    unchanged = form_class(data, instance=task)
+    assert unchanged.is_valid(), unchanged.errors
+    assert not unchanged.has_changed()
+    unchanged.save()
+    assert payload() == ("array", DEEP)
+
+    other = "[" * 2500 + "1" + "]" * 2500
+    edited = form_class({**data, "payload_json": other}, instance=task)
+    assert edited.is_valid(), edited.errors
+    assert edited.has_changed()
+    edited.save()
+    assert payload() == ("array", other)
+
+    broken = form_class({**data, "payload_json": DEEP + "]"}, instance=task)
+    assert not broken.is_valid()  # was RecursionError: a 500 from the admin
+    assert broken.errors["payload_json"] == ["Enter a valid JSON."]
+    assert broken["payload_json"].value() == DEEP + "]"  # shown again as typed
+    assert payload() == ("array", other)
