@@ -7,7 +7,8 @@ past ~1,500 levels of nesting, which Go's decoder and jsonb take up to 10,000. T
 decodes with Python's decoder and turns here only when that fails: ``syntax_error`` words an
 error as Go's ``json.Unmarshal`` does, and ``value_end`` finds where a value ends without
 recursing. Both follow the states of Go's scanner, one character at a time. ``raw_members``
-(an object's members as written, for the envelope's raw return value) and ``top_level`` use
+(an object's members as written, for the envelope's raw return value), ``raw_top_level`` and
+``top_level`` use
 ``value_end`` where Python's decoder would recurse too deep; ``top_level`` checks the
 document first.
 """
@@ -323,14 +324,21 @@ def shallow(raw: str) -> Any:
     return json.loads(raw)
 
 
-def top_level(text: str) -> Any:
-    """The JSON document ``text``, decoded without recursing: an object's members, each array
-    or object among them empty (see ``shallow``). GoSyntaxError, with Go's text, when Go's
-    decoder would refuse it."""
+def raw_top_level(text: str) -> dict[str, str] | str:
+    """The JSON document ``text`` split one level without recursing: an object's members as
+    written, by key (the last one winning), or the document itself, stripped, when it is not
+    an object. GoSyntaxError, with Go's text, when Go's decoder would refuse it."""
     problem = syntax_error(text)
     if problem is not None:
         raise GoSyntaxError(problem)
     text = text.strip(" \t\n\r")
-    if text.startswith("{"):
-        return {key: shallow(raw) for key, raw in raw_members(text, fold_case=False).items()}
-    return shallow(text)
+    return raw_members(text, fold_case=False) if text.startswith("{") else text
+
+
+def top_level(text: str) -> Any:
+    """The JSON document ``text``, decoded without recursing: an object's members, each array
+    or object among them empty (see ``shallow``). GoSyntaxError as raw_top_level."""
+    raw = raw_top_level(text)
+    if isinstance(raw, str):
+        return shallow(raw)
+    return {key: shallow(member) for key, member in raw.items()}

@@ -16,7 +16,7 @@ from typing import Any
 
 from reproq_cli.core.cron import CronError
 from reproq_cli.core.cron import parse as parse_cron
-from reproq_cli.gojson import raw_members, syntax_error
+from reproq_cli.gojson import GoSyntaxError, raw_top_level
 from reproq_cli.spec import go_compact_raw, periodic_spec_hash, periodic_spec_json
 
 
@@ -100,15 +100,14 @@ def _split_deep(text: str) -> tuple[str, str]:
     """_split for a payload too deeply nested for Python: its top level read without
     recursing, each part compacted as the spec embeds it (Go's escapes included). Only an
     array or an object nests, so the payload is one of those."""
-    problem = syntax_error(text)
-    if problem is not None:  # past Go's own limit (10,000 levels), as Go words it
-        raise PayloadError(f"invalid payload JSON: {problem}")
-    body = text.strip(" \t\n\r")
-    if body.startswith("["):
-        return go_compact_raw(body), "{}"
-    members = raw_members(body, fold_case=False)
+    try:
+        members = raw_top_level(text)
+    except GoSyntaxError as exc:  # past Go's own limit (10,000 levels), as Go words it
+        raise PayloadError(f"invalid payload JSON: {exc}") from None
+    if isinstance(members, str):  # an array
+        return go_compact_raw(members), "{}"
     if "args" not in members and "kwargs" not in members:
-        return "[]", go_compact_raw(body)
+        return "[]", go_compact_raw(text)
     args = go_compact_raw(members.get("args", "[]"))
     kwargs = go_compact_raw(members.get("kwargs", "{}"))
     if args != "null" and not args.startswith("["):

@@ -58,7 +58,7 @@ from reproq_cli.core.executor import (
     parse_envelope,
 )
 from reproq_cli.core.logs import Logger
-from reproq_cli.gojson import raw_members, syntax_error
+from reproq_cli.gojson import GoSyntaxError, raw_top_level
 
 ENTRY_MODULE = "reproq_django.raytask"
 INSTALL_HINT = "pip install 'reproq[ray]'"
@@ -99,9 +99,11 @@ def _deep_spec_options(spec_text: str) -> dict[str, Any]:
     """{"ray": …} from a spec nested past Python's decoder (an argument, most likely): the
     ray object decoded on its own. A spec Go would refuse gets no options, as in
     task_options."""
-    if syntax_error(spec_text) is not None or not spec_text.lstrip().startswith("{"):
+    try:
+        members = raw_top_level(spec_text)
+    except GoSyntaxError:
         return {}
-    raw = raw_members(spec_text, fold_case=False).get("ray")
+    raw = members.get("ray") if isinstance(members, dict) else None
     if raw is None:
         return {}
     try:
