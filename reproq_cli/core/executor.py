@@ -202,9 +202,18 @@ _FIELD_TYPES: dict[str, tuple[type, str]] = {
 _ENVELOPE_FIELDS = ("return", *_FIELD_TYPES)  # "return" is kept raw, of any type
 
 
+# What Go's strings.TrimSpace trims (unicode.IsSpace). Python's str.strip() takes the
+# separators \x1c-\x1f too, which Go leaves in place for its decoder to refuse.
+GO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
+
+
 def parse_envelope(stdout: str) -> Envelope:
     """Decode the executor's stdout as Go's worker does; a decode error is a failed envelope."""
-    text = stdout.strip()
+    text = stdout.strip(GO_SPACE)
     try:
         return _decode_envelope(text)
     except ValueError as exc:
@@ -442,7 +451,7 @@ def _supervise(
         err.write(wait_error(returncode).encode())
     # On a timeout Go keeps stdout as captured (marker included) for the log file; otherwise
     # the trimmed text it parses.
-    stdout_text = out.text() if timed_out else out.text(with_marker=False).strip()
+    stdout_text = out.text() if timed_out else out.text(with_marker=False).strip(GO_SPACE)
     result = ExecResult(
         stdout=stdout_text,
         stderr=err.text(),

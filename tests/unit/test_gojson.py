@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from reproq_cli import gojson
-from reproq_cli.core.executor import parse_envelope
+from reproq_cli.core.executor import GO_SPACE, parse_envelope
 from reproq_cli.core.policy import resolve_task_path
 from reproq_cli.core.pool import read_answer
 from reproq_cli.models import ClaimedTask
@@ -109,6 +109,23 @@ def test_value_end_without_recursion():
 )
 def test_data_after_the_value_is_worded_as_go_does(stdout, error):
     assert parse_envelope(stdout).message == f"Invalid JSON on stdout: {error}"
+
+
+def test_stdout_is_trimmed_as_gos_strings_trimspace_trims_it():
+    # str.strip() also took the separators \x1c-\x1f, so "\x1e" + an envelope succeeded
+    # (found by the bad-input property test); Go's decoder refuses the character.
+    assert parse_envelope('\x1e{"ok": true}').message == (
+        "Invalid JSON on stdout: invalid character '\\x1e' looking for beginning of value"
+    )
+    assert parse_envelope('{"ok": true}\x1f').message == (
+        "Invalid JSON on stdout: invalid character '\\x1f' after top-level value"
+    )
+    # What Go does trim: ASCII space, NEL, NBSP and the Unicode spaces.
+    assert parse_envelope('\x85\xa0\u2003{"ok": true}\u3000\u2029 \n').ok is True
+    assert (
+        "".join(c for c in map(chr, range(0x110000)) if c.isspace() and c not in "\x1c\x1d\x1e\x1f")
+        == GO_SPACE
+    )
 
 
 def test_an_envelope_nested_past_pythons_decoder_is_read():
