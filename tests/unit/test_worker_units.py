@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import io
 import json
 import re
@@ -221,6 +222,40 @@ def test_json_log_attributes_in_order_through_binds():
         ("extra", "ü\u2028"),
     ]
     assert lines[1].endswith('"extra":"ü\\u2028"}')
+
+
+def test_json_log_values_of_every_kind():
+    """Strings and ints skip the JSON encoder's call; every other kind goes through it, and
+    a bound value is written exactly as a value given at the call."""
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    values = {
+        "flag": True,
+        "none": None,
+        "big": 10**30,
+        "neg": -5,
+        "level": Level.HIGH,
+        "ratio": 1.5,
+        "nan": float("nan"),
+        "took": timedelta(seconds=1.5),
+        "at": datetime(2026, 1, 2, 3, 4, 5),
+        "nested": {"password": "x", "ids": (1, 2)},
+        "api_token": 7,
+        "quote": 'a"b\\',
+    }
+    expected = (
+        ',"flag":true,"none":null,"big":1000000000000000000000000000000,"neg":-5,"level":3'
+        ',"ratio":1.5,"nan":NaN,"took":1500000000,"at":"2026-01-02T03:04:05"'
+        ',"nested":{"password":"[REDACTED]","ids":[1,2]},"api_token":"[REDACTED]"'
+        ',"quote":"a\\"b\\\\"}'
+    )
+    stream = io.StringIO()
+    Logger(stream, "json").info("given", **values)
+    Logger(stream, "json").bind(**values).info("bound")
+    for line in stream.getvalue().splitlines():
+        assert line.endswith(expected), line
 
 
 def test_json_log_time_is_local_rfc3339_with_milliseconds():
