@@ -20,24 +20,54 @@ from psycopg import conninfo, sql
 from rich.console import Console
 from rich.table import Table
 
+from reproq_cli.errors import DatabaseError, ReproqError
+
 console = Console()
 DEMO_DB = "reproq_demo"
 
 
 def fresh_database(admin_dsn: str) -> str:
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DB))
-        )
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DB)))
+    from reproq_cli.db.connect import cannot_connect, connection_kwargs, describe_target, one_line
+
+    hint = "unset DATABASE_URL to run the demo on the embedded PostgreSQL, or correct it"
+    try:
+        conn = psycopg.connect(admin_dsn, autocommit=True, **connection_kwargs(admin_dsn))
+    except psycopg.Error as exc:
+        raise DatabaseError(cannot_connect(admin_dsn, exc).message, hint=hint) from None
+    with conn:
+        try:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DB))
+            )
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DB)))
+        except psycopg.Error as exc:
+            raise DatabaseError(
+                f"cannot create the database {DEMO_DB} on {describe_target(admin_dsn)}: "
+                f"{one_line(exc)}",
+                hint=f"connect as a role that may create databases; {hint}",
+            ) from None
     return conninfo.make_conninfo(admin_dsn, dbname=DEMO_DB)
 
 
 def main() -> int:
+    """The demo, with reproq's error boundary: what a user can fix is an ``error:`` line
+    and a ``hint:`` line on stderr, not a traceback."""
+    from reproq_cli import console as messages
+
+    try:
+        return run()
+    except ReproqError as exc:
+        messages.error(exc.message, exc.hint)
+        return exc.exit_code
+
+
+def run() -> int:
     from reproq_cli.db import embedded
+    from reproq_cli.db.connect import describe_target
 
     admin_dsn = os.environ.get("DATABASE_URL") or embedded.start(os.environ)
-    console.print(f"[bold]PostgreSQL:[/bold] {admin_dsn}")
+    # Not wrapped at the terminal's width: a DSN is copied from here.
+    console.print(f"[bold]PostgreSQL:[/bold] {describe_target(admin_dsn)}", soft_wrap=True)
     dsn = fresh_database(admin_dsn)
     os.environ["REPROQ_DEMO_DSN"] = dsn
     os.environ["DJANGO_SETTINGS_MODULE"] = "reproq_django.demo.settings"
@@ -97,13 +127,18 @@ def main() -> int:
         started = time.monotonic()
         for round_number in range(1, 4):
             console.print(f"[bold]Running[/bold] reproq worker --burst (round {round_number})")
-            subprocess.run(
+            worker = subprocess.run(
                 [sys.executable, "-m", "reproq_cli", "worker", "--burst", "--config", str(config),
                  "--log-format", "text"],
-                check=True,
+                check=False,
                 stdout=subprocess.DEVNULL,
                 env={**os.environ, "DATABASE_URL": dsn},
             )  # fmt: skip
+            if worker.returncode != 0:
+                raise ReproqError(
+                    f"reproq worker --burst exited with status {worker.returncode}",
+                    hint="its error is above",
+                )
             waiting = TaskRun.objects.filter(status="READY", run_after__gt=django_now())
             if not waiting.exists():
                 break

@@ -38,3 +38,31 @@ def test_demo_runs_every_sample_to_its_end(pg_admin_dsn, tmp_path):
     assert all(cells[1] in ("SUCCESSFUL", "FAILED") for cells in rows.values())
     assert len(rows) == 11
     assert "lock_key pair ran one after the other: True" in result.stdout
+
+
+def test_demo_with_an_unreachable_database_url_says_so_in_two_lines(tmp_path):
+    """The DSN is shown whole however narrow the terminal, without its password, and a
+    database that cannot be reached is an error and a hint, not a traceback."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": "postgresql://demo:sekrit@127.0.0.1:1/nowhere",
+        "COLUMNS": "30",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "reproq_django.demo"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.splitlines() == ["PostgreSQL: postgresql://demo:****@127.0.0.1:1/nowhere"]
+    error, hint = result.stderr.splitlines()
+    assert error.startswith("error: cannot connect to postgresql://demo:****@127.0.0.1:1/nowhere: ")
+    assert hint == (
+        "hint: unset DATABASE_URL to run the demo on the embedded PostgreSQL, or correct it"
+    )
+    assert "sekrit" not in result.stdout + result.stderr
