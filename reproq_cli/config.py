@@ -669,32 +669,45 @@ def resolve(
             # list that replaces the file's (the validator's default prefixes then apply).
             resolved = Resolved(value, "env", f"env {setting.env}")
         if setting.key in flags and flags[setting.key] is not None:
-            raw_flag = flags[setting.key]
-            flag_name = setting.flag or setting.key
-            try:
-                value = _coerce_text(setting, raw_flag) if isinstance(raw_flag, str) else raw_flag
-            except ValueError as exc:
-                raise ConfigError(
-                    f"invalid value for {flag_name}: {exc}",
-                    hint=_fix_hint(setting, f"after {flag_name}"),
-                    exit_code=2,
-                ) from None
-            problem = _check_range(setting, value)
-            if setting.key == "metrics.auth_window" and value <= 0:
-                problem = None  # as Go: refused only when there is a server (_check_limiter)
-            if problem:
-                raise ConfigError(
-                    f"invalid value for {flag_name}: {_describe(raw_flag)} {problem}",
-                    hint=_range_hint(setting, f"after {flag_name}"),
-                    exit_code=2,
-                )
+            value = _flag_value(setting, flags[setting.key])
             # An explicit empty flag (--dsn "") still counts: the user asked for it.
-            resolved = Resolved(value, "flag", f"flag {flag_name}")
+            resolved = Resolved(value, "flag", f"flag {setting.flag or setting.key}")
         values[setting.key] = resolved
 
     config = Config(mode=mode, path=path, values=values, warnings=warnings)
     _check_cross_field(config)
     return config
+
+
+def _flag_value(setting: Setting, raw_flag: Any) -> Any:
+    """A flag's value, typed and checked; ``ConfigError`` (a usage error) otherwise."""
+    flag_name = setting.flag or setting.key
+    try:
+        value = _coerce_text(setting, raw_flag) if isinstance(raw_flag, str) else raw_flag
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid value for {flag_name}: {exc}",
+            hint=_fix_hint(setting, f"after {flag_name}"),
+            exit_code=2,
+        ) from None
+    problem = _check_range(setting, value)
+    if setting.key == "metrics.auth_window" and value <= 0:
+        problem = None  # as Go: refused only when there is a server (_check_limiter)
+    if problem:
+        raise ConfigError(
+            f"invalid value for {flag_name}: {_describe(raw_flag)} {problem}",
+            hint=_range_hint(setting, f"after {flag_name}"),
+            exit_code=2,
+        )
+    return value
+
+
+def check_flag(mode: Mode, key: str, raw: Any) -> Any:
+    """The value of one setting's flag, checked as ``resolve`` checks it: for a command that
+    writes the flag down to be read later (``manage.py reproq systemd``), where a value the
+    worker refuses would only surface when the unit starts."""
+    setting = next(s for s in SETTINGS_BY_MODE[mode] if s.key == key)
+    return _flag_value(setting, raw)
 
 
 def _range_hint(setting: Setting, where: str) -> str:

@@ -98,6 +98,31 @@ def test_systemd_refuses_what_systemd_would_change_and_no_quoting_keeps(tmp_path
         manage("systemd")
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--concurrency", "0", "invalid value for --concurrency: 0 must be >= 1; give an integer"),
+        ("--concurrency", "1001", "invalid value for --concurrency: 1001 must be <= 1000; "),
+        ("--payload-mode", "pipe", 'invalid value for --payload-mode: "pipe" must be one of '),
+        ("--metrics-port", "70000", "invalid value for --metrics-port: 70000 must be <= 65535; "),
+    ],
+)
+def test_systemd_refuses_a_worker_flag_the_worker_would_refuse(
+    tmp_path, monkeypatch, flag, value, message
+):
+    """A unit whose worker refuses its flags fails only when systemd starts it, with the reason
+    in the journal: the value is refused here, with the worker's words, and nothing written."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CommandError) as refused:
+        manage("systemd", flag, value)
+    assert str(refused.value).startswith(message)
+    assert list(tmp_path.iterdir()) == []
+    manage("systemd", "--concurrency", "1000", "--payload-mode", "file", "--metrics-port", "9090")
+    worker = unit_lines(tmp_path / f"reproq-worker-{tmp_path.name}.service")
+    (start,) = (line for line in worker if line.startswith("ExecStart="))
+    assert start.endswith(" worker --concurrency 1000 --payload-mode file --metrics-port 9090")
+
+
 @pytest.fixture
 def no_install(monkeypatch) -> list[dict[str, object]]:
     """binary.install recorded, not run: these tests must not download anything."""

@@ -329,6 +329,20 @@ def example_config(suffix: str, allowed: list[str]) -> str:
     )
 
 
+def _check_worker_flags(options: dict[str, Any], keys: dict[str, str]) -> None:
+    """Refuse now what `reproq worker` would refuse when a written unit starts it."""
+    from reproq_cli.config import check_flag
+    from reproq_cli.errors import ReproqError
+
+    for option, key in keys.items():
+        if options[option] in (None, ""):
+            continue
+        try:
+            check_flag("worker", key, options[option])
+        except ReproqError as exc:
+            raise CommandError(f"{exc}; {exc.hint}" if exc.hint else str(exc)) from None
+
+
 # Words systemd reads as written in ExecStart= (no quoting, escapes, specifiers or variables).
 _UNIT_PLAIN_WORD = r"[A-Za-z0-9_./:,=+@-]+"
 
@@ -934,6 +948,14 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"{what} {value!r} holds a control character (a newline?); give it on one line"
                 )
+        _check_worker_flags(
+            options,
+            {
+                "concurrency": "worker.concurrency",
+                "payload_mode": "worker.payload_mode",
+                "metrics_port": "metrics.port",
+            },
+        )
         name = cwd.name
         if not (cwd / "manage.py").is_file():
             self.stderr.write(
