@@ -5,26 +5,31 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import REPO_ROOT
 
 
-def test_demo_runs_every_sample_to_its_end(pg_admin_dsn, tmp_path):
+def run_demo(cwd: Path, database_url: str, columns: int) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        "DATABASE_URL": pg_admin_dsn,
-        "COLUMNS": "200",
+        "DATABASE_URL": database_url,
+        "COLUMNS": str(columns),
         "PYTHONPATH": str(REPO_ROOT),
     }
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "reproq_django.demo"],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_demo_runs_every_sample_to_its_end(pg_admin_dsn, tmp_path):
+    result = run_demo(tmp_path, pg_admin_dsn, 200)
     assert result.returncode == 0, result.stderr
     rows = {
         line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
@@ -43,21 +48,7 @@ def test_demo_runs_every_sample_to_its_end(pg_admin_dsn, tmp_path):
 def test_demo_with_an_unreachable_database_url_says_so_in_two_lines(tmp_path):
     """The DSN is shown whole however narrow the terminal, without its password, and a
     database that cannot be reached is an error and a hint, not a traceback."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": "postgresql://demo:sekrit@127.0.0.1:1/nowhere",
-        "COLUMNS": "30",
-        "PYTHONPATH": str(REPO_ROOT),
-    }
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "reproq_django.demo"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_demo(tmp_path, "postgresql://demo:sekrit@127.0.0.1:1/nowhere", 30)
     assert result.returncode == 1, result.stderr
     assert result.stdout.splitlines() == ["PostgreSQL: postgresql://demo:****@127.0.0.1:1/nowhere"]
     error, hint = result.stderr.splitlines()
