@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -137,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         result = root.main(args=args, prog_name="reproq", standalone_mode=False)
     except ReproqError as exc:
         if _verbose:
+            import traceback  # only with -v: `reproq --help` start-up pays for each import
+
             traceback.print_exc()
         console.error(exc.message, exc.hint)
         sys.exit(exc.exit_code)
@@ -157,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(130)
     except Exception as exc:
         if _verbose:
+            import traceback
+
             traceback.print_exc()
         console.error(
             f"internal error: {type(exc).__name__}: {exc}",

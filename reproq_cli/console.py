@@ -5,7 +5,6 @@ rich honours NO_COLOR and drops styling when the stream is not a terminal.
 
 from __future__ import annotations
 
-import json
 import sys
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -53,6 +52,8 @@ class RawJSON:
 
 def json_value(text: str) -> Any:
     """A database JSON text decoded, or kept as RawJSON when it is too deep to decode."""
+    import json  # here, not at the top: `reproq --help` imports this module (~3 ms)
+
     try:
         return json.loads(text)
     except RecursionError:
@@ -60,6 +61,8 @@ def json_value(text: str) -> Any:
 
 
 def print_json(value: Any) -> None:
+    import json
+
     raw: dict[str, str] = {}
 
     def encode(item: Any) -> Any:
