@@ -175,14 +175,8 @@ def test_init_reports_a_failed_install_in_one_line(tmp_path):
         manage("init", "--skip-migrate", "--skip-worker-migrate", "--source", str(missing),
                "--config", str(tmp_path / "a.yaml"))  # fmt: skip
     # As manage.py runs it: the one line, exit 1, no traceback, nothing installed.
-    done = subprocess.run(
-        [sys.executable, "-m", "django", "reproq", "init", "--source", str(missing)],
-        env=sqlite_env(),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
+    # (a DSN for the worker's schema, which the failed install comes before)
+    done = manage_py(tmp_path, "init", "--source", str(missing), DATABASE_URL=UNREACHABLE)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     # (after the system check's warning about SQLite)
@@ -192,6 +186,60 @@ def test_init_reports_a_failed_install_in_one_line(tmp_path):
     )
     assert "Wrote reproq.yaml" in done.stdout
     assert not (tmp_path / ".reproq").exists()
+
+
+UNREACHABLE = "postgresql://u@127.0.0.1:1/none"
+NOT_POSTGRES = (
+    "CommandError: DATABASES['default'] is django.db.backends.sqlite3, not PostgreSQL, and "
+    "reproq has no DSN of its own; reproq needs the PostgreSQL database this project enqueues "
+    "into: point DATABASES at PostgreSQL, set DATABASE_URL or `dsn:` in reproq.yaml, or "
+)
+
+
+def manage_py(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m django reproq ARGS` on the SQLite settings, as a user runs manage.py."""
+    return subprocess.run(
+        [sys.executable, "-m", "django", "reproq", *args],
+        env=sqlite_env(**env),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_a_project_on_sqlite_gets_no_worker_on_an_unrelated_database(tmp_path):
+    """Without a DSN the CLI falls back to its embedded PostgreSQL, where a SQLite project's
+    tasks can never be: its worker waited there for them, and `init` migrated it. The
+    embedded server is on for this run, so the old fallback would have been taken."""
+    env = {"REPROQ_EMBEDDED": "", "REPROQ_EMBEDDED_DIR": str(tmp_path / "never-made")}
+    for args, fix in (
+        (("worker", "--burst"), "pass --database ALIAS"),
+        (("beat", "--once"), "pass --database ALIAS"),
+        (("migrate-worker",), "pass --database ALIAS"),
+        (("init", "--skip-install"), "pass --skip-worker-migrate"),
+    ):
+        done = manage_py(tmp_path, *args, **env)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.splitlines()[-1] == NOT_POSTGRES + fix
+        assert "Running:" not in done.stderr
+    assert list(tmp_path.iterdir()) == []  # init wrote nothing, no server was made
+
+    # A DSN of the CLI's own is used as before: the CLI runs, and goes there.
+    (tmp_path / "reproq.yaml").write_text(f"dsn: '{UNREACHABLE}'\n")
+    done = manage_py(tmp_path, "worker", "--burst", **env)
+    assert "Running:" in done.stderr
+    assert "error: cannot connect to postgresql://u@127.0.0.1:1/none" in done.stderr
+
+    # init without the worker's schema: the project is set up for enqueueing, and told so.
+    (tmp_path / "reproq.yaml").unlink()
+    done = manage_py(tmp_path, "init", "--skip-install", "--skip-worker-migrate", **env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == (
+        "Tasks can be enqueued into this project's database; a worker needs PostgreSQL: point "
+        "DATABASES at it, then run python manage.py reproq worker"
+    )
+    assert not (tmp_path / "never-made").exists()
 
 
 def test_init_help_lists_the_install_flags():

@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -29,11 +29,14 @@ from django.tasks import task_backends
 from django.utils import timezone
 from psycopg import conninfo, pq
 
-from reproq_cli.defaults import DEFAULT_PYTHON_BIN_ENV
+from reproq_cli.defaults import DEFAULT_PYTHON_BIN_ENV, EMBEDDED_ENV
 from reproq_django import binary
 from reproq_django.binary import worker_command
 from reproq_django.db import default_db_alias, queue_db_aliases
 from reproq_django.schema import TABLES
+
+if TYPE_CHECKING:
+    from reproq_cli.config import Config
 
 PASSTHROUGH = ("worker", "beat", "schedule", "config", "doctor")
 
@@ -231,9 +234,9 @@ def take_option(args: list[str], name: str) -> tuple[str | None, list[str]]:
     return value, rest
 
 
-def _file_sets_allowed_modules(cli_args: list[str], env: dict[str, str]) -> bool:
-    """Whether the config file the CLI will read sets worker.allowed_task_modules: the
-    variable set for it would outrank the file (env > file), so it is left alone then."""
+def _cli_config(cli_args: list[str], env: dict[str, str]) -> Config | None:
+    """The worker configuration the CLI will resolve from its file and ``env`` (the flags
+    aside); None when the file is broken, which the CLI reports itself."""
     from reproq_cli.config import resolve
     from reproq_cli.errors import ReproqError
 
@@ -244,10 +247,37 @@ def _file_sets_allowed_modules(cli_args: list[str], env: dict[str, str]) -> bool
         elif arg.startswith("--config="):
             explicit = arg.partition("=")[2]
     try:
-        config = resolve("worker", config_path=explicit, env=env)
+        return resolve("worker", config_path=explicit, env=env)
     except ReproqError:
-        return False  # the CLI reports the broken file itself
-    return config.values["worker.allowed_task_modules"].source == "file"
+        return None
+
+
+def _file_sets_allowed_modules(cli_args: list[str], env: dict[str, str]) -> bool:
+    """Whether the config file the CLI will read sets worker.allowed_task_modules: the
+    variable set for it would outrank the file (env > file), so it is left alone then."""
+    config = _cli_config(cli_args, env)
+    return config is not None and config.values["worker.allowed_task_modules"].source == "file"
+
+
+def _cli_finds_a_dsn(cli_args: list[str], env: dict[str, str]) -> bool:
+    """Whether the CLI has a database of its own to go to: --dsn, a DSN in its config file or
+    environment, libpq's PG* variables, or the embedded server turned on by name."""
+    from reproq_cli.db import embedded
+    from reproq_cli.db.connect import has_libpq_location
+    from reproq_cli.errors import ReproqError
+
+    if any(arg == "--dsn" or arg.startswith("--dsn=") for arg in cli_args):
+        return True
+    if has_libpq_location(env):
+        return True
+    if env.get(EMBEDDED_ENV, "").strip():
+        try:
+            if embedded.fallback_enabled(env):
+                return True
+        except ReproqError:
+            return True  # a value that is not a boolean: the CLI says so itself
+    config = _cli_config(cli_args, env)
+    return config is None or bool(config.values["dsn"].value)
 
 
 def write_file(path: Path, text: str) -> None:
@@ -552,11 +582,32 @@ class Command(BaseCommand):
 
     # --- CLI-driven subcommands ----------------------------------------------------------------
 
-    def _cli_env(self, alias: str | None) -> dict[str, str]:
+    def _cli_env(
+        self,
+        alias: str | None,
+        cli_args: list[str] | None = None,
+        *,
+        fix: str = "pass --database ALIAS",
+        needs_database: bool = True,
+    ) -> dict[str, str]:
         env = dict(os.environ)
         dsn = database_dsn(alias)
         if dsn and (alias is not None or "DATABASE_URL" not in env):
             env["DATABASE_URL"] = dsn  # in the environment, not argv: keeps the password private
+        if dsn is None:
+            # This project's tasks are in a database that is not PostgreSQL (SQLite, say). The
+            # CLI's embedded server, its fallback without a DSN, cannot hold them: a worker
+            # there waited for tasks that never came, and `init` migrated it as if it were
+            # the project's. A DSN of the CLI's own still applies.
+            if needs_database and not _cli_finds_a_dsn(cli_args or [], env):
+                engine = settings.DATABASES.get(default_db_alias(), {}).get("ENGINE") or "unset"
+                raise CommandError(
+                    f"DATABASES[{default_db_alias()!r}] is {engine}, not PostgreSQL, and reproq "
+                    "has no DSN of its own; reproq needs the PostgreSQL database this project "
+                    "enqueues into: point DATABASES at PostgreSQL, set DATABASE_URL or `dsn:` "
+                    f"in reproq.yaml, or {fix}"
+                )
+            env.setdefault(EMBEDDED_ENV, "0")
         if os.environ.get("DJANGO_SETTINGS_MODULE") is None and settings.SETTINGS_MODULE:
             env["DJANGO_SETTINGS_MODULE"] = settings.SETTINGS_MODULE
         # Tasks need this project's packages: run the executor with this interpreter unless
@@ -588,12 +639,14 @@ class Command(BaseCommand):
             # The CLI's own exit code (2 for a usage error), not manage.py's generic 1.
             raise CommandError(f"reproq {cli_args[0]} exited with status {code}", returncode=code)
 
-    def _allowed_modules_env(self, options: dict[str, Any]) -> dict[str, str]:
+    def _allowed_modules_env(
+        self, options: dict[str, Any], *, needs_database: bool = True
+    ) -> dict[str, str]:
         """The CLI's environment with ALLOWED_TASK_MODULES filled from the installed apps'
         tasks modules when neither the flag nor the variable sets it: what `worker` runs
         with, so `doctor` and `config` describe that worker."""
         cli_args = options.get("cli_args", [])
-        env = self._cli_env(options["database"])
+        env = self._cli_env(options["database"], cli_args, needs_database=needs_database)
         if (
             not any(a.startswith("--allowed-task-modules") for a in cli_args)
             and not env.get("ALLOWED_TASK_MODULES")
@@ -622,18 +675,19 @@ class Command(BaseCommand):
         self._run_cli(["worker", *cli_args], env)
 
     def handle_beat(self, options: dict[str, Any]) -> None:
-        self._run_cli(["beat", *options.get("cli_args", [])], self._cli_env(options["database"]))
+        cli_args = options.get("cli_args", [])
+        self._run_cli(["beat", *cli_args], self._cli_env(options["database"], cli_args))
 
     def handle_schedule(self, options: dict[str, Any]) -> None:
-        self._run_cli(
-            ["beat", "--once", *options.get("cli_args", [])], self._cli_env(options["database"])
-        )
+        cli_args = options.get("cli_args", [])
+        self._run_cli(["beat", "--once", *cli_args], self._cli_env(options["database"], cli_args))
 
     def handle_config(self, options: dict[str, Any]) -> None:
         # reproq-django's --print is what `config` does anyway; the CLI has no such flag.
         cli_args = [a for a in options.get("cli_args", []) if a != "--print"]
         mode, rest = take_option(cli_args, "--mode")
-        env = self._allowed_modules_env({**options, "cli_args": cli_args})
+        # Shown without a database: the configuration is what it inspects.
+        env = self._allowed_modules_env({**options, "cli_args": cli_args}, needs_database=False)
         if mode != "all":
             self._run_cli(["config", *cli_args], env)
             return
@@ -685,7 +739,13 @@ class Command(BaseCommand):
     def handle_upgrade(self, options: dict[str, Any]) -> None:
         # The database is checked before the binary is replaced: a wrong --database used to
         # fail only after the install had happened.
-        env = None if options["skip_worker_migrate"] else self._cli_env(options["database"])
+        env = (
+            None
+            if options["skip_worker_migrate"]
+            else self._cli_env(
+                options["database"], fix="pass --database ALIAS or --skip-worker-migrate"
+            )
+        )
         self.handle_install(options)
         if env is not None:
             self._run_cli(["migrate"], env)
@@ -1060,7 +1120,11 @@ class Command(BaseCommand):
         from django.core.management import call_command
 
         # The database is known before anything is written or installed (as for upgrade).
-        env = None if options["skip_worker_migrate"] else self._cli_env(None)
+        env = (
+            None
+            if options["skip_worker_migrate"]
+            else self._cli_env(None, fix="pass --skip-worker-migrate")
+        )
         path = Path(options["config"] or f"reproq.{options['format']}")
         if path.exists() and not options["force"]:
             self.stdout.write(f"{path} exists; keeping it (use --force to overwrite).")
@@ -1077,6 +1141,13 @@ class Command(BaseCommand):
         if not options["skip_migrate"]:
             call_command("migrate", verbosity=0)
             self.stdout.write("Ran Django migrate (reproq's tables included).")
+        if database_dsn(None) is None and not _cli_finds_a_dsn([], dict(os.environ)):
+            # `worker` would refuse this project as it stands (reproq_django.W001 says why).
+            self.stdout.write(
+                "Tasks can be enqueued into this project's database; a worker needs "
+                "PostgreSQL: point DATABASES at it, then run python manage.py reproq worker"
+            )
+            return
         self.stdout.write("Reproq is ready! Start a worker with: python manage.py reproq worker")
 
     # --- ORM subcommands -----------------------------------------------------------------------
