@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass
 
 from reproq_cli.config import Config, mask_dsn, resolve
+from reproq_cli.core.executor import executor_problem
 from reproq_cli.core.logfiles import make_private_dirs
 from reproq_cli.db import embedded
 from reproq_cli.db.connect import connection, has_libpq_location
@@ -97,38 +97,11 @@ def run_checks(config_path: str | None, dsn: str | None) -> list[Check]:
             checks.append(Check("dsn", "FAIL", exc.message, exc.hint or ""))
     python_bin = config.get("worker.python_bin")
     module = config.get("worker.executor_module")
-    try:
-        probe = subprocess.run(
-            [
-                python_bin,
-                "-c",
-                f"import importlib.util, sys; sys.exit(0 if importlib.util."
-                f"find_spec({module!r}) else 1)",
-            ],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-        if probe.returncode == 0:
-            checks.append(Check("executor", "OK", f"{module} importable with {python_bin}"))
-        else:
-            checks.append(
-                Check(
-                    "executor",
-                    "FAIL",
-                    f"{python_bin} cannot import {module}",
-                    "install reproq[django] for that interpreter or set worker.python_bin",
-                )
-            )
-    except (OSError, subprocess.SubprocessError) as exc:
-        checks.append(
-            Check(
-                "executor",
-                "FAIL",
-                f"cannot run {python_bin}: {exc}",
-                "set worker.python_bin to an existing interpreter",
-            )
-        )
+    problem = executor_problem(python_bin, module)
+    if problem is None:
+        checks.append(Check("executor", "OK", f"{module} importable with {python_bin}"))
+    else:
+        checks.append(Check("executor", "FAIL", *problem))
     allowed = config.get("worker.allowed_task_modules")
     if allowed:
         checks.append(Check("allow-list", "OK", ", ".join(allowed)))

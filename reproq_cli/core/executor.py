@@ -359,6 +359,26 @@ def run_attempt(
                 os.unlink(payload_file)
 
 
+def executor_problem(python_bin: str, module: str) -> tuple[str, str] | None:
+    """Why ``python_bin`` cannot run ``module`` as the executor, and the fix; None when it
+    can. Only whether the module is found: importing it would set Django up."""
+    probe = (
+        f"import importlib.util, sys; sys.exit(0 if importlib.util.find_spec({module!r}) else 1)"
+    )
+    try:
+        done = subprocess.run(
+            [python_bin, "-c", probe], capture_output=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot run {python_bin}: {exc}", "set worker.python_bin to an existing interpreter"
+    if done.returncode != 0:
+        return (
+            f"{python_bin} cannot import {module}",
+            "install reproq[django] for that interpreter or set worker.python_bin",
+        )
+    return None
+
+
 def spawn_error(program: str, exc: OSError) -> str:
     """Go's os/exec text for a child that could not be started: a bare name is looked up
     in PATH first (only executable files count), a path is started as it is."""

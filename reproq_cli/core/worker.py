@@ -31,6 +31,7 @@ from reproq_cli.core.executor import (
     ExecResult,
     ExecSpec,
     InfraError,
+    executor_problem,
     resource_limit_hit,
     run_attempt,
     signal_description,
@@ -310,6 +311,7 @@ class Worker:
         self._round_robin = 0
         self._poll_errors = 0
         self._finished = 0  # tasks whose thread ended; guarded by _running_lock
+        self._executor_checked = False  # guarded by _running_lock
         self.claimed = 0
         self.fatal: DatabaseError | None = None
 
@@ -799,6 +801,8 @@ class Worker:
             worker_id=s.worker_id,
         )
         log.warn("Task failed", msg=message, retry=failure.retry)
+        if not result.stdout and result.returncode and self.pool is None:
+            self._check_executor_once()
         self._fail(
             log,
             task,
@@ -810,6 +814,22 @@ class Worker:
             error_message=message,
         )
         return True
+
+    def _check_executor_once(self) -> None:
+        """A spawned executor exited with an error and said nothing: its interpreter may not
+        have the executor at all (python_bin defaults to python3 on PATH, often another
+        environment), and then every task fails the same way with the Go worker's "Invalid JSON
+        on stdout". Asked once a worker, the reason goes in the log with its fix."""
+        with self._running_lock:
+            if self._executor_checked:
+                return
+            self._executor_checked = True
+        spec = self.settings.exec_spec
+        problem = executor_problem(spec.python_bin, spec.executor_module)
+        if problem is not None:
+            self.log.error(
+                "Executor cannot run; tasks fail until it can", error=problem[0], hint=problem[1]
+            )
 
     def _write_success(self, success: _Success) -> None:
         """Hand the success to the writer; what follows its commit runs when it lands."""

@@ -550,3 +550,34 @@ def test_burst_gives_up_when_every_poll_fails(conn, workers):
     assert run.returncode == 1
     assert run.messages().count("Polling error") == 5
     assert run.stderr.startswith("error: giving up after 5 failed polls: database error in claim")
+
+
+@SPAWN_ONLY
+def test_an_interpreter_without_the_executor_is_named_once(conn, workers, tmp_path):
+    """python_bin defaults to python3 on PATH, often an environment without reproq: every task
+    then fails with the Go worker's "Invalid JSON on stdout". The worker says why, once."""
+    bare = tmp_path / "python-without-reproq"
+    bare.write_text("#!/bin/sh\nexit 1\n")
+    bare.chmod(0o755)
+    ids = [enqueue(conn, "add", n, n, columns={"max_attempts": 1}) for n in range(3)]
+    run = workers.run(python_bin=str(bare))
+    assert [row(conn, i)["last_error"] for i in ids] == [
+        "Invalid JSON on stdout: unexpected end of JSON input"
+    ] * 3
+    said = [entry for entry in run.logs if entry["msg"].startswith("Executor cannot run")]
+    assert [(e["level"], e["msg"], e["error"], e["hint"]) for e in said] == [
+        (
+            "ERROR",
+            "Executor cannot run; tasks fail until it can",
+            f"{bare} cannot import tests.support.executor",
+            "install reproq[django] for that interpreter or set worker.python_bin",
+        )
+    ]
+
+    # A task that exits with an error and no answer under a working interpreter: the check
+    # finds the executor, and nothing is said.
+    silent = enqueue(conn, "exit_silently", 3, columns={"max_attempts": 1})
+    run = workers.run()
+    assert row(conn, silent)["last_error"] == "Invalid JSON on stdout: unexpected end of JSON input"
+    assert run.returncode == 0
+    assert not [m for m in run.messages() if m.startswith("Executor cannot run")]
