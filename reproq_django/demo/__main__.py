@@ -27,13 +27,13 @@ DEMO_DB = "reproq_demo"
 
 
 def fresh_database(admin_dsn: str) -> str:
-    from reproq_cli.db.connect import cannot_connect, connection_kwargs, describe_target, one_line
+    from reproq_cli.db.connect import connect, describe_target, one_line
 
     hint = "unset DATABASE_URL to run the demo on the embedded PostgreSQL, or correct it"
     try:
-        conn = psycopg.connect(admin_dsn, autocommit=True, **connection_kwargs(admin_dsn))
-    except psycopg.Error as exc:
-        raise DatabaseError(cannot_connect(admin_dsn, exc).message, hint=hint) from None
+        conn = connect(admin_dsn)
+    except DatabaseError as exc:
+        raise DatabaseError(exc.message, hint=hint) from None
     with conn:
         try:
             conn.execute(
