@@ -181,7 +181,8 @@ class ReproqBackend(BaseTaskBackend):
         normalized, digest, text = canonical_spec(spec)
         alias = resolve_queue_db(fields["queue_name"])
         if connections[alias].vendor == "postgresql":
-            run = pg_enqueue.insert_task(alias, normalized, digest, fields, text)
+            prepare = bool(self.options.get("PREPARE_ENQUEUE", False))
+            run = pg_enqueue.insert_task(alias, normalized, digest, fields, text, prepare=prepare)
         else:
             run = self._insert(alias, normalized, digest, fields)
         result = self._result(run, alias, task=task)
@@ -420,9 +421,10 @@ class ReproqBackend(BaseTaskBackend):
                 isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT_MAX
             ):
                 problems.append(f"{name} must be a whole number from 1 to {INT_MAX}, not {value!r}")
-        if not isinstance(options.get("DEDUP_ACTIVE", True), bool | int):
-            # A string is the trap: "false" is true.
-            problems.append(f"DEDUP_ACTIVE must be True or False, not {options['DEDUP_ACTIVE']!r}")
+        for name, default in (("DEDUP_ACTIVE", True), ("PREPARE_ENQUEUE", False)):
+            if not isinstance(options.get(name, default), bool | int):
+                # A string is the trap: "false" is true.
+                problems.append(f"{name} must be True or False, not {options[name]!r}")
         expires = options.get("EXPIRES_IN")
         if expires is not None and not isinstance(expires, dt.timedelta):
             problems.append(f"EXPIRES_IN must be a datetime.timedelta or None, not {expires!r}")

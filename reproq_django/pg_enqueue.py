@@ -13,18 +13,27 @@ savepoint, INSERT, COMMIT or release) and compiles every value of every row for
 ON CONFLICT on the partial unique index means no unique violation, so neither needs a
 savepoint inside a caller's transaction. Other databases (SQLite in a project's tests) keep
 the ORM path in ``backend.py``.
+
+With the backend's ``PREPARE_ENQUEUE`` option the one-task INSERT runs as a prepared
+statement from its second use on a connection: planning it (ten indexes, the ON CONFLICT
+arbiter) costs the server more than running it, and Django's cursors bind on the client,
+which cannot prepare. Off by default: a pooler that hands one session's statements to another
+(PgBouncer's transaction mode before 1.21) loses them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import weakref
 from collections.abc import Callable, Sequence
 from functools import cache
-from typing import Any
+from typing import Any, Self
 
+import psycopg
 from django.db import connections, transaction
 from django.utils import timezone
+from psycopg.abc import Params, Query
 
 from reproq_cli.db.queries import query
 from reproq_django.models import TaskRun, TaskRunStatus
@@ -61,16 +70,23 @@ Item = tuple[dict[str, Any], str, dict[str, Any]]  # (normalized spec, spec_hash
 
 
 def insert_task(
-    alias: str, spec: dict[str, Any], digest: str, fields: dict[str, Any], text: str
+    alias: str,
+    spec: dict[str, Any],
+    digest: str,
+    fields: dict[str, Any],
+    text: str,
+    *,
+    prepare: bool = False,
 ) -> TaskRun:
     """The saved TaskRun: the new row, or the active row that has this spec_hash.
 
-    ``text`` is the spec's canonical JSON (``canonical_spec``), sent as spec_json."""
+    ``text`` is the spec's canonical JSON (``canonical_spec``), sent as spec_json;
+    ``prepare``: the backend's PREPARE_ENQUEUE."""
     row = _row(spec, digest, fields)
     params = {**row, "spec_json": text}
     connection = connections[alias]
     for _ in range(ATTEMPTS):
-        with connection.cursor() as cursor:
+        with _preparing_cursor(connection) if prepare else connection.cursor() as cursor:
             cursor.execute(query("django_enqueue_one"), params)
             inserted = cursor.fetchone()
             if inserted is not None:
@@ -83,6 +99,52 @@ def insert_task(
         # The active row that blocked the insert finished before we could read it: the
         # spec is free again, so try the insert once more.
     raise RuntimeError(f"Failed to enqueue or find duplicate for spec_hash {digest}")
+
+
+class _PreparingCursor(psycopg.Cursor[Any]):
+    """Runs every statement prepared (psycopg names it and keeps it for the connection)."""
+
+    def execute(
+        self,
+        query: Query,
+        params: Params | None = None,
+        *,
+        prepare: bool | None = None,
+        binary: bool | None = None,
+    ) -> Self:
+        # Django connects with prepare_threshold=None, which makes psycopg ignore even
+        # prepare=True. Lifted for this statement only: the project's own queries (client-side
+        # bound unless it chose server_side_binding) keep the connection's setting.
+        connection = self.connection
+        threshold = connection.prepare_threshold
+        connection.prepare_threshold = 0
+        try:
+            return super().execute(query, params, prepare=True, binary=binary)
+        finally:
+            connection.prepare_threshold = threshold
+
+
+# Connections that ran the INSERT once. Preparing costs a round trip of its own, which a
+# connection that lives for one enqueue (CONN_MAX_AGE = 0, one web request) never gets back.
+_used_once: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _preparing_cursor(connection: Any) -> Any:
+    """A cursor of Django's (its error wrapping and query log) over a psycopg cursor that
+    prepares, from the second time this connection asks; else Django's own cursor."""
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    raw = connection.connection
+    if not isinstance(raw, psycopg.Connection):  # psycopg2 under Django: no such cursor
+        return connection.cursor()
+    if raw not in _used_once:
+        _used_once.add(raw)
+        return connection.cursor()
+    connection.validate_thread_sharing()
+    cursor = _PreparingCursor(raw)
+    if connection.queries_logged:
+        return connection.make_debug_cursor(cursor)
+    return connection.make_cursor(cursor)
 
 
 def insert_tasks(alias: str, items: Sequence[Item]) -> list[TaskRun]:

@@ -314,7 +314,67 @@ def test_schema_came_from_reproq_sql():
 # --- round trips and races on PostgreSQL ----------------------------------------------------------
 
 
-def test_enqueue_is_one_statement_and_a_dedup_hit_two_without_savepoints():
+def _verbs(captured: list[dict[str, str]]) -> list[str]:
+    # A prepared statement is logged as "QUERY = '<sql>' - PARAMS = ...": psycopg keeps no
+    # bound text for it, so Django falls back to its generic form.
+    return [re.search(r"\b(INSERT|SELECT|SAVEPOINT|RELEASE)\b", q["sql"])[1] for q in captured]
+
+
+def _prepared_statements() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements ORDER BY prepare_time")
+        return [row[0].split()[0] for row in cursor.fetchall()]
+
+
+@pytest.fixture(params=[False, True], ids=["client-bound", "prepared"])
+def prepare_enqueue(request):
+    """The test runs with the backend's defaults, then with PREPARE_ENQUEUE on; its connection
+    counts as one that enqueued before, so the very first INSERT is already prepared."""
+    from reproq_django import pg_enqueue
+
+    if request.param:
+        backend().options["PREPARE_ENQUEUE"] = True
+        connection.ensure_connection()
+        pg_enqueue._used_once.add(connection.connection)
+    try:
+        yield request.param
+        if request.param:
+            # Proof that the prepared path ran, not Django's own cursor.
+            assert "INSERT" in _prepared_statements()
+    finally:
+        backend().options.pop("PREPARE_ENQUEUE", None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prepare_enqueue_prepares_the_insert_from_a_connections_second_enqueue():
+    connection.close()  # a connection that has not enqueued yet
+    tasks.add.enqueue(30, 1)
+    tasks.add.enqueue(30, 2)
+    assert _prepared_statements() == []  # off by default: Django's client-side binding
+    connection.close()
+    backend().options["PREPARE_ENQUEUE"] = True
+    try:
+        first = tasks.add.enqueue(31, 1)
+        assert _prepared_statements() == []  # a one-enqueue connection pays no PREPARE
+        second = tasks.add.enqueue(31, 2)
+        assert _prepared_statements() == ["INSERT"]
+        again = tasks.add.enqueue(31, 2)  # dedup: the active row, read by a prepared SELECT
+        with transaction.atomic():
+            tasks.add.enqueue(31, 3)
+            transaction.set_rollback(True)
+        after_rollback = tasks.add.enqueue(31, 4)
+    finally:
+        backend().options.pop("PREPARE_ENQUEUE")
+    assert again.id == second.id
+    assert int(after_rollback.id) > int(second.id) > int(first.id)
+    # Only reproq's statements were prepared, and the connection keeps Django's setting.
+    assert connection.connection.prepare_threshold is None
+    assert sorted(
+        tuple(run.spec_json["args"]) for run in TaskRun.objects.filter(spec_json__args__0=31)
+    ) == [(31, 1), (31, 2), (31, 4)]
+
+
+def test_enqueue_is_one_statement_and_a_dedup_hit_two_without_savepoints(prepare_enqueue):
     from django.test.utils import CaptureQueriesContext
 
     with CaptureQueriesContext(connection) as new:
@@ -323,8 +383,8 @@ def test_enqueue_is_one_statement_and_a_dedup_hit_two_without_savepoints():
         second = tasks.add.enqueue(40, 2)
     assert second.id == first.id
     # This test runs inside Django's transaction: the ORM path needed a savepoint here.
-    assert [q["sql"].split()[0] for q in new.captured_queries] == ["INSERT"]
-    assert [q["sql"].split()[0] for q in hit.captured_queries] == ["INSERT", "SELECT"]
+    assert _verbs(new.captured_queries) == ["INSERT"]
+    assert _verbs(hit.captured_queries) == ["INSERT", "SELECT"]
     assert second.data.spec_json == first.data.spec_json  # the row read back, JSON parsed
     assert second.data.worker_ids == [] and second.data.enqueued_at == first.data.enqueued_at
 
@@ -341,7 +401,7 @@ def test_bulk_enqueue_is_one_statement():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_failing_enqueue_insert_raises_djangos_error_and_the_connection_recovers():
+def test_a_failing_enqueue_insert_raises_djangos_error_and_the_connection_recovers(prepare_enqueue):
     import os
 
     import psycopg
@@ -362,7 +422,7 @@ def test_a_failing_enqueue_insert_raises_djangos_error_and_the_connection_recove
     assert int(tasks.add.enqueue(1, 3).id) > 0
 
 
-def test_returned_rows_match_what_was_stored():
+def test_returned_rows_match_what_was_stored(prepare_enqueue):
     when = timezone.now() + dt.timedelta(minutes=5)
     backend().options["EXPIRES_IN"] = dt.timedelta(days=1)
     try:
@@ -424,7 +484,7 @@ def _conflicting_enqueue(task, args, finish):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_identical_enqueue_returns_the_winners_row():
+def test_concurrent_identical_enqueue_returns_the_winners_row(prepare_enqueue):
     thread, ids = _conflicting_enqueue(tasks.add, (6, 6), "commit")
     result = tasks.add.enqueue(6, 6)  # waits for the other session, then reads its row
     thread.join()
@@ -433,7 +493,7 @@ def test_concurrent_identical_enqueue_returns_the_winners_row():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_identical_enqueue_that_rolls_back_leaves_ours():
+def test_concurrent_identical_enqueue_that_rolls_back_leaves_ours(prepare_enqueue):
     thread, ids = _conflicting_enqueue(tasks.add, (7, 7), "rollback")
     result = tasks.add.enqueue(7, 7)
     thread.join()
@@ -467,6 +527,7 @@ def test_the_system_check_reports_bad_options_and_routing(settings):
         "TIMEOUT_SECONDS": "abc",
         "MAX_ATTEMPTS": 2**31,
         "DEDUP_ACTIVE": "false",
+        "PREPARE_ENQUEUE": "no",
         "EXPIRES_IN": 60,
     }
     where = "TASKS['bad']['OPTIONS']"
@@ -474,6 +535,7 @@ def test_the_system_check_reports_bad_options_and_routing(settings):
         ("reproq_django.E001", f"{where}: TIMEOUT_SECONDS must be a whole number from 1 to 2147483647, not 'abc'"),
         ("reproq_django.E001", f"{where}: MAX_ATTEMPTS must be a whole number from 1 to 2147483647, not 2147483648"),
         ("reproq_django.E001", f"{where}: DEDUP_ACTIVE must be True or False, not 'false'"),
+        ("reproq_django.E001", f"{where}: PREPARE_ENQUEUE must be True or False, not 'no'"),
         ("reproq_django.E001", f"{where}: EXPIRES_IN must be a datetime.timedelta or None, not 60"),
     ]  # fmt: skip
     assert ids_and_text({"OPTIONS": {"MAX_ATTEMPTS": 0}}) == [
