@@ -119,6 +119,17 @@ def run_enqueue(plan: Plan, results: Results, dbs: dict[str, str]) -> None:
                 value,
             )
             fig.refs = ["pgq-enq-single", "raw-enq-single"]
+            value = reproq_side.enqueue_single(dbs["reproq"], n, backend="prepared")
+            fig = results.add(
+                "enq-single-prepared",
+                S_ENQ,
+                "reproq",
+                "`task.enqueue()`, PREPARE_ENQUEUE on",
+                rate,
+                value,
+            )
+            fig.refs = ["pgq-enq-single", "raw-enq-single"]
+            fig.note("the INSERT prepared from its second call (off by default: PgBouncer < 1.21)")
             value = reproq_side.enqueue_bulk(dbs["reproq"], bulk)
             fig = results.add("enq-bulk", S_ENQ, "reproq", "`bulk_enqueue` ×1,000", rate, value)
             fig.refs = ["pgq-enq-bulk", "proc-enq-bulk", "raw-enq-bulk"]
@@ -533,6 +544,12 @@ TARGETS = [
     Target("spawn ≥ 0.9 × bare spawn-with-Django, concurrency 4", "run-spawn-4", "run-bare-4", 0.9),
     Target("enqueue→start p50 ≤ pgqueuer's", "lat-listen-p50", "lat-pgq-p50", 1.0, True),
     Target("single enqueue through Django ≥ pgqueuer single", "enq-single", "pgq-enq-single", 1.0),
+    Target(
+        "single enqueue through Django, PREPARE_ENQUEUE on ≥ pgqueuer single",
+        "enq-single-prepared",
+        "pgq-enq-single",
+        1.0,
+    ),
     Target("bulk enqueue through Django ≥ pgqueuer bulk", "enq-bulk", "pgq-enq-bulk", 1.0),
     Target("claim rate at the large backlog ≥ 0.8 × at 10k", "claim-large", "claim-small", 0.8),
     Target("idle worker RSS ≤ 60 MB (spawn)", "rss-idle-spawn", None, 1.0, True, 60.0),

@@ -32,6 +32,11 @@ DATABASES = {
 TASKS = {
     # Defaults, as a user gets them (DEDUP_ACTIVE on: identical active specs coalesce).
     "default": {"BACKEND": "reproq_django.backend.ReproqBackend"},
+    # The one-task INSERT as a prepared statement (off by default: PgBouncer < 1.21).
+    "prepared": {
+        "BACKEND": "reproq_django.backend.ReproqBackend",
+        "OPTIONS": {"PREPARE_ENQUEUE": True},
+    },
     # Every enqueue is a new task: no duplicate check before the insert.
     "nodedup": {
         "BACKEND": "reproq_django.backend.ReproqBackend",
