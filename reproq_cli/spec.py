@@ -78,19 +78,19 @@ class _DjangoCompatibleEncoder(json.JSONEncoder):
         return super().default(o)
 
 
+# One encoder for every call: json.dumps(cls=...) builds a new one each time, which was a third
+# of the time canonical_json takes for a small spec. An encoder keeps no state between calls.
+_CANONICAL_ENCODER = _DjangoCompatibleEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(obj: Any) -> str:
     """The canonical text of a spec: sorted keys, compact, raw UTF-8, Django's encodings.
 
     NaN and the infinities raise ValueError: they are not JSON, and jsonb refuses them, so
     no stored spec (and no hash) has them."""
-    return json.dumps(
-        obj,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-        cls=_DjangoCompatibleEncoder,
-    )
+    return _CANONICAL_ENCODER.encode(obj)
 
 
 def sha256_hex(text: str | bytes) -> str:
