@@ -25,18 +25,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import weakref
 from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any, Self
 
 import psycopg
-from django.db import connections, transaction
+from django.db import ProgrammingError, connections, transaction
 from django.utils import timezone
 from psycopg.abc import Params, Query
 
 from reproq_cli.db.queries import query
 from reproq_django.models import TaskRun, TaskRunStatus
+
+logger = logging.getLogger("reproq_django")
 
 # The columns django_enqueue takes from the input; the others get their server defaults.
 SENT_COLUMNS = frozenset(
@@ -85,6 +88,36 @@ def insert_task(
     row = _row(spec, digest, fields)
     params = {**row, "spec_json": text}
     connection = connections[alias]
+    if not prepare or alias in _unpreparable:
+        return _insert_task(alias, connection, row, params, prepare=False)
+    try:
+        return _insert_task(alias, connection, row, params, prepare=True)
+    except ProgrammingError as exc:
+        if not isinstance(exc.__cause__, psycopg.errors.InvalidSqlStatementName):
+            raise
+        # The session lost the statement psycopg prepared in it: a pooler in transaction
+        # mode gave us another server connection, or something ran DEALLOCATE. Nothing was
+        # written: the INSERT failed, or it inserted nothing and the read after it failed.
+        # Preparing stops here for this database; outside a transaction the enqueue simply
+        # runs again unprepared.
+        _unpreparable.add(alias)
+        problem = (
+            f"PREPARE_ENQUEUE is on, but the database session of {alias!r} lost its prepared "
+            f"enqueue statement ({exc}); a connection pooler in transaction mode (PgBouncer "
+            "before 1.21, or max_prepared_statements = 0) or a DEALLOCATE does that. "
+            "Enqueues in this process no longer prepare; set PREPARE_ENQUEUE to False for "
+            "this task backend, or pool connections by session"
+        )
+        if not connection.get_autocommit():  # the failure aborted the caller's transaction
+            raise ProgrammingError(problem) from exc
+        logger.warning(problem)
+        return _insert_task(alias, connection, row, params, prepare=False)
+
+
+def _insert_task(
+    alias: str, connection: Any, row: dict[str, Any], params: dict[str, Any], *, prepare: bool
+) -> TaskRun:
+    digest = row["spec_hash"]
     for _ in range(ATTEMPTS):
         with _preparing_cursor(connection) if prepare else connection.cursor() as cursor:
             cursor.execute(query("django_enqueue_one"), params)
@@ -123,6 +156,9 @@ class _PreparingCursor(psycopg.Cursor[Any]):
         finally:
             connection.prepare_threshold = threshold
 
+
+# Databases (aliases) whose session lost a prepared statement: this process stops preparing.
+_unpreparable: set[str] = set()
 
 # Connections that ran the INSERT once. Preparing costs a round trip of its own, which a
 # connection that lives for one enqueue (CONN_MAX_AGE = 0, one web request) never gets back.

@@ -374,6 +374,45 @@ def test_prepare_enqueue_prepares_the_insert_from_a_connections_second_enqueue()
     ) == [(31, 1), (31, 2), (31, 4)]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_prepared_statement_stops_preparing_and_is_named(caplog):
+    """What a pooler in transaction mode does to a prepared statement, done by DEALLOCATE."""
+    from django.db import ProgrammingError
+
+    from reproq_django import pg_enqueue
+
+    backend().options["PREPARE_ENQUEUE"] = True
+    try:
+        tasks.add.enqueue(32, 1)
+        tasks.add.enqueue(32, 2)
+        with connection.cursor() as cursor:
+            cursor.execute("DEALLOCATE ALL")
+        with pytest.raises(ProgrammingError) as refused, transaction.atomic():
+            tasks.add.enqueue(32, 3)  # in a transaction: it is aborted, so said, not retried
+        assert "set PREPARE_ENQUEUE to False" in str(refused.value)
+        assert "'default' lost its prepared enqueue statement" in str(refused.value)
+        # From then on this process enqueues there without preparing.
+        tasks.add.enqueue(32, 4)
+        assert _prepared_statements() == []
+
+        pg_enqueue._unpreparable.clear()
+        tasks.add.enqueue(32, 5)  # prepared again
+        assert _prepared_statements() == ["INSERT"]
+        with connection.cursor() as cursor:
+            cursor.execute("DEALLOCATE ALL")
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="reproq_django"):
+            outside = tasks.add.enqueue(32, 6)  # outside a transaction: run again, unprepared
+        assert "set PREPARE_ENQUEUE to False" in caplog.text
+    finally:
+        backend().options.pop("PREPARE_ENQUEUE")
+        pg_enqueue._unpreparable.clear()
+    assert TaskRun.objects.get(result_id=int(outside.id)).spec_json["args"] == [32, 6]
+    assert sorted(
+        run.spec_json["args"][1] for run in TaskRun.objects.filter(spec_json__args__0=32)
+    ) == [1, 2, 4, 5, 6]
+
+
 def test_enqueue_is_one_statement_and_a_dedup_hit_two_without_savepoints(prepare_enqueue):
     from django.test.utils import CaptureQueriesContext
 
