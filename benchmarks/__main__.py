@@ -109,27 +109,27 @@ def run_enqueue(plan: Plan, results: Results, dbs: dict[str, str]) -> None:
             fig = results.add("enq-single", S_ENQ, "reproq", "`task.enqueue()`", rate, value)
             fig.refs = ["pgq-enq-single", "proc-enq-single", "raw-enq-single"]
             fig.note(f"{n:,} calls, each its own transaction; default options (DEDUP_ACTIVE on)")
-            value = reproq_side.enqueue_single(dbs["reproq"], n, backend="nodedup")
-            fig = results.add(
-                "enq-single-nodedup",
-                S_ENQ,
-                "reproq",
-                "`task.enqueue()`, DEDUP_ACTIVE off",
-                rate,
-                value,
-            )
-            fig.refs = ["pgq-enq-single", "raw-enq-single"]
-            value = reproq_side.enqueue_single(dbs["reproq"], n, backend="prepared")
-            fig = results.add(
-                "enq-single-prepared",
-                S_ENQ,
-                "reproq",
-                "`task.enqueue()`, PREPARE_ENQUEUE on",
-                rate,
-                value,
-            )
-            fig.refs = ["pgq-enq-single", "raw-enq-single"]
-            fig.note("the INSERT prepared from its second call (off by default: PgBouncer < 1.21)")
+            # The other task backends of benchmarks.settings, one option changed each.
+            for backend, option, note in (
+                ("nodedup", "DEDUP_ACTIVE off", ""),
+                (
+                    "prepared",
+                    "PREPARE_ENQUEUE on",
+                    "the INSERT prepared from its second call (off by default: PgBouncer < 1.21)",
+                ),
+            ):
+                value = reproq_side.enqueue_single(dbs["reproq"], n, backend=backend)
+                fig = results.add(
+                    f"enq-single-{backend}",
+                    S_ENQ,
+                    "reproq",
+                    f"`task.enqueue()`, {option}",
+                    rate,
+                    value,
+                )
+                fig.refs = ["pgq-enq-single", "raw-enq-single"]
+                if note:
+                    fig.note(note)
             value = reproq_side.enqueue_bulk(dbs["reproq"], bulk)
             fig = results.add("enq-bulk", S_ENQ, "reproq", "`bulk_enqueue` ×1,000", rate, value)
             fig.refs = ["pgq-enq-bulk", "proc-enq-bulk", "raw-enq-bulk"]
