@@ -359,6 +359,7 @@ def test_prepare_enqueue_prepares_the_insert_from_a_connections_second_enqueue()
         second = tasks.add.enqueue(31, 2)
         assert _prepared_statements() == ["INSERT"]
         again = tasks.add.enqueue(31, 2)  # dedup: the active row, read by a prepared SELECT
+        assert _prepared_statements() == ["INSERT", "SELECT"]
         with transaction.atomic():
             tasks.add.enqueue(31, 3)
             transaction.set_rollback(True)
