@@ -325,6 +325,27 @@ def run_throughput(plan: Plan, results: Results, dbs: dict[str, str]) -> None:
 
         guarded(results, "diag-exec-id", "executor alone", executor_alone)
 
+        def batched() -> None:
+            run = reproq_side.batched_dispatch(dbs["reproq"], plan.pgqueuer_tasks)
+            fig = results.add(
+                "diag-batched",
+                S_RUN,
+                "reproq (diagnostic)",
+                "batched dispatch, no worker: claims of 100, 2 `executor --serve` processes, "
+                "one success statement a batch",
+                rate,
+                run.rate,
+            )
+            fig.note(
+                f"N={plan.pgqueuer_tasks:,}; no per-task log line, metric, heartbeat or thread: "
+                "the floor under a worker that keeps process isolation"
+            )
+            fig.extra("claiming process's CPU a task", run.parent_cpu * 1e6, " µs")
+            fig.extra("pool processes' CPU a task", run.executor_cpu * 1e6, " µs")
+            fig.refs = per_job
+
+        guarded(results, "diag-batched", "batched dispatch", batched)
+
     def children() -> None:
         log("spawn: the child processes alone")
         costs = reproq_side.spawn_child_costs(dbs["reproq"], plan.spawn_tasks[1])

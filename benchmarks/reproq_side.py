@@ -423,6 +423,129 @@ def executor_per_task(dsn: str, count: int) -> dict[str, float]:
     return rates
 
 
+@dataclass
+class BatchedDispatch:
+    rate: float  # tasks ÷ (first start → last finish), from the database, as for burst
+    parent_cpu: float  # seconds of this process's CPU a task: claim, pipes, successes
+    executor_cpu: float  # seconds of the pool processes' CPU a task
+
+
+def batched_dispatch(
+    dsn: str, count: int, *, processes: int = 2, batch: int = 100
+) -> BatchedDispatch:
+    """The pool's work without the worker's per-task bookkeeping, to bound a redesign.
+
+    One thread claims ``batch`` tasks in one statement (the worker's ``claim_batch``), writes
+    their specs to ``processes`` ``reproq_django.executor --serve`` processes in one write
+    each, claims the next batch while those run, reads the answers and records the successes
+    in one statement (the worker's success writer). No log line, metric, event, heartbeat or
+    thread hand-off per task: what is left is claim, isolation in other processes and
+    completion, the floor under any worker that keeps them.
+    """
+    import json
+    import resource
+    import selectors
+
+    import psutil
+
+    from reproq_cli.core.pool import read_answer
+    from reproq_cli.db.connect import create_pool
+    from reproq_cli.db.tasks import SuccessConnection, TaskStore
+
+    prefill(dsn, count)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "reproq_django.executor", "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=child_env(dsn),
+        )
+        for _ in range(processes)
+    ]
+    pool = create_pool(dsn, min_size=2, max_size=2, worker=True)
+    store = TaskStore(pool, "bench-batched", lease_seconds=300)
+    writer = SuccessConnection(store)
+    selector = selectors.DefaultSelector()
+    waiting: dict[int, list[Any]] = {}  # stdout fd -> the tasks sent to it, in order
+    partial: dict[int, bytes] = {}
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            proc.stdout.readline()  # the ready line
+            fd = proc.stdout.fileno()
+            os.set_blocking(fd, False)
+            selector.register(fd, selectors.EVENT_READ)
+            waiting[fd], partial[fd] = [], b""
+        children = [psutil.Process(proc.pid) for proc in procs]
+
+        def children_cpu() -> float:
+            return sum(sum(child.cpu_times()[:2]) for child in children)
+
+        def own_cpu() -> float:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            return usage.ru_utime + usage.ru_stime
+
+        def claim() -> list[Any]:
+            return store.claim_batch("default", batch, aging_factor=0.0)[0]
+
+        def dispatch(tasks: list[Any]) -> None:
+            for n, proc in enumerate(procs):
+                mine = tasks[n::processes]
+                assert proc.stdin is not None
+                assert proc.stdout is not None
+                waiting[proc.stdout.fileno()] += mine
+                lines = [
+                    json.dumps(
+                        {"result_id": t.result_id, "attempt": t.attempts, "spec": t.spec_text}
+                    )
+                    for t in mine
+                ]
+                proc.stdin.write(("\n".join(lines) + "\n").encode())
+                proc.stdin.flush()
+
+        def gather(expected: int) -> list[tuple[Any, str | None, str | None]]:
+            done: list[tuple[Any, str | None, str | None]] = []
+            while len(done) < expected:
+                for key, _ in selector.select(timeout=60):
+                    fd = int(key.fd)
+                    chunk = os.read(fd, 1 << 16)
+                    if not chunk:
+                        raise RuntimeError("a pool process exited during the batched run")
+                    *lines, partial[fd] = (partial[fd] + chunk).split(b"\n")
+                    for line in lines:
+                        text, _stderr, envelope = read_answer(line)
+                        if not envelope.ok:
+                            raise RuntimeError(f"a no-op failed in the batched run: {text}")
+                        done.append((waiting[fd].pop(0), text, None))
+            return done
+
+        cpu_before, children_before = own_cpu(), children_cpu()
+        tasks = claim()
+        while tasks:
+            dispatch(tasks)
+            following = claim()  # while the pool processes run this batch
+            if not all(writer.complete_successes(gather(len(tasks)))):
+                raise RuntimeError("a success lost its lease in the batched run")
+            tasks = following
+        own, executors = own_cpu() - cpu_before, children_cpu() - children_before
+    finally:
+        writer.close()
+        pool.close()
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(timeout=30)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'SUCCESSFUL'),"
+            " extract(epoch FROM max(finished_at) - min(started_at)) FROM task_runs"
+        ).fetchone()
+    assert row is not None
+    if int(row[0]) != count:
+        raise RuntimeError(f"{row[0]} of {count} tasks SUCCESSFUL after the batched run")
+    return BatchedDispatch(count / float(row[1]), own / count, executors / count)
+
+
 def task_runs_inserts(dsn: str, count: int, bulk: int = 1000) -> tuple[float, float]:
     """Rows/s of the row the backend writes, inserted into task_runs by plain psycopg (no
     Django, no spec building): one INSERT per transaction, and INSERT … SELECT of ``bulk``.
