@@ -342,6 +342,7 @@ def run_throughput(plan: Plan, results: Results, dbs: dict[str, str]) -> None:
             )
             fig.extra("claiming process's CPU a task", run.parent_cpu * 1e6, " µs")
             fig.extra("pool processes' CPU a task", run.executor_cpu * 1e6, " µs")
+            fig.extra("PostgreSQL's CPU a task", run.server_cpu * 1e6, " µs")
             fig.refs = per_job
 
         guarded(results, "diag-batched", "batched dispatch", batched)

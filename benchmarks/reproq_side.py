@@ -3,6 +3,7 @@ and the claim statement's cost as the READY backlog grows."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -428,6 +429,7 @@ class BatchedDispatch:
     rate: float  # tasks ÷ (first start → last finish), from the database, as for burst
     parent_cpu: float  # seconds of this process's CPU a task: claim, pipes, successes
     executor_cpu: float  # seconds of the pool processes' CPU a task
+    server_cpu: float  # seconds of PostgreSQL's CPU a task (every server process)
 
 
 def batched_dispatch(
@@ -519,7 +521,7 @@ def batched_dispatch(
                         done.append((waiting[fd].pop(0), text, None))
             return done
 
-        cpu_before, children_before = own_cpu(), children_cpu()
+        cpu_before, children_before, server_before = own_cpu(), children_cpu(), server_cpu(dsn)
         tasks = claim()
         while tasks:
             dispatch(tasks)
@@ -528,6 +530,7 @@ def batched_dispatch(
                 raise RuntimeError("a success lost its lease in the batched run")
             tasks = following
         own, executors = own_cpu() - cpu_before, children_cpu() - children_before
+        server = server_cpu(dsn) - server_before
     finally:
         writer.close()
         pool.close()
@@ -543,7 +546,27 @@ def batched_dispatch(
     assert row is not None
     if int(row[0]) != count:
         raise RuntimeError(f"{row[0]} of {count} tasks SUCCESSFUL after the batched run")
-    return BatchedDispatch(count / float(row[1]), own / count, executors / count)
+    return BatchedDispatch(count / float(row[1]), own / count, executors / count, server / count)
+
+
+def server_cpu(dsn: str) -> float:
+    """CPU seconds the PostgreSQL server has used so far: the postmaster, its processes
+    alive now, and those that have exited (which the postmaster waited for)."""
+    import psutil
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert backend is not None
+        postmaster = psutil.Process(int(backend[0])).parent()
+        assert postmaster is not None
+        times = postmaster.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in postmaster.children():
+            if child.pid != backend[0]:  # this probe's own backend is about to exit
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child_times = child.cpu_times()
+                    total += child_times.user + child_times.system
+    return total
 
 
 def task_runs_inserts(dsn: str, count: int, bulk: int = 1000) -> tuple[float, float]:
