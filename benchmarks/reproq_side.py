@@ -194,19 +194,25 @@ def burst(
         wall = time.perf_counter() - started
         if worker.proc.returncode != 0:
             raise RuntimeError(f"worker exited {worker.proc.returncode}: {worker.output()[-2000:]}")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FILTER (WHERE status = 'SUCCESSFUL'), count(*),"
-                " extract(epoch FROM max(finished_at) - min(started_at))"
-                " FROM task_runs WHERE spec_json->'args' <> '[-1]'::jsonb"
-            ).fetchone()
-        assert row is not None
-        done, total, span = int(row[0]), int(row[1]), float(row[2] or 0)
+        done, total, span = _successful_span(dsn)
         if done != count:
             raise RuntimeError(
                 f"{done} of {total} tasks SUCCESSFUL after --burst: {worker.output()[-2000:]}"
             )
     return Throughput(count, wall, span, peak)
+
+
+def _successful_span(dsn: str) -> tuple[int, int, float]:
+    """(tasks SUCCESSFUL, tasks, seconds from the first start to the last finish), leaving
+    out the warm-up task of an enqueue figure (args [-1])."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE status = 'SUCCESSFUL'), count(*),"
+            " extract(epoch FROM max(finished_at) - min(started_at))"
+            " FROM task_runs WHERE spec_json->'args' <> '[-1]'::jsonb"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), float(row[2] or 0)
 
 
 @dataclass
@@ -538,15 +544,10 @@ def batched_dispatch(
             assert proc.stdin is not None
             proc.stdin.close()
             proc.wait(timeout=30)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FILTER (WHERE status = 'SUCCESSFUL'),"
-            " extract(epoch FROM max(finished_at) - min(started_at)) FROM task_runs"
-        ).fetchone()
-    assert row is not None
-    if int(row[0]) != count:
-        raise RuntimeError(f"{row[0]} of {count} tasks SUCCESSFUL after the batched run")
-    return BatchedDispatch(count / float(row[1]), own / count, executors / count, server / count)
+    done, total, span = _successful_span(dsn)
+    if done != count:
+        raise RuntimeError(f"{done} of {total} tasks SUCCESSFUL after the batched run")
+    return BatchedDispatch(count / span, own / count, executors / count, server / count)
 
 
 def server_cpu(dsn: str) -> float:
