@@ -461,22 +461,23 @@ def batched_dispatch(
     from reproq_cli.db.tasks import SuccessConnection, TaskStore
 
     prefill(dsn, count)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "reproq_django.executor", "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=child_env(dsn),
-        )
-        for _ in range(processes)
-    ]
     pool = create_pool(dsn, min_size=2, max_size=2, worker=True)
     store = TaskStore(pool, "bench-batched", lease_seconds=300)
     writer = SuccessConnection(store)
     selector = selectors.DefaultSelector()
     waiting: dict[int, list[Any]] = {}  # stdout fd -> the tasks sent to it, in order
     partial: dict[int, bytes] = {}
+    procs: list[subprocess.Popen[bytes]] = []
     try:
+        for _ in range(processes):
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "reproq_django.executor", "--serve"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    env=child_env(dsn),
+                )
+            )
         for proc in procs:
             assert proc.stdout is not None
             proc.stdout.readline()  # the ready line
@@ -542,8 +543,11 @@ def batched_dispatch(
         pool.close()
         for proc in procs:
             assert proc.stdin is not None
-            proc.stdin.close()
-            proc.wait(timeout=30)
+            proc.stdin.close()  # the end of input ends the serve loop
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                stop_process(proc)
     done, total, span = _successful_span(dsn)
     if done != count:
         raise RuntimeError(f"{done} of {total} tasks SUCCESSFUL after the batched run")
