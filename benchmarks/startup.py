@@ -6,7 +6,9 @@ PYZ defaults to the dist/ build for this machine (build/shiv.sh makes it). Each 
 under a plain interpreter (this Python outside any virtualenv) with only PATH and SHIV_ROOT
 set, as a user's shell would run it. "Cold" is the first run after download, which unpacks
 the zipapp into SHIV_ROOT; "warm" is every run after that. For comparison, the same commands
-through `python -m reproq_cli` of this environment. Prints a Markdown table on stdout.
+through `python -m reproq_cli` of an installed package (a virtualenv holding what pip put into
+the zipapp: reproq and its dependencies, not editable) and of this environment (whose reproq
+is usually this checkout's editable install). Prints a Markdown table on stdout.
 
 `python -m benchmarks` runs the same measurement (``measure``) on a zipapp it builds from the
 working tree and puts it in BENCHMARKS.md with the other figures.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,9 +49,11 @@ def summary(samples: list[float]) -> str:
 
 def measure(pyz: Path | None, runs: int, cold_runs: int = 5) -> list[tuple[str, list[float]]]:
     """(command, samples in seconds) for the zipapp (when ``pyz`` is given), the installed
-    package and the bare interpreter."""
+    package (from the zipapp's files), this checkout's editable install and the bare
+    interpreter."""
     python = getattr(sys, "_base_executable", "") or sys.executable
     rows: list[tuple[str, list[float]]] = []
+    venv_python: Path | None = None
     with tempfile.TemporaryDirectory() as cwd:
         if pyz is not None:
             cold = []
@@ -65,20 +70,40 @@ def measure(pyz: Path | None, runs: int, cold_runs: int = 5) -> list[tuple[str, 
                     for flag, samples in warm.items():
                         samples.append(timed([python, str(pyz), flag], env, cwd))
                 rows += [(f"pyz `{flag}`, warm", samples) for flag, samples in warm.items()]
-        env = dict(os.environ)
-        installed: dict[str, list[float]] = {"--help": [], "--version": [], "pass": []}
-        for _ in range(runs):
-            for flag, samples in installed.items():
-                argv = (
-                    [python, "-c", "pass"]
-                    if flag == "pass"
-                    else [sys.executable, "-m", "reproq_cli", flag]
-                )
-                samples.append(timed(argv, env, cwd))
+                unpacked = next(Path(shiv_root).glob("*/site-packages"), None)
+                if unpacked is not None:
+                    venv_python = installed_copy(python, unpacked, Path(cwd) / "venv")
+        # Interleaved, as above. The installed package is what pip put into the zipapp, in a
+        # virtualenv of its own, as `pip install reproq` leaves it; this checkout's editable
+        # install (the development set-up) also loads setuptools' import hook at start-up.
+        plain = {"PATH": os.environ.get("PATH", os.defpath)}
+        commands: dict[str, tuple[list[str], dict[str, str]]] = {}
         for flag in ("--help", "--version"):
-            rows.append((f"`python -m reproq_cli {flag}` (installed package)", installed[flag]))
-        rows.append(("`python -c pass` (interpreter alone)", installed["pass"]))
+            if venv_python is not None:
+                commands[f"`python -m reproq_cli {flag}` (installed package)"] = (
+                    [str(venv_python), "-m", "reproq_cli", flag],
+                    plain,
+                )
+            commands[f"`python -m reproq_cli {flag}` (editable install of this checkout)"] = (
+                [sys.executable, "-m", "reproq_cli", flag],
+                dict(os.environ),
+            )
+        commands["`python -c pass` (interpreter alone)"] = ([python, "-c", "pass"], plain)
+        samples: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(runs):
+            for name, (argv, env) in commands.items():
+                samples[name].append(timed(argv, env, cwd))
+        rows += list(samples.items())
     return rows
+
+
+def installed_copy(python: str, site_packages: Path, where: Path) -> Path:
+    """A virtualenv at ``where`` holding ``site_packages`` (reproq and its dependencies as
+    pip installed them into the zipapp, not editable); returns its interpreter."""
+    subprocess.run([python, "-m", "venv", "--without-pip", str(where)], check=True)
+    target = next(where.glob("lib/python*/site-packages"))
+    shutil.copytree(site_packages, target, dirs_exist_ok=True)
+    return where / "bin" / "python"
 
 
 def main() -> None:
