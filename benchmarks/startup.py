@@ -74,17 +74,18 @@ def measure(pyz: Path | None, runs: int, cold_runs: int = 5) -> list[tuple[str, 
                 if unpacked is not None:
                     venv_python = installed_copy(python, unpacked, Path(cwd) / "venv")
         # Interleaved, as above. The installed package is what pip put into the zipapp, in a
-        # virtualenv of its own, as `pip install reproq` leaves it; this checkout's editable
-        # install (the development set-up) also loads setuptools' import hook at start-up.
+        # virtualenv of its own, as `pip install reproq` leaves it; an editable install (the
+        # development set-up) also loads setuptools' import hook at start-up.
         plain = {"PATH": os.environ.get("PATH", os.defpath)}
         commands: dict[str, tuple[list[str], dict[str, str]]] = {}
+        here = this_environment(cwd)
         for flag in ("--help", "--version"):
             if venv_python is not None:
                 commands[f"`python -m reproq_cli {flag}` (installed package)"] = (
                     [str(venv_python), "-m", "reproq_cli", flag],
                     plain,
                 )
-            commands[f"`python -m reproq_cli {flag}` (editable install of this checkout)"] = (
+            commands[f"`python -m reproq_cli {flag}` ({here})"] = (
                 [sys.executable, "-m", "reproq_cli", flag],
                 dict(os.environ),
             )
@@ -95,6 +96,21 @@ def measure(pyz: Path | None, runs: int, cold_runs: int = 5) -> list[tuple[str, 
                 samples[name].append(timed(argv, env, cwd))
         rows += list(samples.items())
     return rows
+
+
+def this_environment(cwd: str) -> str:
+    """Where ``python -m reproq_cli`` of this environment imports reproq from, run in ``cwd``:
+    in the benchmarks' set-up, this checkout through its editable install."""
+    where = subprocess.run(
+        [sys.executable, "-c", "import reproq_cli; print(reproq_cli.__file__)"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if Path(where).resolve().is_relative_to(ROOT):
+        return "editable install of this checkout"
+    return "this environment's install"
 
 
 def installed_copy(python: str, site_packages: Path, where: Path) -> Path:
