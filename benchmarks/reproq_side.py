@@ -389,6 +389,17 @@ def as_dict(value: Any) -> dict[str, Any]:
     return dict(value.__dict__)
 
 
+def serve_process(dsn: str) -> subprocess.Popen[bytes]:
+    """One ``reproq_django.executor --serve`` pool process, its requests and answers piped;
+    its first line is the ready announcement."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "reproq_django.executor", "--serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=child_env(dsn),
+    )
+
+
 def executor_per_task(dsn: str, count: int) -> dict[str, float]:
     """Tasks/s of one ``reproq_django.executor --serve`` process fed no-op specs over its pipe,
     with no worker: once with a result_id (the executor loads and saves the task's metadata)
@@ -403,12 +414,7 @@ def executor_per_task(dsn: str, count: int) -> dict[str, float]:
         ).fetchall()
     rates: dict[str, float] = {}
     for label, with_id in (("with_result_id", True), ("without_result_id", False)):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "reproq_django.executor", "--serve"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=child_env(dsn),
-        )
+        proc = serve_process(dsn)
         assert proc.stdin is not None
         assert proc.stdout is not None
         try:
@@ -470,14 +476,7 @@ def batched_dispatch(
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for _ in range(processes):
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "reproq_django.executor", "--serve"],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    env=child_env(dsn),
-                )
-            )
+            procs.append(serve_process(dsn))
         for proc in procs:
             assert proc.stdout is not None
             proc.stdout.readline()  # the ready line
